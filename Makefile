@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` (all notebooks, default profile) and `make test` (whole suite).
+# Both create the virtual environment and install on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean-artifacts
+
+install: $(STAMP)
+
+# torch first and alone: `torch==2.13.0` resolves to the local CPU build here; letting another
+# package pull torch in would download the CUDA build instead.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m tinyrlhf.run_notebooks
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-artifacts:
+	rm -rf data/*.jsonl models/*/ results/*.json results/figures/* executed/
