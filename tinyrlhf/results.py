@@ -1,0 +1,231 @@
+"""Result files: atomic JSON writes, the manifest every result carries, and reuse of finished stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from .config import Profile, repo_root
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers",
+            "matplotlib", "pandas", "numpy")
+
+
+def _clean(obj):
+    """JSON-safe copy: tuples to lists, NaN/inf to None (strict JSON has neither)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _clean(obj.item())
+    return obj
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the stage that writes it") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=5)
+        if r.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return r.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict:
+    import psutil
+    import torch
+
+    hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+          "ram_bytes": psutil.virtual_memory().total, "cuda": torch.cuda.is_available(), "gpus": []}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            hw["gpus"].append({"name": prop.name, "total_memory_bytes": prop.total_memory})
+    return hw
+
+
+def manifest(profile: Profile, stage: str, *, data_source: dict | None = None, seeds=None,
+             timings: dict | None = None, peak_memory: dict | None = None) -> dict:
+    """What every result file carries so its numbers can be traced and reproduced."""
+    return {
+        "stage": stage,
+        "created_unix": time.time(),
+        "profile": profile.name,
+        "config": profile.to_dict(),
+        "seeds": list(seeds) if seeds is not None else [profile.seed],
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "timings": timings or {},
+        "peak_memory": peak_memory or {},
+        "data_source": data_source or {},
+        "command": " ".join(sys.argv[:1]),
+    }
+
+
+def data_source_of(paths) -> dict:
+    """The data provenance recorded by 01 (source and checksums), for later stages' manifests."""
+    stats = paths.results / "data_stats.json"
+    if not stats.exists():
+        return {}
+    s = read_json(stats)
+    files = {}
+    for name in ("train_prefs.jsonl", "test_prefs.jsonl", "sft_train.jsonl"):
+        p = paths.data / name
+        if p.exists():
+            files[name] = sha256_file(p)
+    return {"source": s.get("source"), "inputs_sha256": s.get("sha256"), "prepared_sha256": files}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r * 1024) if sys.platform != "darwin" else int(r)
+
+
+def current_rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class MemoryMeter:
+    """Peak memory over a block of work.
+
+    CUDA: max allocated and reserved since the block began. CPU: the process peak RSS can only grow, so a
+    sampling thread records the block's own peak RSS (what the stage needed, not an earlier stage's peak).
+    """
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.result: dict = {}
+
+    def __enter__(self):
+        import threading
+
+        import torch
+
+        self._cuda = torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._start_rss = current_rss_bytes()
+        self._peak = self._start_rss
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, current_rss_bytes())
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, current_rss_bytes())
+        self.result = {
+            "seconds": time.perf_counter() - self._t0,
+            "rss_peak_bytes": self._peak,
+            "rss_start_bytes": self._start_rss,
+            "process_peak_rss_bytes": peak_rss_bytes(),
+        }
+        if self._cuda:
+            self.result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            self.result["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        self.result["peak_bytes"] = self.result.get("cuda_max_allocated_bytes", self._peak)
+        return False
+
+
+def reusable(result_path: Path, config_hash: str, required: list[Path] = ()) -> bool:
+    """True when a previous run with the same config finished: its result and outputs all exist."""
+    if not result_path.exists() or not all(Path(p).exists() for p in required):
+        return False
+    try:
+        return json.loads(result_path.read_text()).get("config_hash") == config_hash
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+@contextmanager
+def seeded(seed: int):
+    """Seed python, numpy and torch (transformers' set_seed) for a block of work."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    yield
