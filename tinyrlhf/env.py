@@ -1,0 +1,328 @@
+"""Environment report behind 00_Setup: what this machine has, what is missing, and how to fix it.
+
+`environment_report()` gathers facts only (no network: the hub is never probed); `problems()` turns them into
+{"what", "why", "fix"} items for a profile; `write_environment()` stores both in ``results/environment.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .config import Paths, Profile, default_profile_name, get_paths
+from .results import atomic_write_json, manifest, package_versions
+
+# The versions checked together on this stack (DESIGN.md, "Facts of this stack").
+PINS = {
+    "torch": "2.13.0",
+    "transformers": "5.23.0",
+    "peft": "0.21.2",
+    "trl": "1.12.0",
+    "bitsandbytes": "0.50.2",
+    "datasets": "5.2.0",
+    "accelerate": "1.15.0",
+}
+# torch is never installed from here: the right wheel depends on the platform and the CUDA version.
+INSTALLABLE = tuple(p for p in PINS if p != "torch")
+EXTRA_PACKAGES = ("jupyterlab", "nbmake", "peft", "trl", "psutil")
+CPU_FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "f16c", "fma")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+ENV_DIRS = ("TINYRLHF_WORKDIR", "TINYRLHF_HH_DIR")
+MIN_FREE_DISK_BYTES = 2 * 1024**3
+MIN_RAM_BYTES = 4 * 1024**3
+_FIX_HINTS = {"trl": "1.12.0 is the last release with trl.experimental.ppo"}
+_TRUE = ("1", "on", "yes", "true")
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _matches(installed: str | None, pinned: str) -> bool:
+    # A local build tag ("2.13.0+cpu", "+cu128") is the same release.
+    return installed is not None and installed.split("+")[0] == pinned
+
+
+def gib(n_bytes: float | None) -> str:
+    return "unknown" if n_bytes is None else f"{n_bytes / 1024**3:.1f} GiB"
+
+
+# ----------------------------------------------------------------------------------------------- facts
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, frozenset]:
+    """CPU model name and feature flags from /proc/cpuinfo text (x86 "flags", ARM "Features")."""
+    model, flags = None, frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        if key == "model name" and model is None:
+            model = value.strip() or None
+        elif key in ("flags", "features") and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def _cpu() -> dict:
+    import psutil
+    import torch
+
+    try:
+        model, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:  # not Linux: the flags are unknown, not absent
+        model, flags = None, frozenset()
+    present = [f for f in CPU_FLAGS_OF_INTEREST if f in flags]
+    bf16 = [f for f in BF16_CPU_FLAGS if f in flags]
+    if bf16:
+        reason = f"{' and '.join(bf16)} present: bf16 matmuls run natively on this CPU"
+    elif flags:
+        reason = "neither avx512_bf16 nor amx_bf16: bf16 is emulated and slow on this CPU, use fp32 there"
+    else:
+        reason = "CPU flags unknown (no /proc/cpuinfo): assuming bf16 is not native"
+    return {
+        "model": model or platform.processor() or platform.machine() or None,
+        "logical_cores": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "flags": present,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_usable": bool(bf16),
+        "bf16_reason": reason,
+    }
+
+
+def _cuda_devices() -> list[dict]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        prop = torch.cuda.get_device_properties(i)
+        free, _ = torch.cuda.mem_get_info(i)
+        devices.append({
+            "index": i,
+            "name": prop.name,
+            "total_memory_bytes": prop.total_memory,
+            "free_memory_bytes": free,
+            "capability": f"{prop.major}.{prop.minor}",
+            "bf16_supported": prop.major >= 8,  # Ampere and later have native bf16
+        })
+    return devices
+
+
+def _bitsandbytes() -> dict:
+    info = {"version": _installed_version("bitsandbytes"), "backend": None, "library": None,
+            "library_error": None, "import_error": None}
+    try:
+        import bitsandbytes.cextension as cext
+    except Exception as e:  # a broken native setup can raise anything at import
+        info["import_error"] = f"{type(e).__name__}: {e}"
+        return info
+    info["backend"] = str(cext.BNB_BACKEND).lower()
+    # vars(), not getattr: the library object answers any missing attribute with a stub function.
+    state = vars(cext.lib)
+    dll = state.get("_lib")
+    info["library"] = getattr(dll, "_name", None) if dll is not None else None
+    info["library_error"] = state.get("error_msg")  # set when bitsandbytes fell back to its error mock
+    return info
+
+
+def _env_dirs() -> dict:
+    out = {}
+    for var in ENV_DIRS:
+        value = os.environ.get(var)
+        out[var] = {"value": value, "exists": bool(value) and Path(value).expanduser().exists()}
+    return out
+
+
+def _hf_cache_dir() -> Path:
+    try:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except Exception:  # same default as huggingface_hub
+        home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
+
+
+def _hub() -> dict:
+    # No network probe: the report must be fast and work offline; offline mode and the cache are what matter.
+    raw = os.environ.get("HF_HUB_OFFLINE")
+    cache = _hf_cache_dir()
+    return {"HF_HUB_OFFLINE": raw, "offline": (raw or "").strip().lower() in _TRUE,
+            "cache_dir": str(cache), "cache_exists": cache.is_dir()}
+
+
+def environment_report(paths: Paths | None = None) -> dict:
+    """Everything 00_Setup shows about this machine, as JSON-ready data."""
+    import psutil
+    import torch
+
+    paths = paths or get_paths()
+    packages = package_versions() | {p: _installed_version(p) for p in EXTRA_PACKAGES}
+    # The workdir may not exist yet (paths.make() runs later): measure the nearest folder that does.
+    disk_at = next(p for p in (paths.root, *paths.root.parents) if p.exists())
+    disk = shutil.disk_usage(disk_at)
+    ram = psutil.virtual_memory()
+    profile, why = default_profile_name()
+    devices = _cuda_devices()
+    return {
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "packages": packages,
+        "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
+                  "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None},
+        "cuda": {"available": bool(devices), "devices": devices},
+        "cpu": _cpu(),
+        "bitsandbytes": _bitsandbytes(),
+        "memory": {"ram_total_bytes": ram.total, "ram_available_bytes": ram.available},
+        "disk": {"path": str(disk_at), "free_bytes": disk.free, "total_bytes": disk.total},
+        "profile": {"name": profile, "reason": why},
+        "env": _env_dirs(),
+        "hub": _hub(),
+    }
+
+
+# -------------------------------------------------------------------------------------------- verdicts
+
+
+def problems(report: dict, profile: Profile | str) -> list[dict]:
+    """What stands in the way of running `profile` here, each with why it matters and how to fix it."""
+    name = getattr(profile, "name", profile)
+    device = getattr(profile, "device", "auto")
+    out = []
+
+    def add(what, why, fix):
+        out.append({"what": what, "why": why, "fix": fix})
+
+    has_cuda = report["cuda"]["available"]
+    if not has_cuda and (name == "rtx4060" or device == "cuda"):
+        add(f"profile {name!r} but no CUDA device is visible",
+            "this profile is the real experiment on an 8 GB GPU; on CPU it would take days",
+            "set TINYRLHF_PROFILE=cpu (or run on a machine with a CUDA GPU and a CUDA build of torch)")
+
+    hh = report["env"]["TINYRLHF_HH_DIR"]
+    if hh["value"] and not hh["exists"]:
+        add(f"TINYRLHF_HH_DIR={hh['value']} does not exist",
+            "01_Data_Preparation reads Anthropic's *.jsonl.gz files from there",
+            "point TINYRLHF_HH_DIR at a folder laid out as helpful-base/train.jsonl.gz, ..., or unset it")
+
+    bnb = report["bitsandbytes"]
+    if bnb["import_error"]:
+        add("bitsandbytes failed to import", bnb["import_error"],
+            f"pip install bitsandbytes=={PINS['bitsandbytes']}")
+    elif bnb["library_error"] and bnb["backend"] != "cpu":
+        add(f"bitsandbytes could not load its {bnb['backend']} library", bnb["library_error"],
+            f"pip install --force-reinstall bitsandbytes=={PINS['bitsandbytes']} (matching your CUDA version)")
+
+    packages = report["packages"]
+    for pkg, pinned in PINS.items():
+        installed = packages.get(pkg)
+        if _matches(installed, pinned):
+            continue
+        what = f"{pkg} {installed} installed, {pinned} expected" if installed else f"{pkg} is not installed"
+        why = "the pipeline is tested with exactly these versions together"
+        if pkg == "torch":
+            fix = f"install torch {pinned} for your platform (pytorch.org; the CUDA build on a GPU machine)"
+        else:
+            fix = f"pip install {pkg}=={pinned}" + (f": {_FIX_HINTS[pkg]}" if pkg in _FIX_HINTS else "")
+        add(what, why, fix)
+
+    free = report["disk"]["free_bytes"]
+    if free < MIN_FREE_DISK_BYTES:
+        add(f"only {gib(free)} free at {report['disk']['path']}",
+            "models, checkpoints and results need at least 2 GiB",
+            "free some disk space or set TINYRLHF_WORKDIR to a folder on a larger disk")
+
+    ram = report["memory"]["ram_total_bytes"]
+    if ram < MIN_RAM_BYTES:
+        add(f"only {gib(ram)} of RAM", "the reward model runs on CPU next to the policy and needs at least 4 GiB",
+            "use a machine with more memory, or close other programs and lower batch sizes via TINYRLHF_OVERRIDES")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- display
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def report_table(report: dict):
+    """Two-column ("item", "value") human-readable view of a report, for the notebook."""
+    import pandas as pd
+
+    rows = [("Python", report["python"]["version"]), ("Python executable", report["python"]["executable"])]
+    rows += [(f"package {k}", v or "not installed") for k, v in report["packages"].items() if k != "python"]
+    t = report["torch"]
+    rows.append(("torch build", f"{t['version']}, CUDA {t['cuda'] or 'none'}, cuDNN {t['cudnn'] or 'none'}"))
+    devices = report["cuda"]["devices"]
+    if not devices:
+        rows.append(("CUDA devices", "none"))
+    for d in devices:
+        rows.append((f"GPU {d['index']}", f"{d['name']}, {gib(d['total_memory_bytes'])} total, "
+                     f"{gib(d['free_memory_bytes'])} free, capability {d['capability']}, "
+                     f"bf16 {_yes(d['bf16_supported'])}"))
+    c = report["cpu"]
+    rows += [
+        ("CPU", c["model"] or "unknown"),
+        ("CPU cores", f"{c['logical_cores']} logical, {c['physical_cores'] or 'unknown'} physical"),
+        ("CPU flags", ", ".join(c["flags"]) or "unknown"),
+        ("torch CPU capability", c["torch_capability"]),
+        ("bf16 on CPU", f"{_yes(c['bf16_usable'])} ({c['bf16_reason']})"),
+    ]
+    b = report["bitsandbytes"]
+    if b["import_error"]:
+        bnb = f"import failed: {b['import_error']}"
+    else:
+        lib = b["library"] or f"no native library ({b['library_error']})"
+        bnb = f"{b['version']}, backend {b['backend']}, {lib}"
+    rows.append(("bitsandbytes", bnb))
+    m, d = report["memory"], report["disk"]
+    rows += [
+        ("RAM", f"{gib(m['ram_total_bytes'])} total, {gib(m['ram_available_bytes'])} available"),
+        ("disk", f"{gib(d['free_bytes'])} free of {gib(d['total_bytes'])} at {d['path']}"),
+        ("profile", f"{report['profile']['name']} ({report['profile']['reason']})"),
+    ]
+    for var, e in report["env"].items():
+        rows.append((var, "not set" if not e["value"] else f"{e['value']} ({'exists' if e['exists'] else 'missing'})"))
+    h = report["hub"]
+    rows += [("HF_HUB_OFFLINE", h["HF_HUB_OFFLINE"] or "not set"),
+             ("HF cache", f"{h['cache_dir']} ({'exists' if h['cache_exists'] else 'missing'})")]
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+# ----------------------------------------------------------------------------------- actions and output
+
+
+def install_missing(dry_run: bool = True) -> list[str]:
+    """pip commands for the pinned packages that are missing or at another version; run them unless dry_run."""
+    specs = [f"{p}=={PINS[p]}" for p in INSTALLABLE if not _matches(_installed_version(p), PINS[p])]
+    if not specs:
+        return []
+    # One command: pip resolves the pins together instead of undoing one install with the next.
+    argv = [sys.executable, "-m", "pip", "install", *specs]
+    if not dry_run:
+        subprocess.run(argv, check=True)
+    return [shlex.join(argv)]
+
+
+def write_environment(report: dict, paths: Paths, profile: Profile, verdicts: list | None = None) -> Path:
+    """Create the artifact folders and write results/environment.json atomically."""
+    paths.make()
+    return atomic_write_json(paths.results / "environment.json", {
+        "report": report,
+        "problems": problems(report, profile),
+        "memory_verdicts": list(verdicts or []),
+        "manifest": manifest(profile, "environment"),
+    })
