@@ -1,0 +1,147 @@
+"""Markdown tables of estimated peak memory (tinyrlhf.memory) for docs/hardware.md.
+
+Usage: .venv/bin/python scripts/hardware_tables.py [--write docs/hardware.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing the package
+
+from tinyrlhf import config, memory  # noqa: E402
+from tinyrlhf.results import atomic_write_text  # noqa: E402
+
+GiB = memory.GiB
+CARD_GIB = 8
+RAM_GIB = 16
+FAMILY = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "Qwen/Qwen2.5-0.5B")
+REGENERATE = "Regenerate with: .venv/bin/python scripts/hardware_tables.py --write docs/hardware.md"
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def stage_table(profile: config.Profile) -> str:
+    ests = memory.estimate_profile(profile, device="cuda")
+    rows = []
+    for v in memory.stage_verdicts(profile, gpu_bytes=CARD_GIB * GiB, ram_bytes=RAM_GIB * GiB):
+        e = ests[v["stage"]]
+        rows.append([v["stage"], gib(e.device_bytes), gib(e.cpu_bytes), v["verdict"], e.note or ""])
+    return table(["stage", "GPU GiB", "CPU GiB", f"verdict on {CARD_GIB} GiB", "note"], rows)
+
+
+def family_table(profile: config.Profile) -> str:
+    s = profile.sft
+    seq = profile.data.max_prompt_tokens + profile.data.max_response_tokens
+    kw = dict(batch=s.batch_size, seq_len=seq, gradient_checkpointing=s.gradient_checkpointing)
+    rows = []
+    for name in FAMILY:
+        spec = memory.KNOWN_MODELS[name]
+        cells = []
+        for precision, r in (("bf16", None), ("bf16", s.lora_r), ("int4", s.lora_r)):
+            e = memory.estimate_sft(spec, precision=precision, lora_r=r, **kw)
+            cells.append(f"{gib(e.device_bytes)} ({memory.fits(e, CARD_GIB * GiB)[0]})")
+        rows.append([name, f"{spec.n_params / 1e6:.0f}M", *cells])
+    return table(["model", "params", "full FT (bf16 mixed, AdamW)", f"LoRA r={s.lora_r} (bf16 base)",
+                  f"QLoRA r={s.lora_r} (NF4 base)"], rows)
+
+
+def ppo_batch_table(profile: config.Profile) -> str:
+    """GPU memory of ppo_bf16 as the rollout batch and TRL's rollout chunk change, everything else as profiled."""
+    p = profile.ppo
+    chunks = (4, 8, 16, 64)
+    rows = []
+    for batch in (8, 16, 32, 64):
+        cells = []
+        for chunk in chunks:
+            if chunk > batch:
+                cells.append("")
+                continue
+            e = memory.estimate_ppo(memory.spec_for_profile(profile), rm_precision="bf16", batch=batch,
+                                    mini_batch=max(1, p.mini_batch // p.accum), rollout_chunk=chunk,
+                                    query_len=profile.data.max_prompt_tokens, response_len=p.max_new,
+                                    lora_r=p.lora_r, target_modules=p.target_modules,
+                                    gradient_checkpointing=profile.sft.gradient_checkpointing)
+            cells.append(f"{gib(e.device_bytes)} ({memory.fits(e, CARD_GIB * GiB)[0]})")
+        rows.append([batch, *cells])
+    return table(["ppo_batch", *(f"rollout chunk {c}" for c in chunks)], rows)
+
+
+def render() -> str:
+    rtx = config.PROFILES["rtx4060"]
+    d, s, p = rtx.data, rtx.sft, rtx.ppo
+    seq = d.max_prompt_tokens + d.max_response_tokens
+    ckpt = "on" if s.gradient_checkpointing else "off"
+    cuda, host = f"{memory.CUDA_CONTEXT / GiB:.1f}", f"{memory.HOST_BASELINE / GiB:.1f}"
+    frag = f"{memory.FRAGMENTATION:.0%}"
+    return f"""# Hardware: estimated peak memory
+
+Estimates from `tinyrlhf/memory.py` (see its docstring for every formula); they are deliberately simple,
+monotone and on the high side, not measurements. Conventions: weights take fp32 4, bf16 2, int8 1 byte per
+parameter (+ one fp32 scale per output row) and NF4 0.5 (+ one absmax per 64 weights; with double quantization,
+the default, an 8-bit absmax plus one fp32 scale per 256 blocks); only the transformer blocks' linear layers are
+quantized. Every trained parameter costs {memory.TRAINED_BYTES} bytes: full fine-tuning in bf16 mixed precision is bf16
+weight 2 + bf16 gradient 2 + AdamW state {memory.OPTIMIZER_BYTES_MIXED} (fp32 master 4 + two fp32 moments 8); LoRA
+adapters (r·(d_in + d_out) per targeted matrix) are fp32 weight 4 + gradient 4 + moments 8. Activations per token
+per layer follow Korthikanti et al. (34h + 5·heads·seq bytes for GPT-2, no flash attention; gated MLPs count 8
+bytes per intermediate unit); gradient checkpointing keeps only layer inputs plus one layer. Training logits cost
+{memory.LOGIT_BYTES_TRAIN} bytes per element (fp32 copy + gradient). Headroom: {cuda} GiB for the CUDA context and
+allocator plus {frag} fragmentation on the GPU, {host} GiB for the Python process on the host.
+Verdicts: "fits" up to 85% of the capacity, "tight" up to 100%, else "will not fit".
+
+## rtx4060 profile, stage by stage
+
+Base model `{rtx.base.model}`, LoRA r={s.lora_r}, sequence {d.max_prompt_tokens}+{d.max_response_tokens} tokens,
+gradient checkpointing {ckpt}; SFT batch {s.batch_size}, RM batch {rtx.rm.batch_size} pairs; PPO with the reward
+model on the CPU (its memory is in the CPU column), the reference as the policy's disabled adapter, the value
+model loaded from the reward model at its precision, {p.ppo_batch} rollouts per update, TRL's default rollout chunk
+of {memory.TRL_ROLLOUT_CHUNK}, training micro-batch {max(1, p.mini_batch // p.accum)} (mini_batch / accum).
+Verdicts on an {CARD_GIB} GiB card with {RAM_GIB} GiB of RAM.
+
+{stage_table(rtx)}
+
+## SFT: GPT-2 family and Qwen2.5-0.5B
+
+Batch {s.batch_size}, sequence {seq}, gradient checkpointing {ckpt}, LoRA on the attention projections
+(GPT-2: c_attn, c_proj, which in GPT-2 also names the MLP output; Qwen: q/k/v/o_proj). GPU GiB and the verdict on
+{CARD_GIB} GiB.
+
+{family_table(rtx)}
+
+## PPO: rollout batch and rollout chunk on {CARD_GIB} GiB
+
+TRL's PPOTrainer keeps the fp32 generation scores of every rollout in the batch (ppo_batch x response x vocab x 4
+bytes, plus a padded copy) and computes the reference's full logits per rollout chunk
+(`local_rollout_forward_batch_size`); with Qwen's {memory.KNOWN_MODELS['Qwen/Qwen2.5-0.5B'].vocab}-token vocabulary
+both dominate. GPU GiB of ppo_bf16, other settings as in the profile:
+
+{ppo_batch_table(rtx)}
+
+{REGENERATE}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", metavar="PATH", help="rewrite this file (atomically) instead of printing")
+    args = ap.parse_args(argv)
+    text = render()
+    if args.write:
+        atomic_write_text(args.write, text)
+        print(f"wrote {args.write}")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
