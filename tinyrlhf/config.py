@@ -72,7 +72,7 @@ class BaseSettings:
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 128
-    pretrain_steps: int = 300
+    pretrain_steps: int = 100
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     trust_remote_code: bool = False
@@ -116,8 +116,8 @@ class RMSettings:
 class PPOSettings:
     seeds: tuple = (0, 1)
     ppo_batch: int = 16  # rollouts per PPO update
-    mini_batch: int = 8
-    accum: int = 1
+    mini_batch: int = 8  # sequences per forward/backward pass
+    accum: int = 1  # mini-batches per optimizer step
     ppo_epochs: int = 2
     ppo_lr: float = 3e-4
     max_new: int = 24
@@ -244,10 +244,9 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"rm.precisions: unknown {bad}; allowed: {', '.join(PRECISIONS)}")
     if p.rm.precisions[0] != "bf16" and "bf16" in p.rm.precisions:
         raise ConfigError("rm.precisions must list bf16 first: the other precisions are compared with it")
-    if p.ppo.ppo_batch % p.ppo.mini_batch:
-        raise ConfigError(f"ppo.ppo_batch ({p.ppo.ppo_batch}) must be a multiple of ppo.mini_batch ({p.ppo.mini_batch})")
-    if p.ppo.mini_batch % p.ppo.accum:
-        raise ConfigError(f"ppo.mini_batch ({p.ppo.mini_batch}) must be a multiple of ppo.accum ({p.ppo.accum})")
+    if p.ppo.ppo_batch % (p.ppo.mini_batch * p.ppo.accum):
+        raise ConfigError(f"ppo.ppo_batch ({p.ppo.ppo_batch}) must be a multiple of ppo.mini_batch x ppo.accum "
+                          f"({p.ppo.mini_batch} x {p.ppo.accum}): each optimizer step takes accum mini-batches")
     if p.base.n_embd % p.base.n_head:
         raise ConfigError(f"base.n_embd ({p.base.n_embd}) must be a multiple of base.n_head ({p.base.n_head})")
 

@@ -276,7 +276,12 @@ def prepare_data(profile: Profile, paths: Paths, *, force: bool = False, progres
     files = data_files(paths)
     source_name = resolve_source(profile)
     config_hash = profile.section_hash("data", "base") + f":{source_name}:{hh_dir() if source_name == 'local' else ''}"
-    if not force and reusable(files["stats"], config_hash, [files["train"], files["test"], files["sft"]]):
+    from .base_model import base_dir, is_scratch
+
+    outputs = [files["train"], files["test"], files["sft"]]
+    if is_scratch(profile):
+        outputs.append(base_dir(paths) / "tokenizer.json")  # trained here, so part of this stage's output
+    if not force and reusable(files["stats"], config_hash, outputs):
         stats = read_json(files["stats"])
         stats["reused"] = True
         return stats

@@ -1,7 +1,7 @@
 """An embedded synthetic preference set in Anthropic's HH-RLHF format, with a difference a tiny model can learn.
 
 Chosen replies are polite and on topic (they name the task and give its steps); rejected replies are dismissive,
-rude, or give a harmful answer to a harmful request. Built deterministically from a seed, so the `cpu` profile
+rude, polite but about a different task, or give a harmful answer to a harmful request. Built deterministically from a seed, so the `cpu` profile
 needs no download and every run sees the same data.
 """
 
@@ -98,7 +98,11 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
             t, a, b = rng.choice(TASKS)
             ask = rng.choice(ASK).format(t=t)
             good = rng.choice(CHOSEN).format(t=t, a=a, b=b)
-            bad = rng.choice(REJECTED).format(t=t, a=a)
+            if rng.random() < 0.35:  # polite but about another task: the model must match reply to request
+                t2, a2, b2 = rng.choice([x for x in TASKS if x[0] != t])
+                bad = rng.choice(CHOSEN).format(t=t2, a=a2, b=b2)
+            else:
+                bad = rng.choice(REJECTED).format(t=t, a=a)
         prompt_turns = turns + [("Human", ask)]
         out.append({"chosen": dialogue(prompt_turns + [("Assistant", good)]),
                     "rejected": dialogue(prompt_turns + [("Assistant", bad)])})

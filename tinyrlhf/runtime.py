@@ -1,0 +1,63 @@
+"""What every training stage shares: device and dtype decisions, trainer arguments, freeing memory."""
+
+from __future__ import annotations
+
+import gc
+
+from .config import Profile, resolve_device
+
+
+def bf16_ok(device: str) -> bool:
+    """bf16 compute on CUDA cards that support it; on CPU we train in float32 (bf16 there is emulated and slow
+    without AVX512-BF16/AMX, and the cpu profile's numbers must be reproducible)."""
+    import torch
+
+    return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def trainer_kwargs(profile: Profile, *, out_dir, seed: int, progress: bool, steps: int) -> dict:
+    """TrainingArguments shared by the SFT, RM and PPO configs."""
+    device = resolve_device(profile)
+    return dict(output_dir=str(out_dir), seed=seed, data_seed=seed, use_cpu=device == "cpu", bf16=bf16_ok(device),
+                report_to=[], save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=not progress,
+                dataloader_num_workers=0)
+
+
+def loss_curve(trainer) -> list[dict]:
+    return [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+
+
+def free_memory() -> None:
+    """Release what a finished stage held: Python garbage, then the CUDA cache."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def lora_fan_in_fan_out(model) -> bool:
+    """GPT-2 stores its projections as Conv1D (weights transposed); peft must be told."""
+    return getattr(model.config, "model_type", "") == "gpt2"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 present: bf16 matmuls run natively rather than emulated."""
+    from pathlib import Path
+
+    from .env import BF16_CPU_FLAGS, parse_cpuinfo
+
+    try:
+        _, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return False
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def reward_compute_dtype(device: str):
+    """The dtype of a `bf16` reward model's backbone: bf16 where the device runs it natively, else float32."""
+    import torch
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
