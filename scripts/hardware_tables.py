@@ -67,7 +67,7 @@ def ppo_batch_table(profile: config.Profile) -> str:
                 cells.append("")
                 continue
             e = memory.estimate_ppo(memory.spec_for_profile(profile), rm_precision="bf16", batch=batch,
-                                    mini_batch=max(1, p.mini_batch // p.accum), rollout_chunk=chunk,
+                                    mini_batch=p.mini_batch, rollout_chunk=chunk,
                                     query_len=profile.data.max_prompt_tokens, response_len=p.max_new,
                                     lora_r=p.lora_r, target_modules=p.target_modules,
                                     gradient_checkpointing=profile.sft.gradient_checkpointing)
@@ -103,8 +103,8 @@ Verdicts: "fits" up to 85% of the capacity, "tight" up to 100%, else "will not f
 Base model `{rtx.base.model}`, LoRA r={s.lora_r}, sequence {d.max_prompt_tokens}+{d.max_response_tokens} tokens,
 gradient checkpointing {ckpt}; SFT batch {s.batch_size}, RM batch {rtx.rm.batch_size} pairs; PPO with the reward
 model on the CPU (its memory is in the CPU column), the reference as the policy's disabled adapter, the value
-model loaded from the reward model at its precision, {p.ppo_batch} rollouts per update, TRL's default rollout chunk
-of {memory.TRL_ROLLOUT_CHUNK}, training micro-batch {max(1, p.mini_batch // p.accum)} (mini_batch / accum).
+model loaded from the reward model at its precision, {p.ppo_batch} rollouts per update, rollout forward chunk and training
+micro-batch {p.mini_batch} (ppo.mini_batch).
 Verdicts on an {CARD_GIB} GiB card with {RAM_GIB} GiB of RAM.
 
 {stage_table(rtx)}

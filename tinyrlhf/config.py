@@ -115,9 +115,10 @@ class RMSettings:
 @dataclass(frozen=True)
 class PPOSettings:
     seeds: tuple = (0, 1)
+    # TRL 1.12 collects ppo_batch rollouts, then per PPO epoch takes ONE optimizer step, accumulating gradients
+    # over ppo_batch / mini_batch forward/backward passes (its only consistent setting is num_mini_batches=1).
     ppo_batch: int = 16  # rollouts per PPO update
-    mini_batch: int = 8  # sequences per forward/backward pass
-    accum: int = 1  # mini-batches per optimizer step
+    mini_batch: int = 8  # sequences per forward/backward pass (also the rollout forward chunk)
     ppo_epochs: int = 2
     ppo_lr: float = 3e-4
     max_new: int = 24
@@ -170,7 +171,7 @@ PROFILES = {
                         eval_pairs=500),
         rm=RMSettings(batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05,
                       target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), eval_pairs=1000),
-        ppo=PPOSettings(seeds=(0, 1, 2), ppo_batch=64, mini_batch=4, accum=4, ppo_epochs=4, ppo_lr=1.41e-5,
+        ppo=PPOSettings(seeds=(0, 1, 2), ppo_batch=64, mini_batch=4, ppo_epochs=4, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=100, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
                         eval_prompts=256),
     ),
@@ -244,9 +245,8 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"rm.precisions: unknown {bad}; allowed: {', '.join(PRECISIONS)}")
     if p.rm.precisions[0] != "bf16" and "bf16" in p.rm.precisions:
         raise ConfigError("rm.precisions must list bf16 first: the other precisions are compared with it")
-    if p.ppo.ppo_batch % (p.ppo.mini_batch * p.ppo.accum):
-        raise ConfigError(f"ppo.ppo_batch ({p.ppo.ppo_batch}) must be a multiple of ppo.mini_batch x ppo.accum "
-                          f"({p.ppo.mini_batch} x {p.ppo.accum}): each optimizer step takes accum mini-batches")
+    if p.ppo.ppo_batch % p.ppo.mini_batch:
+        raise ConfigError(f"ppo.ppo_batch ({p.ppo.ppo_batch}) must be a multiple of ppo.mini_batch ({p.ppo.mini_batch})")
     if p.base.n_embd % p.base.n_head:
         raise ConfigError(f"base.n_embd ({p.base.n_embd}) must be a multiple of base.n_head ({p.base.n_head})")
 

@@ -434,7 +434,7 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
 
     device: "cuda" or "cpu" (default: cpu for a cpu profile, else cuda). On the CPU training runs in fp32 (as
     runtime.bf16_ok decides), on the GPU in bf16. Gradient checkpointing follows profile.sft for every stage.
-    PPO trains `ppo.mini_batch // ppo.accum` sequences per forward/backward (TRL's per_device_train_batch_size).
+    PPO trains `ppo.mini_batch` sequences per forward/backward (TRL's per_device_train_batch_size).
     """
     device = device or ("cpu" if profile.device == "cpu" else "cuda")
     spec = spec or spec_for_profile(profile)
@@ -452,7 +452,7 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
     for prec in r.precisions:
         out[f"ppo_{prec}"] = estimate_ppo(
             spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=True, batch=p.ppo_batch,
-            mini_batch=max(1, p.mini_batch // p.accum), query_len=d.max_prompt_tokens, response_len=p.max_new,
+            mini_batch=p.mini_batch, rollout_chunk=p.mini_batch, query_len=d.max_prompt_tokens, response_len=p.max_new,
             lora_r=p.lora_r, target_modules=_targets(spec, p.target_modules), gradient_checkpointing=ckpt,
             device=device, double_quant=r.double_quant, stage=f"ppo_{prec}")
     return out

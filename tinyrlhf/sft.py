@@ -32,6 +32,19 @@ def completion_batch(tokenizer, prompts: list[str], completions: list[str]) -> d
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
 
 
+def response_loss(logits, labels, reduction: str = "mean"):
+    """Masked response-only cross-entropy: next-token loss over positions whose label is not -100.
+
+    The same objective SFTTrainer optimizes through the model's own loss (which upcasts to float32); written out
+    here so evaluation can sum it by token and so it can be checked in float64.
+    """
+    import torch
+
+    target = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction=reduction)
+
+
 def heldout_loss(model, tokenizer, pairs: list[Pair], batch_size: int = 16) -> dict:
     """Token-weighted mean cross-entropy of the chosen replies given their prompts, and its perplexity."""
     import torch
@@ -44,9 +57,9 @@ def heldout_loss(model, tokenizer, pairs: list[Pair], batch_size: int = 16) -> d
             chunk = pairs[i: i + batch_size]
             batch = completion_batch(tokenizer, [p.prompt for p in chunk], [completion(p.chosen) for p in chunk])
             batch = {k: v.to(device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
-            total += float(model(**batch).loss) * n
-            tokens += n
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            total += float(response_loss(logits, batch["labels"], reduction="sum"))
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
     loss = total / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens, "pairs": len(pairs)}
 
