@@ -1,0 +1,369 @@
+"""Small display helpers for the notebooks: result dicts as pandas tables, a few figures, byte and time formatting.
+
+The notebooks call one package function per section and show its result with these helpers, so that a notebook
+holds no logic of its own. Tables are plain ``pandas.DataFrame`` objects; `wrap` turns a text-heavy one into a
+left-aligned, line-wrapping Styler for JupyterLab. Figures are ``matplotlib.figure.Figure`` objects that are not
+registered with pyplot (as in plots.py): show them with ``display(fig)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .config import PRECISIONS, Paths, Profile, default_profile_name
+from .plots import MISSING, precision_color
+
+VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
+LENGTH_FIELDS = ("prompt", "chosen", "rejected")
+LENGTH_COLORS = {"prompt": "#56B4E9", "chosen": "#009E73", "rejected": "#D55E00"}
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def format_bytes(n: int | float | None) -> str:
+    """Human-readable binary size: 512 B, 3.0 KiB, 12.4 MiB, 7.6 GiB; "—" for None."""
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return MISSING
+    n = float(n)
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_seconds(s: float | None) -> str:
+    """12.3 s, 4 min 05 s, 1 h 02 min; "—" for None."""
+    if s is None or not math.isfinite(s):
+        return MISSING
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def _num(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return MISSING
+    return format(v, spec)
+
+
+def wrap(df: pd.DataFrame, width: str = "48em"):
+    """A text-heavy table as a Styler: left-aligned, newlines kept, long cells wrapped, no index column."""
+    cells = [{"selector": "td", "props": [("text-align", "left"), ("white-space", "pre-wrap"),
+                                          ("vertical-align", "top"), ("max-width", width)]},
+             {"selector": "th", "props": [("text-align", "left")]}]
+    # escape: dialogue text may hold "<" or "&", which must show as text, not as HTML.
+    return df.style.format(escape="html").set_table_styles(cells).hide(axis="index")
+
+
+def table(rows, columns=("item", "value")) -> pd.DataFrame:
+    """(item, value) pairs, or a mapping, as a two-column table."""
+    rows = list(rows.items()) if isinstance(rows, dict) else list(rows)
+    return pd.DataFrame(rows, columns=list(columns))
+
+
+# ------------------------------------------------------------------------------------------------- set-up
+def profile_line(requested: str | None, profile: Profile) -> str:
+    """Which profile the notebook uses, and why."""
+    if requested is None:
+        _, why = default_profile_name()
+    elif os.environ.get("TINYRLHF_PROFILE") == requested:
+        why = "TINYRLHF_PROFILE is set"
+    else:
+        why = "PROFILE is set in the parameters cell"
+    return f"Profile: {profile.name} ({why})"
+
+
+def reuse_note(result: dict) -> str:
+    """Whether a stage computed its result now or reused a previous run's."""
+    if result.get("reused"):
+        return ("Reused the outputs of a previous run with the same settings "
+                "(set TINYRLHF_FORCE=1, or FORCE = True in the parameters cell, to recompute).")
+    return "Computed now; the outputs are saved and reused next time while the settings stay the same."
+
+
+def paths_table(paths: Paths) -> pd.DataFrame:
+    """The artifact folders and whether they exist."""
+    rows = [(name, str(getattr(paths, name)), getattr(paths, name).is_dir())
+            for name in ("root", "data", "models", "results", "figures")]
+    return pd.DataFrame(rows, columns=["folder", "path", "exists"])
+
+
+# ---------------------------------------------------------------------------------------------- 00 setup
+def capacities(report: dict) -> tuple[int | None, int]:
+    """(first CUDA device's total memory or None, total RAM) from an environment report, both in bytes."""
+    devices = report["cuda"]["devices"]
+    return (devices[0]["total_memory_bytes"] if devices else None), report["memory"]["ram_total_bytes"]
+
+
+def problems_view(problems: list[dict], profile: Profile):
+    """The environment's problems as a table, or a one-line all-clear."""
+    if not problems:
+        from IPython.display import Markdown
+
+        return Markdown(f"**No problems**: this machine has what the `{profile.name}` profile needs.")
+    return wrap(pd.DataFrame(problems, columns=["what", "why", "fix"]))
+
+
+def install_summary(commands: list[str], installed: bool) -> str:
+    if not commands:
+        return "Every pinned package is installed at its pinned version: nothing to install."
+    lines = "\n".join(f"  {c}" for c in commands)
+    if installed:
+        return f"Ran:\n{lines}\nRestart the kernel so that the new versions are imported."
+    return (f"Would run (set INSTALL_MISSING = True in the parameters cell to do it; torch is never installed "
+            f"from here):\n{lines}")
+
+
+def verdicts_table(verdicts: list[dict]) -> pd.DataFrame:
+    """memory.stage_verdicts rows with readable sizes."""
+    return pd.DataFrame([{"stage": v["stage"], "device": v["device"], "estimate": format_bytes(v["estimate_bytes"]),
+                          "capacity": format_bytes(v["capacity_bytes"]), "verdict": v["verdict"],
+                          "reason": v["reason"]} for v in verdicts])
+
+
+def plot_verdicts(verdicts: list[dict]) -> Figure:
+    """Estimated peak memory per stage against the capacity it is judged by, coloured by verdict."""
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(7, 0.32 * len(verdicts) + 1.5), layout="constrained")
+    ax = fig.add_subplot()
+    rows = verdicts[::-1]  # first stage at the top
+    ax.barh([v["stage"] for v in rows], [v["estimate_bytes"] / 2**30 for v in rows],
+            color=[VERDICT_COLORS.get(v["verdict"], "0.5") for v in rows])
+    for i, v in enumerate(rows):
+        ax.annotate(format_bytes(v["estimate_bytes"]), (v["estimate_bytes"] / 2**30, i), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    for cap in sorted({v["capacity_bytes"] for v in verdicts}):
+        ax.axvline(cap / 2**30, color="black", ls="--", lw=1)
+        ax.annotate(f"capacity {format_bytes(cap)}", (cap / 2**30, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-3, -3), textcoords="offset points", ha="right", va="top", fontsize=8)
+    ax.set_xlim(0, max([v["capacity_bytes"] for v in verdicts] + [v["estimate_bytes"] for v in verdicts],
+                       default=1) / 2**30 * 1.05)
+    device = verdicts[0]["device"] if verdicts else "?"
+    ax.set_xlabel(f"estimated peak memory (GiB); judged against {'GPU memory' if device == 'cuda' else 'RAM'}")
+    ax.set_title("Does each stage fit?", fontsize=10)
+    ax.legend(handles=[Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()], fontsize=8, loc="lower right")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- 01 data
+def data_counts_table(stats: dict) -> pd.DataFrame:
+    """Records read, parsed, skipped, kept, and the split."""
+    skipped = sum((stats.get("skipped") or {}).values())
+    rows = [("source", stats["source"]),
+            ("files", ", ".join(os.path.basename(f) for f in stats.get("sha256") or {}) or MISSING),
+            ("records read", stats["rows_read"]),
+            ("parsed", stats.get("parsed", MISSING)),
+            ("skipped (all reasons)", skipped),
+            ("kept", stats["kept"]),
+            ("train pairs", stats["train"]),
+            ("test pairs", stats["test"])]
+    if stats.get("capped_from"):
+        rows.append(("capped from (data.max_pairs)", stats["capped_from"]))
+    if stats.get("missing_subsets"):
+        rows.append(("missing subsets", ", ".join(stats["missing_subsets"])))
+    return table([(k, str(v)) for k, v in rows])
+
+
+def skipped_table(stats: dict, examples: int = 2) -> pd.DataFrame:
+    """One row per skip reason with its count and a few examples (where, what)."""
+    rows = []
+    for reason, count in (stats.get("skipped") or {}).items():
+        found = (stats.get("skipped_examples") or {}).get(reason, [])[:examples]
+        text = "\n".join(f"{e['where']}: {e['detail']}" if e.get("detail") else e["where"] for e in found)
+        rows.append({"reason": reason, "count": count, "examples": text or MISSING})
+    return pd.DataFrame(rows, columns=["reason", "count", "examples"])
+
+
+def length_percentiles_table(stats: dict) -> pd.DataFrame:
+    """Token-length percentiles of the kept pairs, one row per field."""
+    rows = []
+    for name in LENGTH_FIELDS:
+        q = (stats.get("token_lengths") or {}).get(name) or {}
+        rows.append({"field": name, **{k: _num(q.get(k), ".1f" if k == "mean" else ".0f")
+                                       for k in ("p50", "p90", "p99", "max", "mean")}})
+    return pd.DataFrame(rows)
+
+
+def plot_token_lengths(lengths: dict, limits: dict | None = None) -> Figure:
+    """Histograms of token lengths (train and test together) per field, with the length limits as lines."""
+    fig = Figure(figsize=(9, 3), layout="constrained")
+    for ax, name in zip(fig.subplots(1, len(LENGTH_FIELDS)), LENGTH_FIELDS):
+        values = [v for split in lengths.values() for v in split.get(name, [])]
+        # One bin per token count when the range is small, so integer lengths do not alias into the bins.
+        lo, hi = (min(values), max(values)) if values else (0, 1)
+        bins = np.arange(lo, hi + 2) - 0.5 if hi - lo <= 80 else 40
+        ax.hist(values, bins=bins, color=LENGTH_COLORS[name])
+        if limits and limits.get(name):
+            ax.axvline(limits[name], color="black", ls="--", lw=1, label=f"limit {limits[name]}")
+            ax.legend(fontsize=8)
+        ax.set_title(f"{name} ({len(values)} pairs)", fontsize=10)
+        ax.set_xlabel("tokens")
+    fig.axes[0].set_ylabel("pairs")
+    fig.suptitle("Token lengths of the prepared pairs", fontsize=11)
+    return fig
+
+
+def pairs_table(pairs, n: int = 3, width: int = 600) -> pd.DataFrame:
+    """The first `n` preference pairs (prompt, chosen, rejected), long texts shortened."""
+    def cut(text: str) -> str:
+        return text if len(text) <= width else text[:width] + " …"
+
+    return pd.DataFrame([{"prompt": cut(p.prompt.strip()), "chosen": cut(p.chosen), "rejected": cut(p.rejected)}
+                         for p in list(pairs)[:n]])
+
+
+# ------------------------------------------------------------------------------------------------ 02 SFT
+def sft_before_after_table(result: dict) -> pd.DataFrame:
+    """Held-out loss and perplexity of the base model and the fine-tuned one."""
+    rows = []
+    for name in ("before", "after"):
+        r = result[name]
+        rows.append({"model": "base (before SFT)" if name == "before" else "SFT (after)",
+                     "held-out loss": _num(r.get("loss"), ".4f"), "perplexity": _num(r.get("perplexity"), ".2f"),
+                     "tokens": r.get("tokens", MISSING), "pairs": r.get("pairs", MISSING)})
+    return pd.DataFrame(rows)
+
+
+def sft_parameters_table(result: dict) -> pd.DataFrame:
+    """Trainable (LoRA) versus total parameters, training time and peak memory."""
+    trainable, total = result.get("trainable_parameters"), result.get("total_parameters")
+    share = f"{trainable / total:.2%}" if trainable and total else MISSING
+    rows = [("trainable parameters (LoRA)", f"{trainable:,}" if trainable is not None else MISSING),
+            ("total parameters", f"{total:,}" if total is not None else MISSING),
+            ("trainable share", share),
+            ("loss drop (before - after)", _num(result.get("loss_drop"), ".4f")),
+            ("training time", format_seconds(result.get("train_seconds"))),
+            ("peak memory", format_bytes(result.get("peak_memory_bytes")))]
+    base = result.get("base_pretraining") or {}
+    if base.get("built"):
+        rows += [("base model pre-training", f"{base.get('steps')} steps in {format_seconds(base.get('seconds'))}, "
+                                             f"{base.get('parameters', 0):,} parameters"),
+                 ("pre-training loss", f"{_num(base.get('first_loss'), '.3f')} → {_num(base.get('final_loss'), '.3f')}")]
+    return table(rows)
+
+
+def plot_sft_loss(result: dict) -> Figure:
+    """SFT training loss per step; beside it the base model's pre-training loss when it was built here."""
+    base = (result.get("base_pretraining") or {}).get("loss_curve") or []
+    fig = Figure(figsize=(9 if base else 4.8, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2 if base else 1, squeeze=False)[0]
+    curve = result.get("loss_curve") or []
+    ax = axes[-1]
+    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], marker="o", ms=3, color="#0072B2")
+    ax.set_xlabel("SFT step")
+    ax.set_ylabel("training loss")
+    ax.set_title("LoRA SFT training loss", fontsize=10)
+    for name in ("before", "after"):
+        loss = (result.get(name) or {}).get("loss")
+        if loss is not None:
+            ax.axhline(loss, ls=":" if name == "before" else "--", color="0.4", lw=1,
+                       label=f"held-out loss {name} ({loss:.3f})")
+    ax.legend(fontsize=8)
+    if base:
+        ax0 = axes[0]
+        steps = (result.get("base_pretraining") or {}).get("steps")
+        if steps:  # the losses are logged at even intervals up to the last step
+            ax0.plot(np.linspace(steps / len(base), steps, len(base)), base, marker="o", ms=3, color="#999999")
+            ax0.set_xlabel("pre-training step")
+        else:
+            ax0.plot(range(1, len(base) + 1), base, marker="o", ms=3, color="#999999")
+            ax0.set_xlabel("logged point")
+        ax0.set_ylabel("training loss")
+        ax0.set_title("base model pre-training loss", fontsize=10)
+    return fig
+
+
+def generations_table(result: dict, width: int = 400) -> pd.DataFrame:
+    """Sample prompts with the base model's and the SFT model's replies."""
+    def cut(text: str) -> str:
+        text = (text or "").strip()
+        return text if len(text) <= width else text[:width] + " …"
+
+    return pd.DataFrame([{"prompt": cut(g["prompt"]), "before SFT": cut(g["before"]), "after SFT": cut(g["after"])}
+                         for g in result.get("generations") or []], columns=["prompt", "before SFT", "after SFT"])
+
+
+# ------------------------------------------------------------------------------------------ 03 reward models
+def plot_rm_loss(result: dict) -> Figure:
+    """Reward-model training loss per logged point, one line per precision in its colour."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    for p, entry in result["precisions"].items():
+        curve = [v for v in entry.get("loss_curve") or [] if v is not None]
+        if entry.get("status") == "ok" and curve:
+            ax.plot(range(1, len(curve) + 1), curve, color=precision_color(p), label=p, marker="o", ms=3)
+        else:
+            ax.plot([], [], ls=":", color=precision_color(p),
+                    label=f"{p}: {textwrap.shorten(entry.get('reason') or 'no curve', 40, placeholder='…')}")
+    ax.axhline(math.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("logged point")
+    ax.set_ylabel("pairwise loss")
+    ax.set_title("Reward-model training loss", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# -------------------------------------------------------------------------------------------------- 04 PPO
+def final_reward_lines(result: dict) -> list[str]:
+    """One line per precision: "bf16 RM: final reward = 0.123 ± 0.045" (judged reward, mean ± std over seeds)."""
+    lines = []
+    for p in (p for p in PRECISIONS if p in result["precisions"]):
+        e = result["precisions"][p]
+        mean, std = e.get("judged_reward_mean"), e.get("judged_reward_std")
+        if e.get("status") not in ("ok", "partial") or mean is None:
+            lines.append(f"{p} RM: failed ({e.get('reason') or 'no reason given'})")
+        elif std is None:
+            lines.append(f"{p} RM: final reward = {mean:.3f} (one seed, no spread)")
+        else:
+            lines.append(f"{p} RM: final reward = {mean:.3f} ± {std:.3f}")
+    return lines
+
+
+def cross_matrix_table(result: dict) -> pd.DataFrame:
+    """Mean reward of each policy (rows) under each reward model (columns)."""
+    m = result["cross_matrix"]
+    index = [f"{p} policy" if p == "sft" else f"PPO vs {p} RM" for p in m["policies"]]
+    values = [[_num(v, ".3f") for v in row] for row in m["mean_reward"]]
+    df = pd.DataFrame(values, index=index, columns=[f"judged by {j}" for j in m["judges"]])
+    df.index.name = "policy"
+    return df
+
+
+def samples_table(result: dict, n: int = 3, width: int = 300) -> pd.DataFrame:
+    """Sample responses of the SFT policy and of each precision's first seed, with their judged reward."""
+    def cut(text: str) -> str:
+        text = (text or "").strip()
+        return text if len(text) <= width else text[:width] + " …"
+
+    rows = []
+    groups = [("SFT", result["sft"].get("samples") or [])]
+    for p, e in result["precisions"].items():
+        seeds = e.get("seeds") or []
+        if seeds:
+            groups.append((f"PPO vs {p} RM (seed {seeds[0].get('seed')})", seeds[0].get("samples") or []))
+    for policy, samples in groups:
+        for s in samples[:n]:
+            rows.append({"policy": policy, "prompt": cut(s["prompt"]), "response": cut(s["response"]),
+                         "judged reward": _num(s.get("judged_reward"), ".3f")})
+    return pd.DataFrame(rows, columns=["policy", "prompt", "response", "judged reward"])
+
+
+def show_pngs(written: dict) -> None:
+    """Display the PNG of each figure that plots.draw_all wrote, under its name."""
+    from IPython.display import Image, Markdown, display
+
+    for name, files in written.items():
+        png = next((f for f in files if str(f).endswith(".png")), None)
+        if png is not None:
+            display(Markdown(f"**{name}** (`{png}`)"))
+            display(Image(filename=str(png)))

@@ -1,0 +1,186 @@
+"""Run the pipeline's notebooks top to bottom, headless: ``python -m tinyrlhf.run_notebooks``.
+
+Executes every ``0*.ipynb`` notebook at the repository root in order (kernel ``python3``, working directory the
+repository root), writes each executed copy to ``<workdir>/executed/<name>`` (workdir: ``TINYRLHF_WORKDIR`` or
+the repository root), and prints one line per notebook plus a final table. Stops at the first notebook that
+fails and exits non-zero with its name and the error message; its executed copy, with the failing cell's
+output, is still written.
+
+    python -m tinyrlhf.run_notebooks                       # all notebooks, default profile
+    python -m tinyrlhf.run_notebooks --profile cpu         # the quick offline run
+    python -m tinyrlhf.run_notebooks --only 00 01          # notebooks whose names start with 00 or 01
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PROFILES, repo_root
+
+PATTERN = "0*.ipynb"
+KERNEL = "python3"
+CELL_TIMEOUT = 3600  # seconds per cell: training cells on the real profile take long
+EXECUTED = "executed"
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # "ok", "failed" or "not run"
+    seconds: float | None = None
+    error: str | None = None
+    executed: Path | None = None
+
+
+class NotebookError(RuntimeError):
+    """A notebook that failed; the message is the error's type and text, not a traceback."""
+
+
+def discover(root: str | os.PathLike, only: list[str] | None = None) -> list[Path]:
+    """The notebooks to run, in name order: all ``0*.ipynb`` in `root`, or those whose names start with a prefix
+    in `only`. A prefix that matches nothing is an error listing the notebooks there are."""
+    found = sorted(Path(root).glob(PATTERN))
+    if not only:
+        return found
+    unknown = [p for p in only if not any(nb.name.startswith(p) for nb in found)]
+    if unknown:
+        names = ", ".join(nb.name for nb in found) or f"none ({PATTERN} in {root})"
+        raise ValueError(f"--only {' '.join(unknown)}: no notebook starts with that; notebooks: {names}")
+    return [nb for nb in found if any(nb.name.startswith(p) for p in only)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tinyrlhf.run_notebooks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="PREFIX",
+                        help="run only the notebooks whose names start with one of these (e.g. 00 01)")
+    parser.add_argument("--profile", choices=sorted(PROFILES),
+                        help="profile for every notebook (sets TINYRLHF_PROFILE for the kernels)")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute stages whose outputs exist (sets TINYRLHF_FORCE=1 for the kernels)")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help=f"seconds per cell (default {CELL_TIMEOUT})")
+    parser.add_argument("--root", type=Path, default=repo_root(), help="folder holding the notebooks (default: repo root)")
+    return parser.parse_args(argv)
+
+
+def kernel_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The kernels' environment: `base` (default: this process's) with the options' TINYRLHF_* variables set."""
+    env = dict(os.environ if base is None else base)
+    # Every notebook writes to and reads from the same place.
+    env["TINYRLHF_WORKDIR"] = str(Path(env.get("TINYRLHF_WORKDIR") or repo_root()).expanduser().resolve())
+    if args.profile:
+        env["TINYRLHF_PROFILE"] = args.profile
+    if args.force:
+        env["TINYRLHF_FORCE"] = "1"
+    return env
+
+
+def _error_message(exc: BaseException) -> str:
+    """The error's type and text, without nbclient's copy of the cell source and traceback."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    if isinstance(exc, CellExecutionError) and getattr(exc, "ename", None):
+        text = (exc.evalue or "").strip()
+        return f"{exc.ename}: {text}" if text else exc.ename
+    if isinstance(exc, CellTimeoutError):
+        return f"a cell ran longer than the timeout: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    if isinstance(exc, DeadKernelError):
+        return f"the kernel died (out of memory?): {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _encryption() -> dict:
+    """Encrypt the local kernel connection (CurveZMQ) where jupyter_client and pyzmq can: the kernel then
+    neither warns about plain-text TCP nor exposes code and outputs on the loopback interface."""
+    import zmq
+    from jupyter_client import KernelManager
+
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        return {"transport_encryption": "auto"}
+    return {}
+
+
+def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[str, str] | None = None) -> None:
+    """Execute one notebook with `env` as the kernel's whole environment (default: this process's); write the
+    executed copy atomically (also when it fails); raise NotebookError."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .results import atomic_write_text
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}})
+    try:
+        client.execute(env=dict(os.environ if env is None else env), **_encryption())
+    except Exception as e:  # noqa: BLE001 - reported with the notebook's name, then the run stops
+        raise NotebookError(_error_message(e)) from e
+    finally:
+        atomic_write_text(out_path, nbformat.writes(nb))
+
+
+def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int, env: dict[str, str] | None = None,
+        execute_fn=execute, stream=sys.stdout) -> list[Outcome]:
+    """Run the notebooks in order, stopping at the first failure; one Outcome per notebook."""
+    outcomes = [Outcome(nb.name, "not run") for nb in notebooks]
+    for nb, outcome in zip(notebooks, outcomes):
+        print(f"[run] {nb.name} ...", file=stream, flush=True)
+        outcome.executed = out_dir / nb.name
+        t0 = time.perf_counter()
+        try:
+            execute_fn(nb, outcome.executed, cwd=cwd, timeout=timeout, env=env)
+            outcome.status = "ok"
+        except NotebookError as e:
+            outcome.status, outcome.error = "failed", str(e)
+        outcome.seconds = time.perf_counter() - t0
+        print(f"[{outcome.status}] {nb.name} in {outcome.seconds:.1f} s -> {outcome.executed}", file=stream,
+              flush=True)
+        if outcome.status == "failed":
+            break
+    return outcomes
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    """The final table: notebook, status, wall seconds."""
+    width = max([len("notebook"), *(len(o.name) for o in outcomes)])
+    lines = [f"{'notebook':<{width}}  {'status':<8}  {'seconds':>8}", f"{'-' * width}  {'-' * 8}  {'-' * 8}"]
+    for o in outcomes:
+        secs = "" if o.seconds is None else f"{o.seconds:.1f}"
+        lines.append(f"{o.name:<{width}}  {o.status:<8}  {secs:>8}")
+    total = sum(o.seconds or 0.0 for o in outcomes)
+    lines.append(f"{'total':<{width}}  {'':<8}  {total:>8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
+    args = parse_args(argv)
+    root = args.root.resolve()
+    try:
+        notebooks = discover(root, args.only)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not notebooks:
+        print(f"error: no notebooks ({PATTERN}) in {root}", file=sys.stderr)
+        return 2
+    env = kernel_env(args)
+    out_dir = Path(env["TINYRLHF_WORKDIR"]) / EXECUTED
+    print(f"Running {len(notebooks)} notebook(s) from {root}; profile "
+          f"{env.get('TINYRLHF_PROFILE') or 'default (TINYRLHF_PROFILE not set)'}; artifacts under "
+          f"{env['TINYRLHF_WORKDIR']}; executed copies in {out_dir}", flush=True)
+    outcomes = run(notebooks, out_dir=out_dir, cwd=root, timeout=args.timeout, env=env, execute_fn=execute_fn)
+    print()
+    print(summary(outcomes))
+    failed = next((o for o in outcomes if o.status == "failed"), None)
+    if failed:
+        print(f"\nFAILED: {failed.name}: {failed.error}\n(the executed notebook with the failing cell's output: "
+              f"{failed.executed})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
