@@ -196,7 +196,7 @@ def plot_rm_accuracy(rm: dict) -> Figure:
 def plot_rm_costs(rm: dict) -> Figure:
     """Footprint, training time and scoring throughput per precision, as small multiples."""
     fig = Figure(figsize=(9, 3.2), layout="constrained")
-    panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.0f}"),
+    panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.2f}"),
               ("train_seconds", 1.0, "training time (s)", "{:.0f}"),
               ("throughput_pairs_per_s", 1.0, "scoring throughput (pairs/s)", "{:.1f}")]
     precisions = _precisions(rm)

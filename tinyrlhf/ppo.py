@@ -165,21 +165,19 @@ class _History:
         self.callback = Callback()
 
 
-def train_ppo(prefs_path, *, sft_path, rm_path, out_dir, profile: Profile, paths: Paths, ppo_batch: int,
-              ppo_epochs: int, max_new: int, ppo_lr: float, clip: float, kl_coef: float, mini_batch: int, steps: int = 10, temperature: float = 1.0, seed: int = 0,
-              progress: bool = True) -> dict:
-    """One PPO run against the reward model saved at `rm_path`; saves the policy adapter to `out_dir`.
-
-    Returns the per-step history, seconds, peak memory, reward-scoring seconds, and the trained policy (PeftModel,
-    for evaluation before it is released) under "policy".
-    """
+def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profile, paths: Paths, ppo_batch: int,
+                      ppo_epochs: int, max_new: int, ppo_lr: float, clip: float, kl_coef: float, mini_batch: int,
+                      steps: int = 10, temperature: float = 1.0, seed: int = 0, progress: bool = True, callbacks=()):
+    """TRL's PPOTrainer with our policy, value model and CPU-resident reward model. Returns (trainer, reward
+    wrapper, tokenizer, reward-model info)."""
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from .base_model import load_tokenizer
     from .reward import load_reward_model
 
+    set_seed(seed)  # the fresh LoRA adapters are initialised before TRL seeds anything
     device = resolve_device(profile)
     dtype = torch.bfloat16 if bf16_ok(device) else torch.float32
     tokenizer = load_tokenizer(profile, paths, path=sft_path)
@@ -201,13 +199,24 @@ def train_ppo(prefs_path, *, sft_path, rm_path, out_dir, profile: Profile, paths
         total_episodes=steps * ppo_batch, temperature=temperature, stop_token="eos", num_sample_generations=0,
         per_device_eval_batch_size=1)
     args.logging_steps = 1
-    history = _History()
     peft_config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.0,
                              target_modules=list(p.target_modules), fan_in_fan_out=lora_fan_in_fan_out(policy),
                              task_type="CAUSAL_LM")
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
                          value_model=value, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
-                         peft_config=peft_config, callbacks=[history.callback])
+                         peft_config=peft_config, callbacks=list(callbacks))
+    return trainer, reward, tokenizer, rm_info
+
+
+def train_ppo(prefs_path, *, out_dir, progress: bool = True, **kwargs) -> dict:
+    """One PPO run (keywords as `build_ppo_trainer`); saves the policy adapter to `out_dir`.
+
+    Returns the per-step history, seconds, peak memory, reward-scoring seconds, and the trained policy (PeftModel,
+    for evaluation before it is released) under "policy".
+    """
+    history = _History()
+    trainer, reward, tokenizer, rm_info = build_ppo_trainer(prefs_path, out_dir=out_dir, progress=progress,
+                                                            callbacks=[history.callback], **kwargs)
     with MemoryMeter() as meter:
         trainer.train()
     trained = trainer.accelerator.unwrap_model(trainer.model).policy
@@ -218,15 +227,15 @@ def train_ppo(prefs_path, *, sft_path, rm_path, out_dir, profile: Profile, paths
     shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
     result = {"history": history.rows, "train_seconds": meter.result["seconds"], "peak_memory": meter.result,
               "reward_scoring_seconds": reward.seconds, "reward_device": str(reward.device),
-              "policy_device": device, "rm_precision": rm_info["precision"], "policy": trained,
-              "tokenizer": tokenizer}
-    del trainer, value, reward, rm
+              "policy_device": str(trainer.accelerator.device), "rm_precision": rm_info["precision"],
+              "policy": trained, "tokenizer": tokenizer}
+    del trainer, reward
     free_memory()
     return result
 
 
-def run_one(profile: Profile, paths: Paths, precision: str, seed: int, *, progress: bool = True) -> dict:
-    """One (precision, seed) PPO run with the profile's settings."""
+def ppo_kwargs(profile: Profile, paths: Paths, precision: str, seed: int) -> dict:
+    """The profile's settings as `train_ppo` / `build_ppo_trainer` keywords, for one (precision, seed)."""
     from .reward import rm_dir
     from .sft import sft_dirs
 
@@ -234,11 +243,15 @@ def run_one(profile: Profile, paths: Paths, precision: str, seed: int, *, progre
     if not (sft_path / "config.json").exists():
         raise PPOError(f"no SFT model in {sft_path}: run 02_SFT_Finetuning first")
     p = profile.ppo
-    return train_ppo(data_files(paths)["train"], sft_path=str(sft_path), rm_path=rm_dir(paths, precision),
-                     out_dir=policy_dir(paths, precision, seed), profile=profile, paths=paths, ppo_batch=p.ppo_batch,
-                     ppo_epochs=p.ppo_epochs, max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef,
-                     mini_batch=p.mini_batch, steps=p.steps, temperature=p.temperature, seed=seed,
-                     progress=progress)
+    return dict(sft_path=str(sft_path), rm_path=rm_dir(paths, precision), out_dir=policy_dir(paths, precision, seed),
+                profile=profile, paths=paths, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs, max_new=p.max_new,
+                ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch, steps=p.steps,
+                temperature=p.temperature, seed=seed)
+
+
+def run_one(profile: Profile, paths: Paths, precision: str, seed: int, *, progress: bool = True) -> dict:
+    """One (precision, seed) PPO run with the profile's settings."""
+    return train_ppo(data_files(paths)["train"], progress=progress, **ppo_kwargs(profile, paths, precision, seed))
 
 
 def run_ppo_experiments(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:

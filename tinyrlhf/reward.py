@@ -4,6 +4,7 @@ quantization costs them: accuracy, agreement with bf16, footprint, time, memory 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import traceback
@@ -16,6 +17,11 @@ from .data import Pair, data_files, read_pairs
 from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
                       read_json, reusable)
 from .runtime import free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype, trainer_kwargs
+
+# bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
+# per layer per step buries the notebook's output.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+    lambda record: not record.getMessage().startswith("MatMul8bitLt: inputs will be cast"))
 
 SCORE_HEAD = "score"  # the head of AutoModelForSequenceClassification for decoder models
 PRECISION_FILE = "precision.json"

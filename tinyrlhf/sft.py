@@ -98,7 +98,6 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     out_dir = Path(out_dir)
     device = resolve_device(profile)
     model = load_causal_lm(profile, str(init_path), device=device)
-    total_params = sum(p.numel() for p in model.parameters())
     dataset = load_dataset("json", data_files=str(data_path), split="train")
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=list(target_modules),
                       fan_in_fan_out=lora_fan_in_fan_out(model), task_type="CAUSAL_LM")
@@ -112,6 +111,7 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in trainer.model.parameters())  # base + LoRA
     with MemoryMeter() as meter:
         trainer.train()
     adapter_dir, merged_dir = out_dir / "adapter", out_dir / "merged"
