@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard 0*.ipynb))
 
 .PHONY: run test install clean-artifacts
 
@@ -22,8 +23,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m tinyrlhf.run_notebooks
 
+# Unit and end-to-end tests, then every notebook top to bottom with nbmake on the cpu profile, in a temporary
+# workdir so a user's data/, models/ and results/ are never touched.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@workdir=$$(mktemp -d) && trap 'rm -rf "$$workdir"' EXIT && \
+	TINYRLHF_PROFILE=cpu TINYRLHF_WORKDIR="$$workdir" $(PY) -m pytest tests $(NOTEBOOKS) --nbmake \
+		--nbmake-timeout=3600 -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-artifacts:
 	rm -rf data/*.jsonl models/*/ results/*.json results/figures/* executed/

@@ -176,3 +176,18 @@ def test_reward_wrapper_stays_on_cpu_and_returns_scores_to_the_callers_device(pi
     wrapper.caller_device = torch.device("meta")
     assert wrapper.score(hidden).device.type == "meta"
     assert {p.device.type for p in rm.parameters()} == {"cpu"}
+
+
+# The estimator's band on the cpu profile: the measured process peak RSS lies within this factor of the estimate
+# (the estimate counts 1 GiB for the Python process with torch; measured ratios were 0.7-1.2).
+MEMORY_BAND = (0.5, 2.0)
+
+
+def test_measured_peaks_lie_within_the_stated_band_of_the_estimates(pipeline):
+    _, _, out = pipeline
+    records = [out["sft"]["memory"]] + [out["rm"]["precisions"][p]["memory"] for p in PRECISIONS]
+    records += [s["memory"] for p in PRECISIONS for s in out["ppo"]["precisions"][p]["seeds"]]
+    assert len(records) == 1 + 3 + 3 * len(out["ppo"]["precisions"]["bf16"]["seeds"])
+    for rec in records:
+        assert rec["measured"] == "process peak RSS" and rec["estimate_bytes"] > 0
+        assert MEMORY_BAND[0] <= rec["ratio"] <= MEMORY_BAND[1], rec

@@ -13,6 +13,7 @@ import traceback
 import weakref
 
 from .config import Paths, Profile, resolve_device
+from .memory import measured_vs_estimate
 from .results import (atomic_write_json, current_rss_bytes, data_source_of, manifest, read_json, reusable)
 from .runtime import free_memory
 
@@ -211,6 +212,7 @@ def run_experiments(profile: Profile, paths: Paths, *, force: bool = False, prog
                 free_memory()
                 rec.update(status="ok", history=run["history"], train_seconds=run["train_seconds"],
                            peak_memory_bytes=run["peak_memory"]["peak_bytes"], peak_memory=run["peak_memory"],
+                           memory=measured_vs_estimate(profile, f"ppo_{precision}", run["peak_memory"]),
                            reward_scoring_seconds=run["reward_scoring_seconds"], reward_device=run["reward_device"],
                            policy_device=run["policy_device"], released=alive() is None,
                            rss_after_release_bytes=current_rss_bytes())

@@ -507,3 +507,28 @@ def card_fits(profile: Profile, gib: float, spec: ModelSpec | None = None) -> bo
     """Does every stage of the profile fit (possibly tightly) on a GPU with `gib` GiB?"""
     return all(fits(e, int(gib * GiB))[0] != "will not fit"
                for e in estimate_profile(profile, spec, device="cuda").values())
+
+
+def stage_estimate(profile: Profile, stage: str, *, device: str | None = None) -> dict:
+    """The estimate a stage records beside its measured peak ("sft", "rm_<p>", "ppo_<p>").
+
+    `comparable_bytes` is what the measurement sees: on a GPU the device figure (CUDA max allocated), on the CPU
+    everything, since the process peak RSS holds the models, the activations and the Python process alike.
+    """
+    from .config import resolve_device
+
+    device = device or resolve_device(profile)
+    est = estimate_profile(profile, device=device)[stage]
+    return {"stage": stage, "device": device, "device_bytes": est.device_bytes, "cpu_bytes": est.cpu_bytes,
+            "comparable_bytes": est.device_bytes if device == "cuda" else est.total, "parts": dict(est.parts)}
+
+
+def measured_vs_estimate(profile: Profile, stage: str, meter_result: dict) -> dict:
+    """A stage's measured peak (a `results.MemoryMeter` result) beside the estimate, for its results JSON."""
+    est = stage_estimate(profile, stage)
+    measured = meter_result["peak_bytes"]
+    return {"stage": stage, "device": est["device"],
+            "measured": "cuda max allocated" if "cuda_max_allocated_bytes" in meter_result else "process peak RSS",
+            "measured_bytes": measured, "cuda_max_reserved_bytes": meter_result.get("cuda_max_reserved_bytes"),
+            "estimate_bytes": est["comparable_bytes"], "ratio": measured / est["comparable_bytes"],
+            "estimate_parts": est["parts"]}

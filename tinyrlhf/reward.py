@@ -14,6 +14,7 @@ from pathlib import Path
 from .chat import completion
 from .config import PRECISIONS, Paths, Profile, resolve_device
 from .data import Pair, data_files, read_pairs
+from .memory import measured_vs_estimate
 from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
                       read_json, reusable)
 from .runtime import free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype, trainer_kwargs
@@ -244,6 +245,7 @@ def _one_precision(profile: Profile, paths: Paths, precision: str, init_path: st
            "rank_correlation_with_bf16": ev.get("rank_correlation_with_bf16", 1.0 if precision == "bf16" else None),
            "footprint_bytes": footprint_bytes(model), "train_seconds": run["train_seconds"],
            "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
+           "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
            "throughput_pairs_per_s": ev["throughput_pairs_per_s"], "compute_dtype": run["compute_dtype"],
            "trainable_parameters": run["trainable_parameters"],
            "loss_curve": [h["loss"] for h in run["loss_curve"]]}

@@ -10,6 +10,7 @@ from pathlib import Path
 from .chat import completion
 from .config import Paths, Profile, resolve_device
 from .data import Pair, data_files, read_pairs
+from .memory import measured_vs_estimate
 from .results import MemoryMeter, atomic_write_json, data_source_of, manifest, read_json, reusable
 from .runtime import free_memory, lora_fan_in_fan_out, loss_curve, trainer_kwargs
 
@@ -177,6 +178,7 @@ def run_sft(profile: Profile, paths: Paths, *, force: bool = False, progress: bo
         "loss_curve": run["loss_curve"],
         "train_seconds": run["train_seconds"],
         "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
+        "memory": measured_vs_estimate(profile, "sft", run["peak_memory"]),
         "trainable_parameters": run["trainable_parameters"],
         "total_parameters": run["total_parameters"],
         "generations": [{"prompt": p, "before": b, "after": a}
