@@ -29,3 +29,28 @@ def test_same_seed_same_numbers(tmp_path):
     assert adapter_a == adapter_b
     c, adapter_c = _run(tmp_path, "c", seed=1)
     assert c["after"]["loss"] != a["after"]["loss"] and adapter_c != adapter_a
+
+
+def test_reward_model_does_not_depend_on_what_ran_before_in_the_process(tmp_path):
+    """RewardTrainer initialises the score head and LoRA before the Trainer seeds; our stage seeds first."""
+    import torch
+
+    from tinyrlhf.base_model import load_tokenizer
+    from tinyrlhf.data import data_files, read_pairs
+    from tinyrlhf.reward import evaluate_reward_model, load_reward_model, train_reward_model
+
+    profile = get_profile("cpu", overrides=SMALL)
+    _run(tmp_path, "base")
+    paths = get_paths(tmp_path / "base")
+    merged = paths.models / "sft" / "merged"
+    tok = load_tokenizer(profile, paths, path=merged)
+    test = read_pairs(data_files(paths)["test"])[:40]
+    margins = []
+    for i, history in enumerate((1, 1000)):
+        torch.rand(history)  # a different amount of earlier random draws
+        out = tmp_path / f"rm{i}"
+        train_reward_model(data_files(paths)["train"], init_path=str(merged), tokenizer=tok, precision="bf16",
+                           out_dir=out, batch_size=8, lr=1e-3, max_steps=3, profile=profile, progress=False)
+        model, _ = load_reward_model(out, profile=profile)
+        margins.append(evaluate_reward_model(model, tok, test)["scores_chosen"])
+    assert margins[0] == margins[1]

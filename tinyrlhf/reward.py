@@ -107,8 +107,12 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
     from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
+    # The new score head and the LoRA adapter are initialised before the Trainer seeds anything: seed here, or
+    # they depend on whatever ran earlier in the process.
+    set_seed(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
     model, compute = load_backbone(init_path, precision, profile=profile, pad_token_id=tokenizer.pad_token_id,

@@ -92,10 +92,12 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     """
     from datasets import load_dataset
     from peft import LoraConfig
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from .base_model import load_causal_lm
 
+    set_seed(seed)  # the LoRA adapter is initialised before the Trainer seeds anything
     out_dir = Path(out_dir)
     device = resolve_device(profile)
     model = load_causal_lm(profile, str(init_path), device=device)
