@@ -81,3 +81,12 @@ def test_gradient_matches_finite_differences_in_float64(tok, model):
     finally:
         with torch.no_grad():
             weight.copy_(original)
+
+
+def test_lora_targets_missing_from_the_model_are_a_clear_error(model):
+    from tinyrlhf.config import ConfigError
+    from tinyrlhf.runtime import check_target_modules
+
+    check_target_modules(model, ["c_attn", "c_fc"])
+    with pytest.raises(ConfigError, match=r"\['q_proj'\] are not in gpt2.*c_attn"):
+        check_target_modules(model, ["c_attn", "q_proj"])

@@ -16,7 +16,7 @@ from torch import nn
 from .config import Paths, Profile, resolve_device
 from .data import data_files, read_pairs
 from .results import MemoryMeter
-from .runtime import bf16_ok, free_memory, lora_fan_in_fan_out, trainer_kwargs
+from .runtime import bf16_ok, check_target_modules, free_memory, lora_fan_in_fan_out, trainer_kwargs
 
 
 class PPOError(RuntimeError):
@@ -184,6 +184,7 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     tokenizer.padding_side = "left"  # queries are left-padded so generation continues right after the prompt
     policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=dtype,
                                                   trust_remote_code=profile.base.trust_remote_code).to(device)
+    check_target_modules(policy, profile.ppo.target_modules)
     value = load_value_model(profile, paths, device=device, dtype=dtype)
     rm, rm_info = load_reward_model(rm_path, profile=profile, device="cpu")
     reward = CPURewardModel(rm, "cpu")

@@ -17,7 +17,8 @@ from .data import Pair, data_files, read_pairs
 from .memory import measured_vs_estimate
 from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
                       read_json, reusable)
-from .runtime import free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype, trainer_kwargs
+from .runtime import (check_target_modules, free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype,
+                      trainer_kwargs)
 
 # bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
 # per layer per step buries the notebook's output.
@@ -117,6 +118,7 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     device = resolve_device(profile)
     model, compute = load_backbone(init_path, precision, profile=profile, pad_token_id=tokenizer.pad_token_id,
                                    device=device, double_quant=double_quant)
+    check_target_modules(model, target_modules)
     if precision != "bf16":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),

@@ -61,3 +61,17 @@ def reward_compute_dtype(device: str):
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def check_target_modules(model, names) -> None:
+    """LoRA targets must exist in the model; say which names it has instead of peft's error from deep inside."""
+    from .config import ConfigError
+
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if not list(m.children())}
+    missing = [n for n in names if n not in leaves]
+    if missing:
+        linear = sorted(n for n in leaves if any(k in n for k in ("proj", "attn", "fc", "dense", "query", "key",
+                                                                       "value", "c_")))
+        raise ConfigError(f"LoRA target modules {missing} are not in {model.config.model_type} "
+                          f"({getattr(model.config, '_name_or_path', '')}); set *.target_modules to names it has, "
+                          f"e.g. {linear}")
