@@ -1,7 +1,6 @@
 """End to end on the cpu profile: every stage learns on the synthetic data (asserted with bounds we measured), and
 the artifacts, result files and figures are what later stages and paper authors rely on."""
 
-import json
 
 import pytest
 import torch

@@ -68,6 +68,14 @@ def sample_responses(model, tokenizer, prompts: list[str], *, max_new: int, temp
     return texts, ids_out
 
 
+def _response_logprob(model, ids, n_prompt: int):
+    """log p(response | prompt) of one sequence whose first `n_prompt` tokens are the prompt."""
+    import torch
+
+    logits = model(input_ids=ids).logits[0, n_prompt - 1: -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[0, n_prompt:, None]).sum()
+
+
 def sequence_kl(policy, tokenizer, prompts: list[str], responses: list[list[int]]) -> list[float]:
     """Per-response log pi(y|x) - log pi_ref(y|x), summed over the response's tokens; the reference is the same
     model with its LoRA adapter disabled. Averaged over samples from pi it estimates KL(pi || ref)."""
@@ -83,15 +91,9 @@ def sequence_kl(policy, tokenizer, prompts: list[str], responses: list[list[int]
                 continue
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             ids = torch.tensor([p_ids + resp], device=device)
-            target = ids[0, len(p_ids):]
-
-            def logp():
-                logits = policy(input_ids=ids).logits[0, len(p_ids) - 1: -1].float()
-                return torch.log_softmax(logits, -1).gather(-1, target[:, None]).sum()
-
-            lp = logp()
+            lp = _response_logprob(policy, ids, len(p_ids))
             with policy.disable_adapter():
-                ref = logp()
+                ref = _response_logprob(policy, ids, len(p_ids))
             out.append(float(lp - ref))
     return out
 
@@ -150,7 +152,7 @@ def aggregate(precision_runs: dict, sft_judged_mean: float) -> dict:
         out[precision] = rec
     ref = out.get(JUDGE)
     ref_ok = ref is not None and ref["gain_vs_sft"] not in (None, 0)
-    for precision, rec in out.items():
+    for rec in out.values():
         rec["tax_vs_bf16"] = rec["tax_vs_bf16_ci95"] = None
         if not ref_ok or rec["gain_vs_sft"] is None:
             continue

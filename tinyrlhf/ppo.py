@@ -262,10 +262,6 @@ def run_ppo_experiments(profile: Profile, paths: Paths, *, force: bool = False, 
     return run_experiments(profile, paths, force=force, progress=progress)
 
 
-def trainable_parameter_names(model) -> list[str]:
-    return [n for n, prm in model.named_parameters() if prm.requires_grad]
-
-
 def eval_prompts(profile: Profile, paths: Paths) -> list[str]:
     pairs = read_pairs(data_files(paths)["test"])
     return sorted({p.prompt for p in pairs})[: profile.ppo.eval_prompts]

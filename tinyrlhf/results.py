@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -221,11 +220,3 @@ def reusable(result_path: Path, config_hash: str, required: list[Path] = ()) -> 
     except (json.JSONDecodeError, OSError):
         return False
 
-
-@contextmanager
-def seeded(seed: int):
-    """Seed python, numpy and torch (transformers' set_seed) for a block of work."""
-    from transformers import set_seed
-
-    set_seed(seed)
-    yield
