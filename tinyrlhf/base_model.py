@@ -112,6 +112,7 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
 
     from .data import data_files, read_pairs
     from .results import atomic_write_json, read_json, reusable
+    from .runtime import drop_scratch, scratch_dir
 
     if not is_scratch(profile):
         return {"model": profile.base.model, "built": False, "reason": "GPU profiles start from a pre-trained model"}
@@ -134,7 +135,7 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
     ds = Dataset.from_dict({"text": texts}).map(
         lambda x: tok(x["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
     args = TrainingArguments(
-        output_dir=str(paths.models / "base_tmp"), max_steps=b.pretrain_steps, per_device_train_batch_size=b.pretrain_batch,
+        output_dir=str(scratch_dir(out)), max_steps=b.pretrain_steps, per_device_train_batch_size=b.pretrain_batch,
         learning_rate=b.pretrain_lr, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * b.pretrain_steps),
         weight_decay=0.01, logging_steps=max(1, b.pretrain_steps // 20), save_strategy="no", report_to=[],
         seed=profile.seed, data_seed=profile.seed, use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0)
@@ -151,8 +152,6 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
                "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
                "seconds": seconds}
     atomic_write_json(summary_path, summary)
-    import shutil
-
-    shutil.rmtree(paths.models / "base_tmp", ignore_errors=True)
+    drop_scratch(out)
     return summary | {"reused": False}
 

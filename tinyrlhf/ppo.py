@@ -16,7 +16,7 @@ from torch import nn
 from .config import Paths, Profile, resolve_device
 from .data import data_files, read_pairs
 from .results import MemoryMeter
-from .runtime import bf16_ok, check_target_modules, free_memory, lora_fan_in_fan_out, trainer_kwargs
+from .runtime import bf16_ok, check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, trainer_kwargs
 
 
 class PPOError(RuntimeError):
@@ -191,7 +191,7 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
     p = profile.ppo
     args = PPOConfig(
-        **trainer_kwargs(profile, out_dir=Path(out_dir) / "checkpoints", seed=seed, progress=progress, steps=20),
+        **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress, steps=20),
         # TRL couples these: rollouts per update = per-device batch x accumulation steps, and with one mini-batch
         # accelerate's gradient sync lines up with the optimizer step (one step per PPO epoch).
         per_device_train_batch_size=mini_batch, gradient_accumulation_steps=ppo_batch // mini_batch,
@@ -223,9 +223,7 @@ def train_ppo(prefs_path, *, out_dir, progress: bool = True, **kwargs) -> dict:
     trained = trainer.accelerator.unwrap_model(trainer.model).policy
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    import shutil
-
-    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
+    drop_scratch(out_dir)
     result = {"history": history.rows, "train_seconds": meter.result["seconds"], "peak_memory": meter.result,
               "reward_scoring_seconds": reward.seconds, "reward_device": str(reward.device),
               "policy_device": str(trainer.accelerator.device), "rm_precision": rm_info["precision"],

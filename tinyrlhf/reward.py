@@ -17,7 +17,7 @@ from .data import Pair, data_files, read_pairs
 from .memory import measured_vs_estimate
 from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
                       read_json, reusable)
-from .runtime import (check_target_modules, free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype,
+from .runtime import (check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype,
                       trainer_kwargs)
 
 # bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
@@ -124,7 +124,7 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
                       fan_in_fan_out=lora_fan_in_fan_out(model), task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     args = RewardConfig(
-        **trainer_kwargs(profile, out_dir=out_dir / "checkpoints", seed=seed, progress=progress,
+        **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
                          steps=max_steps if max_steps > 0 else 100),
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
@@ -144,9 +144,7 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     atomic_write_text(out_dir / PRECISION_FILE, json.dumps(
         {"precision": precision, "init_path": str(init_path), "compute_dtype": compute,
          "double_quant": double_quant}, indent=2))
-    import shutil
-
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    drop_scratch(out_dir)
     return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
             "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute}
 

@@ -15,10 +15,26 @@ def bf16_ok(device: str) -> bool:
     return device == "cuda" and torch.cuda.is_bf16_supported()
 
 
+SCRATCH = "checkpoints"  # the trainers' working folder inside a stage's output folder; removed when done
+
+
+def scratch_dir(out_dir):
+    from pathlib import Path
+
+    return Path(out_dir) / SCRATCH
+
+
+def drop_scratch(out_dir) -> None:
+    """Remove a finished trainer's working folder (we save what we keep ourselves; save_strategy is "no")."""
+    import shutil
+
+    shutil.rmtree(scratch_dir(out_dir), ignore_errors=True)
+
+
 def trainer_kwargs(profile: Profile, *, out_dir, seed: int, progress: bool, steps: int) -> dict:
-    """TrainingArguments shared by the SFT, RM and PPO configs."""
+    """TrainingArguments shared by the SFT, RM and PPO configs; `out_dir` is the stage's output folder."""
     device = resolve_device(profile)
-    return dict(output_dir=str(out_dir), seed=seed, data_seed=seed, use_cpu=device == "cpu", bf16=bf16_ok(device),
+    return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu", bf16=bf16_ok(device),
                 report_to=[], save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=not progress,
                 dataloader_num_workers=0)
 

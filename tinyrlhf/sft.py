@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from .config import Paths, Profile, resolve_device
 from .data import Pair, data_files, read_pairs
 from .memory import measured_vs_estimate
 from .results import MemoryMeter, atomic_write_json, data_source_of, manifest, read_json, reusable
-from .runtime import check_target_modules, free_memory, lora_fan_in_fan_out, loss_curve, trainer_kwargs
+from .runtime import check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, loss_curve, trainer_kwargs
 
 
 def sft_dirs(paths: Paths) -> dict:
@@ -106,7 +105,7 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=list(target_modules),
                       fan_in_fan_out=lora_fan_in_fan_out(model), task_type="CAUSAL_LM")
     args = SFTConfig(
-        **trainer_kwargs(profile, out_dir=out_dir / "checkpoints", seed=seed, progress=progress,
+        **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
                          steps=max_steps if max_steps > 0 else 100),
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
@@ -123,7 +122,7 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     merged = trainer.model.merge_and_unload()
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    drop_scratch(out_dir)
     curve = loss_curve(trainer)
     del trainer, model, merged
     free_memory()
