@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import PRECISIONS, Paths, Profile, default_profile_name
+from .memory import format_bytes  # noqa: F401 - part of this module's API for the notebooks
 from .plots import MISSING, precision_color
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
@@ -26,17 +27,6 @@ LENGTH_COLORS = {"prompt": "#56B4E9", "chosen": "#009E73", "rejected": "#D55E00"
 
 
 # ------------------------------------------------------------------------------------------------ formatting
-def format_bytes(n: int | float | None) -> str:
-    """Human-readable binary size: 512 B, 3.0 KiB, 12.4 MiB, 7.6 GiB; "—" for None."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return MISSING
-    n = float(n)
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def format_seconds(s: float | None) -> str:
     """12.3 s, 4 min 05 s, 1 h 02 min; "—" for None."""
     if s is None or not math.isfinite(s):

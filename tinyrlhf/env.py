@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import Paths, Profile, default_profile_name, get_paths
+from .memory import format_bytes
 from .results import atomic_write_json, manifest, package_versions
 
 # The versions checked together on this stack (DESIGN.md, "Facts of this stack").
@@ -52,8 +53,8 @@ def _matches(installed: str | None, pinned: str) -> bool:
     return installed is not None and installed.split("+")[0] == pinned
 
 
-def gib(n_bytes: float | None) -> str:
-    return "unknown" if n_bytes is None else f"{n_bytes / 1024**3:.1f} GiB"
+def _size(n_bytes) -> str:
+    return format_bytes(n_bytes, missing="unknown")
 
 
 # ----------------------------------------------------------------------------------------------- facts
@@ -240,13 +241,13 @@ def problems(report: dict, profile: Profile | str) -> list[dict]:
 
     free = report["disk"]["free_bytes"]
     if free < MIN_FREE_DISK_BYTES:
-        add(f"only {gib(free)} free at {report['disk']['path']}",
+        add(f"only {_size(free)} free at {report['disk']['path']}",
             "models, checkpoints and results need at least 2 GiB",
             "free some disk space or set TINYRLHF_WORKDIR to a folder on a larger disk")
 
     ram = report["memory"]["ram_total_bytes"]
     if ram < MIN_RAM_BYTES:
-        add(f"only {gib(ram)} of RAM", "the reward model runs on CPU next to the policy and needs at least 4 GiB",
+        add(f"only {_size(ram)} of RAM", "the reward model runs on CPU next to the policy and needs at least 4 GiB",
             "use a machine with more memory, or close other programs and lower batch sizes via TINYRLHF_OVERRIDES")
     return out
 
@@ -270,8 +271,8 @@ def report_table(report: dict):
     if not devices:
         rows.append(("CUDA devices", "none"))
     for d in devices:
-        rows.append((f"GPU {d['index']}", f"{d['name']}, {gib(d['total_memory_bytes'])} total, "
-                     f"{gib(d['free_memory_bytes'])} free, capability {d['capability']}, "
+        rows.append((f"GPU {d['index']}", f"{d['name']}, {_size(d['total_memory_bytes'])} total, "
+                     f"{_size(d['free_memory_bytes'])} free, capability {d['capability']}, "
                      f"bf16 {_yes(d['bf16_supported'])}"))
     c = report["cpu"]
     rows += [
@@ -290,8 +291,8 @@ def report_table(report: dict):
     rows.append(("bitsandbytes", bnb))
     m, d = report["memory"], report["disk"]
     rows += [
-        ("RAM", f"{gib(m['ram_total_bytes'])} total, {gib(m['ram_available_bytes'])} available"),
-        ("disk", f"{gib(d['free_bytes'])} free of {gib(d['total_bytes'])} at {d['path']}"),
+        ("RAM", f"{_size(m['ram_total_bytes'])} total, {_size(m['ram_available_bytes'])} available"),
+        ("disk", f"{_size(d['free_bytes'])} free of {_size(d['total_bytes'])} at {d['path']}"),
         ("profile", f"{report['profile']['name']} ({report['profile']['reason']})"),
     ]
     for var, e in report["env"].items():

@@ -463,10 +463,15 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
 VERDICTS = ("fits", "tight", "will not fit")
 
 
-def format_bytes(n: int | float) -> str:
-    if abs(n) >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    return f"{n / MiB:.1f} MiB" if abs(n) >= MiB // 10 else f"{n / MiB:.2f} MiB"
+def format_bytes(n: int | float | None, missing: str = "—") -> str:
+    """Human-readable binary size: 512 B, 3.0 KiB, 12.4 MiB, 7.6 GiB; `missing` for None or non-finite."""
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return missing
+    n = float(n)
+    for unit, size in (("TiB", 2**40), ("GiB", GiB), ("MiB", MiB), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def fits(estimate: Estimate | int, capacity_bytes: int, tight_margin: float = 0.85) -> tuple[str, str]:
