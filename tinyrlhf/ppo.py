@@ -16,7 +16,7 @@ from torch import nn
 from .config import Paths, Profile, resolve_device
 from .data import data_files, read_pairs
 from .results import MemoryMeter
-from .runtime import bf16_ok, check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, trainer_kwargs
+from .runtime import bf16_ok, drop_scratch, free_memory, lora_config, trainer_kwargs
 
 
 class PPOError(RuntimeError):
@@ -110,7 +110,7 @@ def policy_dir(paths: Paths, precision: str, seed: int) -> Path:
 def load_value_model(profile: Profile, paths: Paths, *, device: str, dtype):
     """The bf16 reward model, merged into a plain model at the policy's dtype: PPO trains it through a fresh LoRA
     (given to it here) plus its head, which is what keeps the critic within an 8 GB card."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     from .reward import PRECISION_FILE, SCORE_HEAD, rm_dir
@@ -126,8 +126,8 @@ def load_value_model(profile: Profile, paths: Paths, *, device: str, dtype):
     merged = PeftModel.from_pretrained(base, str(bf16_dir)).merge_and_unload()
     merged.to(device)
     p = profile.ppo
-    lora = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.0, target_modules=list(p.target_modules),
-                      fan_in_fan_out=lora_fan_in_fan_out(merged), task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
+    lora = lora_config(merged, r=p.lora_r, alpha=p.lora_alpha, dropout=0.0, target_modules=p.target_modules,
+                       task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     return get_peft_model(merged, lora)
 
 
@@ -170,7 +170,6 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                       steps: int = 10, temperature: float = 1.0, seed: int = 0, progress: bool = True, callbacks=()):
     """TRL's PPOTrainer with our policy, value model and CPU-resident reward model. Returns (trainer, reward
     wrapper, tokenizer, reward-model info)."""
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, set_seed
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -184,12 +183,13 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     tokenizer.padding_side = "left"  # queries are left-padded so generation continues right after the prompt
     policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=dtype,
                                                   trust_remote_code=profile.base.trust_remote_code).to(device)
-    check_target_modules(policy, profile.ppo.target_modules)
+    p = profile.ppo
+    peft_config = lora_config(policy, r=p.lora_r, alpha=p.lora_alpha, dropout=0.0, target_modules=p.target_modules,
+                              task_type="CAUSAL_LM")
     value = load_value_model(profile, paths, device=device, dtype=dtype)
     rm, rm_info = load_reward_model(rm_path, profile=profile, device="cpu")
     reward = CPURewardModel(rm, "cpu")
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
-    p = profile.ppo
     args = PPOConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress, steps=20),
         # TRL couples these: rollouts per update = per-device batch x accumulation steps, and with one mini-batch
@@ -200,9 +200,6 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
         total_episodes=steps * ppo_batch, temperature=temperature, stop_token="eos", num_sample_generations=0,
         per_device_eval_batch_size=1)
     args.logging_steps = 1
-    peft_config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=0.0,
-                             target_modules=list(p.target_modules), fan_in_fan_out=lora_fan_in_fan_out(policy),
-                             task_type="CAUSAL_LM")
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None, reward_model=reward,
                          value_model=value, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
                          peft_config=peft_config, callbacks=list(callbacks))

@@ -17,8 +17,7 @@ from .data import Pair, data_files, read_pairs
 from .memory import measured_vs_estimate
 from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
                       read_json, reusable)
-from .runtime import (check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, loss_curve, reward_compute_dtype,
-                      trainer_kwargs)
+from .runtime import drop_scratch, free_memory, lora_config, loss_curve, reward_compute_dtype, trainer_kwargs
 
 # bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
 # per layer per step buries the notebook's output.
@@ -107,7 +106,7 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
 
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
-    from peft import LoraConfig, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
@@ -118,11 +117,10 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     device = resolve_device(profile)
     model, compute = load_backbone(init_path, precision, profile=profile, pad_token_id=tokenizer.pad_token_id,
                                    device=device, double_quant=double_quant)
-    check_target_modules(model, target_modules)
+    lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
+                       task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     if precision != "bf16":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
-                      fan_in_fan_out=lora_fan_in_fan_out(model), task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     args = RewardConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
                          steps=max_steps if max_steps > 0 else 100),

@@ -52,9 +52,16 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def lora_fan_in_fan_out(model) -> bool:
-    """GPT-2 stores its projections as Conv1D (weights transposed); peft must be told."""
-    return getattr(model.config, "model_type", "") == "gpt2"
+def lora_config(model, *, r: int, alpha: int, dropout: float, target_modules, task_type: str,
+                modules_to_save=None):
+    """The peft LoraConfig every stage uses: targets checked against `model`, and fan_in_fan_out set for GPT-2,
+    which stores its projections as Conv1D (weights transposed)."""
+    from peft import LoraConfig
+
+    check_target_modules(model, target_modules)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2", task_type=task_type,
+                      modules_to_save=modules_to_save)
 
 
 def cpu_has_native_bf16() -> bool:

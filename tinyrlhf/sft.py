@@ -11,7 +11,7 @@ from .config import Paths, Profile, resolve_device
 from .data import Pair, data_files, read_pairs
 from .memory import measured_vs_estimate
 from .results import MemoryMeter, atomic_write_json, data_source_of, manifest, read_json, reusable
-from .runtime import check_target_modules, drop_scratch, free_memory, lora_fan_in_fan_out, loss_curve, trainer_kwargs
+from .runtime import drop_scratch, free_memory, lora_config, loss_curve, trainer_kwargs
 
 
 def sft_dirs(paths: Paths) -> dict:
@@ -90,7 +90,6 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     seconds, peak memory and parameter counts.
     """
     from datasets import load_dataset
-    from peft import LoraConfig
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -100,10 +99,9 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     out_dir = Path(out_dir)
     device = resolve_device(profile)
     model = load_causal_lm(profile, str(init_path), device=device)
-    check_target_modules(model, target_modules)
     dataset = load_dataset("json", data_files=str(data_path), split="train")
-    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                      fan_in_fan_out=lora_fan_in_fan_out(model), task_type="CAUSAL_LM")
+    lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=dropout, target_modules=target_modules,
+                       task_type="CAUSAL_LM")
     args = SFTConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
                          steps=max_steps if max_steps > 0 else 100),
