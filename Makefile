@@ -6,16 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard 0*.ipynb))
 
-.PHONY: run test install clean-artifacts
+.PHONY: run test install clean-artifacts strip-notebooks
 
 install: $(STAMP)
 
-# torch first and alone: `torch==2.13.0` resolves to the local CPU build here; letting another
+# torch first and alone, at its pin in pyproject.toml (the local CPU build here); letting another
 # package pull torch in would download the CUDA build instead.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "$$(grep -o 'torch==[0-9.]*' pyproject.toml)"
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
@@ -32,3 +32,7 @@ test: $(STAMP)
 
 clean-artifacts:
 	rm -rf data/*.jsonl models/*/ results/*.json results/figures/* executed/
+
+# The notebooks are edited in JupyterLab and committed without outputs: run this before committing an edit.
+strip-notebooks: $(STAMP)
+	$(PY) -m tinyrlhf.run_notebooks --strip

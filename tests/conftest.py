@@ -30,19 +30,16 @@ requires_hh = pytest.mark.skipif(not HH_FILE.exists(),
 def pipeline(tmp_path_factory):
     """Every stage of the cpu profile, run once in a temporary workdir: (profile, paths, results by stage)."""
     from tinyrlhf.config import get_paths, get_profile
-    from tinyrlhf.data import prepare_data
-    from tinyrlhf.ppo import run_ppo_experiments
-    from tinyrlhf.reward import run_reward_models
-    from tinyrlhf.sft import run_sft
+    from tinyrlhf.stages import run_data, run_ppo, run_rm, run_sft
 
     saved = {k: os.environ.pop(k) for k in ("TINYRLHF_HH_DIR", "TINYRLHF_OVERRIDES") if k in os.environ}
     try:
         profile = get_profile("cpu")
         paths = get_paths(tmp_path_factory.mktemp("pipeline")).make()
-        out = {"data": prepare_data(profile, paths, progress=False)}
+        out = {"data": run_data(profile, paths, progress=False)}
         out["sft"] = run_sft(profile, paths, progress=False)
-        out["rm"] = run_reward_models(profile, paths, progress=False)
-        out["ppo"] = run_ppo_experiments(profile, paths, progress=False)
+        out["rm"] = run_rm(profile, paths, progress=False)
+        out["ppo"] = run_ppo(profile, paths, progress=False)
     finally:
         os.environ.update(saved)
     return profile, paths, out

@@ -5,8 +5,13 @@ import pytest
 from tinyrlhf.config import ConfigError, get_paths, get_profile, resolve_source
 
 
-def test_default_profile_is_cpu_without_cuda():
-    assert get_profile().name == "cpu"  # no CUDA on the test machines
+def test_default_profile_follows_cuda(monkeypatch):
+    import tinyrlhf.config as config
+
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    assert get_profile().name == "cpu"
+    monkeypatch.setattr(config, "cuda_available", lambda: True)
+    assert get_profile().name == "rtx4060"
 
 
 def test_env_selects_profile(monkeypatch):

@@ -5,9 +5,10 @@ import pytest
 from conftest import HH_DIR, requires_hh
 
 from tinyrlhf.config import get_paths, get_profile
-from tinyrlhf.data import (DataError, Malformed, Pair, deduplicate, parse_line, parse_pair, prepare_data, read_pairs,
+from tinyrlhf.data import (DataError, Malformed, Pair, deduplicate, parse_line, parse_pair, read_pairs,
                            split_by_prompt)
 from tinyrlhf.results import read_json
+from tinyrlhf.stages import run_data
 
 H, A = "\n\nHuman:", "\n\nAssistant:"
 
@@ -65,7 +66,7 @@ def test_local_source_counts_skips_and_writes_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path / "hh"))
     profile = get_profile("cpu", data__max_skipped_share=0.1, base__vocab_size=300)
     paths = get_paths(tmp_path / "wd")
-    stats = prepare_data(profile, paths, progress=False)
+    stats = run_data(profile, paths, progress=False)
     assert stats["source"] == "local" and stats["rows_read"] == 62
     assert stats["skipped"]["bad_json"] == 1 and stats["skipped"]["duplicate"] == 1
     assert stats["train"] + stats["test"] == stats["kept"] == 60
@@ -75,15 +76,15 @@ def test_local_source_counts_skips_and_writes_files(tmp_path, monkeypatch):
     assert set(sft_rows[0]) == {"prompt", "completion"} and sft_rows[0]["completion"].startswith(" ")
     assert read_json(paths.results / "data_stats.json")["sha256"]
     # A rerun with the same config reuses the output; force redoes it.
-    assert prepare_data(profile, paths, progress=False)["reused"] is True
-    assert prepare_data(profile, paths, force=True, progress=False)["reused"] is False
+    assert run_data(profile, paths, progress=False)["reused"] is True
+    assert run_data(profile, paths, force=True, progress=False)["reused"] is False
 
 
 def test_too_many_malformed_records_stop_with_file_and_line(tmp_path, monkeypatch):
     _write_hh(tmp_path / "hh", [_good(i) for i in range(10)] + ["{broken"] * 3)
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path / "hh"))
     with pytest.raises(DataError, match=r"3 of 13 records .*train\.jsonl\.gz:11"):
-        prepare_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
+        run_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
 
 
 def test_corrupt_or_missing_files_are_clear_errors(tmp_path, monkeypatch):
@@ -92,13 +93,13 @@ def test_corrupt_or_missing_files_are_clear_errors(tmp_path, monkeypatch):
     (d / "train.jsonl.gz").write_bytes(gzip.compress(b"".join(_good(i).encode() + b"\n" for i in range(50)))[:200])
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path / "hh"))
     with pytest.raises(DataError, match=r"train\.jsonl\.gz is corrupt near line"):
-        prepare_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
+        run_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path / "empty"))
     with pytest.raises(DataError, match="is not a folder"):
-        prepare_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
+        run_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds none of the subsets"):
-        prepare_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
+        run_data(get_profile("cpu"), get_paths(tmp_path / "wd"), progress=False)
 
 
 def test_hub_offline_says_what_to_do(tmp_path, monkeypatch):
@@ -107,13 +108,13 @@ def test_hub_offline_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     profile = get_profile("cpu", data__source="hub")
     with pytest.raises(DataError, match="TINYRLHF_HH_DIR.*TINYRLHF_PROFILE=cpu"):
-        prepare_data(profile, get_paths(tmp_path / "wd"), progress=False)
+        run_data(profile, get_paths(tmp_path / "wd"), progress=False)
 
 
 def test_synthetic_set_is_reproducible_and_balanced(tmp_path):
     profile = get_profile("cpu")
-    a = prepare_data(profile, get_paths(tmp_path / "a"), progress=False)
-    b = prepare_data(profile, get_paths(tmp_path / "b"), progress=False)
+    a = run_data(profile, get_paths(tmp_path / "a"), progress=False)
+    b = run_data(profile, get_paths(tmp_path / "b"), progress=False)
     assert a["sha256"] == b["sha256"] and (a["train"], a["test"]) == (b["train"], b["test"])
     assert (tmp_path / "a/data/train_prefs.jsonl").read_bytes() == (tmp_path / "b/data/train_prefs.jsonl").read_bytes()
     assert a["test"] >= 50 and sum(a["skipped"][r] for r in ("bad_json", "empty_reply", "identical")) == 0
@@ -122,7 +123,7 @@ def test_synthetic_set_is_reproducible_and_balanced(tmp_path):
 @requires_hh
 def test_real_hh_sample_parses_with_exact_counts(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(HH_DIR))
-    stats = prepare_data(get_profile("cpu"), get_paths(tmp_path), progress=False)
+    stats = run_data(get_profile("cpu"), get_paths(tmp_path), progress=False)
     assert stats["source"] == "local" and stats["rows_read"] == 2312
     assert stats["skipped"]["empty_reply"] == 4 and stats["skipped"]["prompt_mismatch"] == 5
     assert stats["parsed"] == 2303

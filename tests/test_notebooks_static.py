@@ -1,13 +1,12 @@
 """The committed notebooks, checked without running them, and the run-all command's argument handling.
 
-Notebooks must be committed clean (no outputs, no execution counts), valid nbformat v4, with exactly one
-`parameters` cell before any other code cell, and exactly what scripts/new_notebooks.py generates.
+The notebooks are the source (edited in JupyterLab) and must be committed clean: no outputs, no execution counts
+(`make strip-notebooks` clears them), valid nbformat v4, with exactly one `parameters` cell before any other code
+cell.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from tinyrlhf import run_notebooks as rn
 from tinyrlhf.config import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
-GENERATOR = REPO / "scripts" / "new_notebooks.py"
 EXPECTED = ["00_Setup.ipynb", "01_Data_Preparation.ipynb", "02_SFT_Finetuning.ipynb",
             "03_Reward_Modeling.ipynb", "04_PPO_Alignment.ipynb"]
 NOTEBOOKS = sorted(REPO.glob("0*.ipynb"))
@@ -46,7 +44,7 @@ def test_no_outputs_and_no_execution_counts(notebook):
     path, nb = notebook
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [], f"{path.name}: a code cell has outputs; regenerate the notebook"
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs; run make strip-notebooks"
             assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
         assert "attachments" not in cell or not cell.attachments
 
@@ -85,19 +83,6 @@ def test_cells_compile(notebook):
         if cell.cell_type == "code":
             code = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
             compile(code, f"{path.name}:{cell.id}", "exec")
-
-
-def test_generator_reproduces_the_committed_notebooks(tmp_path):
-    out = subprocess.run([sys.executable, str(GENERATOR), "--out", str(tmp_path)], capture_output=True, text=True,
-                         check=True)
-    generated = sorted(p.name for p in tmp_path.glob("*.ipynb"))
-    assert generated == EXPECTED, out.stdout
-    for name in EXPECTED:
-        committed = json.loads((REPO / name).read_text(encoding="utf-8"))
-        fresh = json.loads((tmp_path / name).read_text(encoding="utf-8"))
-        assert fresh == committed, f"{name} differs from what scripts/new_notebooks.py generates: rerun it"
-        # Same bytes too: the files are written the same way every time (stable diffs).
-        assert (tmp_path / name).read_bytes() == (REPO / name).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------- run_notebooks
@@ -164,8 +149,9 @@ def test_kernel_env(tmp_path):
 def recorder(fail: str | None = None):
     calls = []
 
-    def execute(path, out_path, *, cwd, timeout, env):
-        calls.append({"name": path.name, "out": out_path, "cwd": cwd, "timeout": timeout, "env": env})
+    def execute(path, out_path, *, cwd, timeout, env, parameters):
+        calls.append({"name": path.name, "out": out_path, "cwd": cwd, "timeout": timeout, "env": env,
+                      "parameters": parameters})
         if path.name == fail:
             raise rn.NotebookError("ValueError: boom")
 
@@ -185,6 +171,7 @@ def test_main_runs_the_selection_in_order(tmp_path, monkeypatch, capsys):
         assert c["out"] == (tmp_path / "work").resolve() / "executed" / c["name"]
         assert c["cwd"] == (tmp_path / "nbs").resolve() and c["timeout"] == 60
         assert c["env"]["TINYRLHF_PROFILE"] == "cpu"
+        assert c["parameters"] == {"PROFILE": "cpu", "WORKDIR": str((tmp_path / "work").resolve())}
     out = capsys.readouterr().out
     assert "00_A.ipynb" in out and "02_C.ipynb" in out and "total" in out
 
@@ -328,3 +315,24 @@ def test_setup_helpers(monkeypatch, tmp_path):
     paths = get_paths(tmp_path).make()
     assert show.paths_table(paths)["exists"].all()
     assert "Reused" in show.reuse_note({"reused": True}) and "Computed" in show.reuse_note({"reused": False})
+
+
+def test_injected_parameters_follow_the_parameters_cell_and_override_it():
+    nb = nbformat.read(NOTEBOOKS[1], as_version=4)
+    rn.inject_parameters(nb, {"PROFILE": "cpu", "FORCE": True})
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    at = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert tags[at + 1] == ["injected-parameters"]
+    namespace = {}
+    exec(nb.cells[at].source + "\n" + nb.cells[at + 1].source, namespace)
+    assert namespace["PROFILE"] == "cpu" and namespace["FORCE"] is True
+
+
+def test_strip_clears_what_jupyterlab_adds(tmp_path):
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi")]
+    code.execution_count = 3
+    code.metadata["execution"] = {"iopub.status.busy": "2026-11-23"}
+    assert rn.strip(nb) and not rn.strip(nb)
+    assert code.outputs == [] and code.execution_count is None and set(code.metadata) <= {"tags"}

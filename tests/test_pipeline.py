@@ -7,7 +7,7 @@ import torch
 
 from tinyrlhf import plots, schema
 from tinyrlhf.config import PRECISIONS
-from tinyrlhf.data import data_files, read_pairs
+from tinyrlhf.data import read_pairs
 from tinyrlhf.results import read_json
 
 pytestmark = pytest.mark.slow
@@ -59,10 +59,10 @@ def test_reward_models_learn_and_quantization_is_real(pipeline):
 
 @pytest.mark.parametrize("precision, layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit"), ("bf16", None)])
 def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_head(pipeline, precision, layer):
-    from tinyrlhf.reward import evaluate_reward_model, load_reward_model, rm_dir
+    from tinyrlhf.reward import evaluate_reward_model, load_reward_model
 
     profile, paths, out = pipeline
-    model, info = load_reward_model(rm_dir(paths, precision), profile=profile)
+    model, info = load_reward_model(paths.rm(precision))
     kinds = {type(m).__name__ for m in model.modules()}
     if layer:
         assert layer in kinds
@@ -72,7 +72,7 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32
     assert not model.training
     # Round trip: reloading gives exactly the accuracy recorded when the stage evaluated its saved model.
-    pairs = read_pairs(data_files(paths)["test"])[: profile.rm.eval_pairs]
+    pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
     again = evaluate_reward_model(model, info["tokenizer"], pairs)
     assert again["accuracy"] == out["rm"]["precisions"][precision]["accuracy"]
     assert again["mean_margin"] == pytest.approx(out["rm"]["precisions"][precision]["mean_margin"], abs=1e-6)
@@ -115,25 +115,26 @@ def test_results_json_validates_and_figures_redraw_from_it(pipeline, tmp_path):
 
 
 def test_reruns_reuse_finished_stages(pipeline):
-    from tinyrlhf.ppo import run_ppo_experiments
-    from tinyrlhf.reward import run_reward_models
-    from tinyrlhf.sft import run_sft
+    from tinyrlhf.stages import run_ppo, run_rm, run_sft
 
     profile, paths, out = pipeline
     before = (paths.results / "ppo_experiment_results.json").read_bytes()
     assert run_sft(profile, paths, progress=False)["reused"]
-    assert run_reward_models(profile, paths, progress=False)["reused"]
-    assert run_ppo_experiments(profile, paths, progress=False)["reused"]
+    assert run_rm(profile, paths, progress=False)["reused"]
+    assert run_ppo(profile, paths, progress=False)["reused"]
     assert (paths.results / "ppo_experiment_results.json").read_bytes() == before
 
 
 def test_one_ppo_step_trains_only_lora_and_the_value_head(pipeline):
-    from tinyrlhf.ppo import build_ppo_trainer, ppo_kwargs
+    from tinyrlhf.ppo import build_ppo_trainer
 
     profile, paths, _ = pipeline
-    kwargs = ppo_kwargs(profile, paths, "int4", seed=0) | {"steps": 1, "ppo_epochs": 1, "progress": False}
-    kwargs["out_dir"] = paths.root / "one_step"
-    trainer, reward, tok, _ = build_ppo_trainer(data_files(paths)["train"], **kwargs)
+    p = profile.ppo
+    trainer, reward, tok, _ = build_ppo_trainer(
+        paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm("int4"),
+        value_rm_path=paths.rm("bf16"), out_dir=paths.root / "one_step", profile=profile, ppo_batch=p.ppo_batch,
+        ppo_epochs=1, max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
+        steps=1, target_modules=p.target_modules, seed=0, progress=False)
     model = trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # bitsandbytes may repack 4-bit weights on the first CPU forward, so the RM is compared by what it computes.
@@ -155,10 +156,10 @@ def test_reward_wrapper_stays_on_cpu_and_returns_scores_to_the_callers_device(pi
     from trl.experimental.utils import get_reward
 
     from tinyrlhf.ppo import CPURewardModel
-    from tinyrlhf.reward import load_reward_model, rm_dir
+    from tinyrlhf.reward import load_reward_model
 
     profile, paths, _ = pipeline
-    rm, info = load_reward_model(rm_dir(paths, "int8"), profile=profile)
+    rm, info = load_reward_model(paths.rm("int8"))
     wrapper = CPURewardModel(rm, "cpu")
     # What PPOTrainer does to the reward model: a no-op here, for a CUDA device too.
     assert wrapper.to("cuda") is wrapper and wrapper.to(torch.device("cuda", 0)) is wrapper

@@ -10,12 +10,11 @@ SMALL = {"base.pretrain_steps": 15, "sft.max_steps": 4}
 
 
 def _run(tmp_path, name, **kw):
-    from tinyrlhf.data import prepare_data
-    from tinyrlhf.sft import run_sft
+    from tinyrlhf.stages import run_data, run_sft
 
     profile = get_profile("cpu", overrides=SMALL, **kw)
     paths = get_paths(tmp_path / name).make()
-    prepare_data(profile, paths, progress=False)
+    run_data(profile, paths, progress=False)
     result = run_sft(profile, paths, progress=False)
     adapter = (paths.models / "sft" / "adapter" / "adapter_model.safetensors").read_bytes()
     return result, adapter
@@ -36,21 +35,21 @@ def test_reward_model_does_not_depend_on_what_ran_before_in_the_process(tmp_path
     import torch
 
     from tinyrlhf.base_model import load_tokenizer
-    from tinyrlhf.data import data_files, read_pairs
+    from tinyrlhf.data import read_pairs
     from tinyrlhf.reward import evaluate_reward_model, load_reward_model, train_reward_model
 
     profile = get_profile("cpu", overrides=SMALL)
     _run(tmp_path, "base")
     paths = get_paths(tmp_path / "base")
     merged = paths.models / "sft" / "merged"
-    tok = load_tokenizer(profile, paths, path=merged)
-    test = read_pairs(data_files(paths)["test"])[:40]
+    tok = load_tokenizer(merged)
+    test = read_pairs(paths.data_file("test"))[:40]
     margins = []
     for i, history in enumerate((1, 1000)):
         torch.rand(history)  # a different amount of earlier random draws
         out = tmp_path / f"rm{i}"
-        train_reward_model(data_files(paths)["train"], init_path=str(merged), tokenizer=tok, precision="bf16",
+        train_reward_model(paths.data_file("train"), init_path=str(merged), tokenizer=tok, precision="bf16",
                            out_dir=out, batch_size=8, lr=1e-3, max_steps=3, profile=profile, progress=False)
-        model, _ = load_reward_model(out, profile=profile)
+        model, _ = load_reward_model(out)
         margins.append(evaluate_reward_model(model, tok, test)["scores_chosen"])
     assert margins[0] == margins[1]

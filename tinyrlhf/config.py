@@ -19,6 +19,8 @@ PRECISIONS = ("bf16", "int8", "int4")
 DATA_SOURCES = ("auto", "synthetic", "hub", "local")
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
 DEVICES = ("auto", "cpu", "cuda")
+REPORTERS = ("none", "tensorboard", "wandb")  # where the trainers also log (TrainingArguments.report_to)
+TOP_LEVEL = ("seed", "device", "report_to")
 SCRATCH_MODEL = "scratch-gpt2"  # the cpu profile's base model, built and pre-trained by base_model.py
 
 
@@ -138,6 +140,7 @@ class Profile:
     name: str
     seed: int = 0
     device: str = "auto"
+    report_to: str = "none"
     data: DataSettings = field(default_factory=DataSettings)
     base: BaseSettings = field(default_factory=BaseSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
@@ -229,6 +232,8 @@ def _validate(p: Profile) -> None:
     if p.device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {p.device!r}")
     _check_value("", "seed", p.seed, int)
+    if p.report_to not in REPORTERS:
+        raise ConfigError(f"report_to must be one of {', '.join(REPORTERS)}; got {p.report_to!r}")
     for sname, cls in SECTIONS.items():
         section = getattr(p, sname)
         for f in dataclasses.fields(cls):
@@ -257,9 +262,9 @@ def _apply(profile: Profile, overrides: dict) -> Profile:
     for key, value in overrides.items():
         sname, _, fname = key.replace("__", ".").partition(".")
         if not fname:
-            if sname not in ("seed", "device"):
+            if sname not in TOP_LEVEL:
                 raise ConfigError(
-                    f"unknown setting {key!r}; top-level settings are seed, device; "
+                    f"unknown setting {key!r}; top-level settings are {', '.join(TOP_LEVEL)}; "
                     f"sections are {', '.join(SECTIONS)} (write section.field or section__field)"
                 )
             top[sname] = value
@@ -298,7 +303,10 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
 
 @dataclass(frozen=True)
 class Paths:
-    """Where every artifact goes: under TINYRLHF_WORKDIR (default: the repository root)."""
+    """Where every artifact goes: under TINYRLHF_WORKDIR (default: the repository root).
+
+    The one owner of artifact locations: stages, notebooks and tests ask here instead of joining paths.
+    """
 
     root: Path
 
@@ -318,10 +326,49 @@ class Paths:
     def figures(self) -> Path:
         return self.root / "results" / "figures"
 
+    @property
+    def executed(self) -> Path:
+        return self.root / "executed"
+
+    def data_file(self, name: str) -> Path:
+        """The prepared data: "train" and "test" preference pairs, "sft" prompt/completion rows."""
+        return self.data / DATA_FILES[name]
+
+    @property
+    def base(self) -> Path:
+        return self.models / "base"
+
+    @property
+    def sft(self) -> Path:
+        return self.models / "sft"
+
+    @property
+    def sft_adapter(self) -> Path:
+        return self.sft / "adapter"
+
+    @property
+    def sft_merged(self) -> Path:
+        return self.sft / "merged"
+
+    def rm(self, precision: str) -> Path:
+        return self.models / "rm" / precision
+
+    def policy(self, precision: str, seed: int) -> Path:
+        return self.models / f"ppo_policy_{precision}" / f"seed{seed}"
+
+    def result(self, kind: str) -> Path:
+        """A stage's result file: kind "data_stats", "sft", "rm", "ppo" or "environment"."""
+        return self.results / RESULT_FILES[kind]
+
     def make(self) -> "Paths":
         for p in (self.data, self.models, self.results, self.figures):
             p.mkdir(parents=True, exist_ok=True)
         return self
+
+
+DATA_FILES = {"train": "train_prefs.jsonl", "test": "test_prefs.jsonl", "sft": "sft_train.jsonl"}
+RESULT_FILES = {"data_stats": "data_stats.json", "sft": "sft_results.json", "rm": "rm_results.json",
+                "ppo": "ppo_experiment_results.json", "environment": "environment.json"}
 
 
 def repo_root() -> Path:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .chat import ASSISTANT, HUMAN, completion
-from .config import Paths, Profile, hh_dir, resolve_source
-from .results import atomic_write_json, atomic_write_jsonl, read_json, reusable, sha256_file
+from .results import atomic_write_jsonl, sha256_file
+from .synthetic import synthetic_jsonl
 
 # Reasons a record is malformed; their share is bounded by data.max_skipped_share.
 MALFORMED = ("bad_json", "missing_keys", "not_text", "no_assistant_turn", "no_human_turn", "empty_reply",
@@ -23,6 +23,7 @@ MALFORMED = ("bad_json", "missing_keys", "not_text", "no_assistant_turn", "no_hu
 # Reasons a well-formed record is dropped on purpose; not bounded.
 FILTERED = ("duplicate", "too_long")
 SPLIT_FILES = ("train", "test")
+HUB_ID = "Anthropic/hh-rlhf"
 MAX_EXAMPLES_PER_REASON = 3
 
 
@@ -148,40 +149,37 @@ def _local_files(root: Path, subsets) -> tuple[list[Path], list[str]]:
     return files, missing
 
 
-def load_source(profile: Profile) -> RawSource:
-    """Read the profile's data source into raw lines, with checksums of what was read."""
-    source = resolve_source(profile)
+def load_source(source: str, *, subsets, synthetic_pairs: int = 0, seed: int = 0, hh_dir: Path | None = None,
+                hub_id: str = HUB_ID) -> RawSource:
+    """Read a data source ("synthetic", "local" or "hub") into raw lines, with checksums of what was read."""
     if source == "synthetic":
-        from .synthetic import synthetic_jsonl
-
-        text = synthetic_jsonl(profile.data.synthetic_pairs, seed=profile.seed)
+        text = synthetic_jsonl(synthetic_pairs, seed=seed)
         lines = [("synthetic", i, line) for i, line in enumerate(text.splitlines(), start=1)]
         return RawSource("synthetic", lines, {"synthetic": hashlib.sha256(text.encode()).hexdigest()}, [])
     if source == "local":
-        root = hh_dir()
-        if root is None:
+        if hh_dir is None:
             raise DataError("data.source is 'local' but TINYRLHF_HH_DIR is not set; point it at a folder "
                             "laid out like Anthropic's (harmless-base/train.jsonl.gz, ...)")
-        if not root.is_dir():
-            raise DataError(f"TINYRLHF_HH_DIR={root} is not a folder")
-        files, missing = _local_files(root, profile.data.subsets)
+        if not hh_dir.is_dir():
+            raise DataError(f"TINYRLHF_HH_DIR={hh_dir} is not a folder")
+        files, missing = _local_files(hh_dir, subsets)
         if not files:
-            raise DataError(f"TINYRLHF_HH_DIR={root} holds none of the subsets {list(profile.data.subsets)} "
-                            f"(expected e.g. {root}/harmless-base/train.jsonl.gz)")
+            raise DataError(f"TINYRLHF_HH_DIR={hh_dir} holds none of the subsets {list(subsets)} "
+                            f"(expected e.g. {hh_dir}/harmless-base/train.jsonl.gz)")
         lines = [ln for p in files for ln in iter_file_lines(p)]  # reads fully: corrupt files fail here
         return RawSource("local", lines, {str(p): sha256_file(p) for p in files}, missing)
-    return _load_hub(profile)
+    return _load_hub(hub_id, subsets)
 
 
-def _load_hub(profile: Profile) -> RawSource:
+def _load_hub(hub_id: str, subsets) -> RawSource:
     try:
         import datasets
 
         lines, sums = [], {}
-        for subset in profile.data.subsets:
-            dsd = datasets.load_dataset("Anthropic/hh-rlhf", data_dir=subset)
+        for subset in subsets:
+            dsd = datasets.load_dataset(hub_id, data_dir=subset)
             for split, ds in dsd.items():
-                origin = f"hub:Anthropic/hh-rlhf/{subset}/{split}"
+                origin = f"hub:{hub_id}/{subset}/{split}"
                 rows = [json.dumps({"chosen": r["chosen"], "rejected": r["rejected"]}) for r in ds]
                 sums[origin] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
                 lines += [(origin, i, r) for i, r in enumerate(rows, start=1)]
@@ -190,20 +188,45 @@ def _load_hub(profile: Profile) -> RawSource:
         raise
     except Exception as e:  # network, auth, offline mode: all mean the same to the user
         raise DataError(
-            f"could not load Anthropic/hh-rlhf from the hub ({type(e).__name__}: {str(e)[:200]}). "
+            f"could not load {hub_id} from the hub ({type(e).__name__}: {str(e)[:200]}). "
             "Offline? Set TINYRLHF_HH_DIR to a local copy of Anthropic's files, or use TINYRLHF_PROFILE=cpu "
             "for the embedded synthetic set."
         ) from None
 
 
+def parse_source(raw: RawSource, max_skipped_share: float) -> tuple[list[Pair], ParseReport]:
+    """Parse every line; stop when malformed records exceed `max_skipped_share` of what was read."""
+    report = ParseReport()
+    pairs = parse_lines(raw.lines, report)
+    if report.rows_read == 0:
+        raise DataError(f"no records in {', '.join(raw.sha256)}: the files are empty")
+    share = report.malformed / report.rows_read
+    if share > max_skipped_share:
+        first = next(iter(report.examples.values()))[0]["where"]
+        raise DataError(
+            f"{report.malformed} of {report.rows_read} records ({share:.1%}) are malformed, above "
+            f"data.max_skipped_share={max_skipped_share}: {dict(report.skipped)}; first at {first}. "
+            "Check that the files are Anthropic's HH-RLHF format, or raise data.max_skipped_share."
+        )
+    return pairs, report
+
+
 # ------------------------------------------------------------------------------------- dedupe and split
 def deduplicate(pairs: list[Pair]) -> tuple[list[Pair], int]:
+    """The pairs in order with exact repeats removed, and how many were removed."""
     seen, out = set(), []
     for p in pairs:
         if p not in seen:
             seen.add(p)
             out.append(p)
     return out, len(pairs) - len(out)
+
+
+def cap(pairs: list[Pair], max_pairs: int, seed: int) -> tuple[list[Pair], int | None]:
+    """A seeded sample of `max_pairs` pairs (0: keep all), and the count it was capped from (None if not)."""
+    if not max_pairs or len(pairs) <= max_pairs:
+        return pairs, None
+    return random.Random(seed).sample(pairs, max_pairs), len(pairs)
 
 
 def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -252,68 +275,14 @@ def length_filter(pairs: list[Pair], lengths: Lengths, max_prompt: int, max_resp
     return keep, [i for i in range(len(pairs)) if i not in kept]
 
 
-# ----------------------------------------------------------------------------------------------- stage
-def data_files(paths: Paths) -> dict:
-    return {"train": paths.data / "train_prefs.jsonl", "test": paths.data / "test_prefs.jsonl",
-            "sft": paths.data / "sft_train.jsonl", "stats": paths.results / "data_stats.json"}
-
-
-def read_pairs(path: Path) -> list[Pair]:
-    if not Path(path).exists():
-        raise DataError(f"{path} does not exist: run 01_Data_Preparation first")
-    return [Pair(**json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def prepare_data(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """Parse, validate, de-duplicate, split and length-filter; write the three data files and data_stats.json.
-
-    Reuses the previous output when the data settings and the source are unchanged, unless `force`.
-    """
-    from .base_model import tokenizer_for_data
-    from .results import manifest
-
-    paths.make()
-    files = data_files(paths)
-    source_name = resolve_source(profile)
-    config_hash = profile.section_hash("data", "base") + f":{source_name}:{hh_dir() if source_name == 'local' else ''}"
-    from .base_model import base_dir, is_scratch
-
-    outputs = [files["train"], files["test"], files["sft"]]
-    if is_scratch(profile):
-        outputs.append(base_dir(paths) / "tokenizer.json")  # trained here, so part of this stage's output
-    if not force and reusable(files["stats"], config_hash, outputs):
-        stats = read_json(files["stats"])
-        stats["reused"] = True
-        return stats
-
-    raw = load_source(profile)
-    report = ParseReport()
-    pairs = parse_lines(raw.lines, report)
-    if report.rows_read == 0:
-        raise DataError(f"no records in {', '.join(raw.sha256)}: the files are empty")
-    share = report.malformed / report.rows_read
-    if share > profile.data.max_skipped_share:
-        first = next(iter(report.examples.values()))[0]["where"]
-        raise DataError(
-            f"{report.malformed} of {report.rows_read} records ({share:.1%}) are malformed, above "
-            f"data.max_skipped_share={profile.data.max_skipped_share}: {dict(report.skipped)}; first at {first}. "
-            "Check that the files are Anthropic's HH-RLHF format, or raise data.max_skipped_share."
-        )
-    pairs, n_dup = deduplicate(pairs)
-    report.skipped["duplicate"] += n_dup
-    capped_from = None
-    if profile.data.max_pairs and len(pairs) > profile.data.max_pairs:
-        capped_from = len(pairs)
-        pairs = random.Random(profile.seed).sample(pairs, profile.data.max_pairs)
-    train, test = split_by_prompt(pairs, profile.data.test_fraction, profile.seed)
-
-    tokenizer = tokenizer_for_data(profile, paths, [p.prompt + " " + p.chosen for p in train]
-                                   + [p.prompt + " " + p.rejected for p in train])
+def filter_by_length(parts: dict[str, list[Pair]], tokenizer, max_prompt: int, max_response: int,
+                     report: ParseReport) -> tuple[dict[str, list[Pair]], Lengths]:
+    """Drop pairs over the token limits from each part (counted in `report`); the kept pairs and their lengths."""
     kept = {}
     all_lengths = Lengths([], [], [])
-    for name, part in (("train", train), ("test", test)):
+    for name, part in parts.items():
         lengths = token_lengths(part, tokenizer)
-        keep, drop = length_filter(part, lengths, profile.data.max_prompt_tokens, profile.data.max_response_tokens)
+        keep, drop = length_filter(part, lengths, max_prompt, max_response)
         report.skipped["too_long"] += len(drop)
         for i in drop[:MAX_EXAMPLES_PER_REASON - len(report.examples.get("too_long", []))]:
             report.examples.setdefault("too_long", []).append(
@@ -322,41 +291,17 @@ def prepare_data(profile: Profile, paths: Paths, *, force: bool = False, progres
         kept[name] = [part[i] for i in keep]
         for field_name in ("prompt", "chosen", "rejected"):
             getattr(all_lengths, field_name).extend(getattr(lengths, field_name)[i] for i in keep)
-    if not kept["train"] or not kept["test"]:
-        raise DataError(f"after filtering, train has {len(kept['train'])} and test {len(kept['test'])} pairs; "
-                        "raise data.max_prompt_tokens / data.max_response_tokens or supply more data")
-
-    atomic_write_jsonl(files["train"], [asdict(p) for p in kept["train"]])
-    atomic_write_jsonl(files["test"], [asdict(p) for p in kept["test"]])
-    atomic_write_jsonl(files["sft"], [{"prompt": p.prompt, "completion": completion(p.chosen)} for p in kept["train"]])
-    stats = {
-        "config_hash": config_hash,
-        "source": raw.name,
-        "sha256": raw.sha256,
-        "missing_subsets": raw.missing,
-        "rows_read": report.rows_read,
-        "parsed": report.rows_read - report.malformed,
-        "kept": len(kept["train"]) + len(kept["test"]),
-        "train": len(kept["train"]),
-        "test": len(kept["test"]),
-        "capped_from": capped_from,
-        "skipped": {r: report.skipped.get(r, 0) for r in MALFORMED + FILTERED},
-        "skipped_examples": report.examples,
-        "token_lengths": {k: percentiles(getattr(all_lengths, k)) for k in ("prompt", "chosen", "rejected")},
-        "tokenizer": profile.base.model,
-        "manifest": manifest(profile, "data", data_source={"source": raw.name, "sha256": raw.sha256}),
-    }
-    atomic_write_json(files["stats"], stats)
-    stats["reused"] = False
-    return stats
+    return kept, all_lengths
 
 
-def lengths_of_prepared(profile: Profile, paths: Paths) -> dict:
-    """Token lengths of the written train and test pairs, for the notebook's histogram."""
-    from .base_model import load_tokenizer
+def write_prepared(train: list[Pair], test: list[Pair], *, train_path: Path, test_path: Path, sft_path: Path) -> None:
+    """The preference pairs of each split, and the SFT rows (prompt, completion = the chosen reply)."""
+    atomic_write_jsonl(train_path, [asdict(p) for p in train])
+    atomic_write_jsonl(test_path, [asdict(p) for p in test])
+    atomic_write_jsonl(sft_path, [{"prompt": p.prompt, "completion": completion(p.chosen)} for p in train])
 
-    tok = load_tokenizer(profile, paths)
-    out = {}
-    for name in ("train", "test"):
-        out[name] = asdict(token_lengths(read_pairs(data_files(paths)[name]), tok))
-    return out
+
+def read_pairs(path: Path) -> list[Pair]:
+    if not Path(path).exists():
+        raise DataError(f"{path} does not exist: run 01_Data_Preparation first")
+    return [Pair(**json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -17,18 +17,24 @@ from pathlib import Path
 
 from .config import Paths, Profile, default_profile_name, get_paths
 from .memory import format_bytes
-from .results import atomic_write_json, manifest, package_versions
+from .results import atomic_write_json, cuda_devices, manifest, package_versions
+
+CORE_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+
+
+def pinned_versions() -> dict[str, str]:
+    """The `name==version` pins of the core stack, read from the installed package's metadata (pyproject.toml
+    is the one place they are written)."""
+    pins = {}
+    for req in metadata.requires("tinyrlhf") or ():
+        name, sep, version = req.split(";")[0].strip().partition("==")
+        if sep and name in CORE_PACKAGES:
+            pins[name] = version.strip()
+    return {p: pins[p] for p in CORE_PACKAGES if p in pins}
+
 
 # The versions checked together on this stack (DESIGN.md, "Facts of this stack").
-PINS = {
-    "torch": "2.13.0",
-    "transformers": "5.23.0",
-    "peft": "0.21.2",
-    "trl": "1.12.0",
-    "bitsandbytes": "0.50.2",
-    "datasets": "5.2.0",
-    "accelerate": "1.15.0",
-}
+PINS = pinned_versions()
 # torch is never installed from here: the right wheel depends on the platform and the CUDA version.
 INSTALLABLE = tuple(p for p in PINS if p != "torch")
 EXTRA_PACKAGES = ("jupyterlab", "nbmake", "peft", "trl", "psutil")
@@ -102,26 +108,6 @@ def _cpu() -> dict:
     }
 
 
-def _cuda_devices() -> list[dict]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    devices = []
-    for i in range(torch.cuda.device_count()):
-        prop = torch.cuda.get_device_properties(i)
-        free, _ = torch.cuda.mem_get_info(i)
-        devices.append({
-            "index": i,
-            "name": prop.name,
-            "total_memory_bytes": prop.total_memory,
-            "free_memory_bytes": free,
-            "capability": f"{prop.major}.{prop.minor}",
-            "bf16_supported": prop.major >= 8,  # Ampere and later have native bf16
-        })
-    return devices
-
-
 def _bitsandbytes() -> dict:
     info = {"version": _installed_version("bitsandbytes"), "backend": None, "library": None,
             "library_error": None, "import_error": None}
@@ -177,7 +163,7 @@ def environment_report(paths: Paths | None = None) -> dict:
     disk = shutil.disk_usage(disk_at)
     ram = psutil.virtual_memory()
     profile, why = default_profile_name()
-    devices = _cuda_devices()
+    devices = cuda_devices()
     return {
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "packages": packages,

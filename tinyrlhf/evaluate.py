@@ -1,4 +1,5 @@
-"""Evaluation of the SFT and PPO policies on held-out prompts, and the quantization-tax experiment.
+"""Evaluation of the SFT and PPO policies on held-out prompts, and the statistics of the quantization tax. A library:
+the experiment that runs PPO and calls these is the ppo stage in stages.py.
 
 Every policy answers the same prompts with the same sampling seed; every answer is scored by every reward model
 (the cross matrix). The bf16 reward model is the common judge. The quantization tax of a precision is how much
@@ -8,14 +9,10 @@ of bf16's judged gain over SFT it loses, with a 95% interval across seeds.
 from __future__ import annotations
 
 import math
-import time
-import traceback
 import weakref
 
-from .config import Paths, Profile, resolve_device
-from .memory import measured_vs_estimate
-from .results import (atomic_write_json, current_rss_bytes, data_source_of, manifest, read_json, reusable)
-from .runtime import free_memory
+from .reward import load_reward_model, score_texts
+from .runtime import collected
 
 JUDGE = "bf16"
 EVAL_SEED_OFFSET = 10_000  # evaluation sampling uses its own seed, the same for every policy
@@ -37,7 +34,7 @@ def mean_std_ci(values: list[float]) -> tuple[float | None, float | None, list |
     return mean, std, [mean - half, mean + half]
 
 
-def _mean(v):
+def mean(v):
     return sum(v) / len(v) if v else None
 
 
@@ -98,28 +95,27 @@ def sequence_kl(policy, tokenizer, prompts: list[str], responses: list[list[int]
     return out
 
 
-def policy_outputs(policy, tokenizer, prompts: list[str], profile: Profile, *, with_kl: bool) -> dict:
-    p = profile.ppo
-    texts, ids = sample_responses(policy, tokenizer, prompts, max_new=p.max_new, temperature=p.temperature,
-                                  seed=profile.seed + EVAL_SEED_OFFSET)
+def policy_outputs(policy, tokenizer, prompts: list[str], *, max_new: int, temperature: float, seed: int,
+                   with_kl: bool) -> dict:
+    """Sampled replies (seeded with `seed` + EVAL_SEED_OFFSET, the same for every policy), their token lengths
+    and, for a PPO policy, their KL to the reference."""
+    texts, ids = sample_responses(policy, tokenizer, prompts, max_new=max_new, temperature=temperature,
+                                  seed=seed + EVAL_SEED_OFFSET)
     return {"responses": texts, "lengths": [len(r) for r in ids],
             "kl": sequence_kl(policy, tokenizer, prompts, ids) if with_kl else [0.0] * len(ids)}
 
 
-def score_outputs(profile: Profile, paths: Paths, precisions: list[str], prompts: list[str],
-                  outputs: dict) -> dict:
-    """scores[policy_key][rm_precision] = list of rewards; each RM is loaded once, on CPU, in eval mode."""
-    from .reward import load_reward_model, rm_dir, score_texts
-
+def score_outputs(rm_paths: dict, prompts: list[str], outputs: dict, *, trust_remote_code: bool = False) -> dict:
+    """scores[policy_key][rm_precision] = list of rewards; each RM (precision -> folder in `rm_paths`) is loaded
+    once, on CPU, in eval mode."""
     scores = {key: {} for key in outputs}
-    for precision in precisions:
-        rm, info = load_reward_model(rm_dir(paths, precision), profile=profile, device="cpu")
+    for precision, path in rm_paths.items():
+        rm, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu")
         for key, out in outputs.items():
             scores[key][precision] = score_texts(rm, info["tokenizer"], prompts, out["responses"])
-        alive = weakref.ref(rm)
+        ref = weakref.ref(rm)
         del rm, info
-        free_memory()
-        assert alive() is None, f"the {precision} reward model was not released"
+        assert collected(ref), f"the {precision} reward model was not released"
     return scores
 
 
@@ -128,7 +124,7 @@ def _win_rate(a: list[float], b: list[float]) -> float:
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
 
 
-def _samples(prompts, out, judged, k):
+def samples_of(prompts, out, judged, k):
     return [{"prompt": prompts[i], "response": out["responses"][i], "judged_reward": judged[i]} for i in range(k)]
 
 
@@ -140,14 +136,14 @@ def aggregate(precision_runs: dict, sft_judged_mean: float) -> dict:
         rec = {"seeds": runs, "status": "ok" if ok and len(ok) == len(runs) else "partial" if ok else "failed",
                "reason": None if len(ok) == len(runs) else "; ".join(
                    f"seed {r['seed']}: {r['reason']}" for r in runs if r["status"] != "ok")}
-        mean, std, ci = mean_std_ci([r["judged_reward_mean"] for r in ok])
-        rec.update({"judged_reward_mean": mean, "judged_reward_std": std, "judged_reward_ci95": ci,
-                    "own_reward_mean": _mean([r["own_reward_mean"] for r in ok]),
-                    "gain_vs_sft": None if mean is None else mean - sft_judged_mean,
-                    "kl_mean": _mean([r["kl_mean"] for r in ok]),
-                    "win_rate_vs_sft": _mean([r["win_rate_vs_sft"] for r in ok]),
-                    "response_length_mean": _mean([r["response_length_mean"] for r in ok]),
-                    "train_seconds_mean": _mean([r["train_seconds"] for r in ok]),
+        judged, std, ci = mean_std_ci([r["judged_reward_mean"] for r in ok])
+        rec.update({"judged_reward_mean": judged, "judged_reward_std": std, "judged_reward_ci95": ci,
+                    "own_reward_mean": mean([r["own_reward_mean"] for r in ok]),
+                    "gain_vs_sft": None if judged is None else judged - sft_judged_mean,
+                    "kl_mean": mean([r["kl_mean"] for r in ok]),
+                    "win_rate_vs_sft": mean([r["win_rate_vs_sft"] for r in ok]),
+                    "response_length_mean": mean([r["response_length_mean"] for r in ok]),
+                    "train_seconds_mean": mean([r["train_seconds"] for r in ok]),
                     "peak_memory_bytes_max": max((r["peak_memory_bytes"] for r in ok), default=None)})
         out[precision] = rec
     ref = out.get(JUDGE)
@@ -165,99 +161,21 @@ def aggregate(precision_runs: dict, sft_judged_mean: float) -> dict:
     return out
 
 
-def run_experiments(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """One PPO run per RM precision and seed, evaluated; writes results/ppo_experiment_results.json."""
-    from .base_model import load_tokenizer
-    from .ppo import PPOError, eval_prompts, policy_dir, run_one
-    from .sft import sft_dirs
+def seed_metrics(prompts: list[str], out: dict, scores: dict, *, judge: str, own: str, sft_judged: list[float],
+                 samples: int) -> dict:
+    """What one finished PPO run records from its evaluation: judged and own reward, KL, win rate, length,
+    a few samples."""
+    judged = scores[judge]
+    return {"judged_reward_mean": mean(judged), "own_reward_mean": mean(scores[own]), "kl_mean": mean(out["kl"]),
+            "win_rate_vs_sft": _win_rate(judged, sft_judged), "response_length_mean": mean(out["lengths"]),
+            "samples": samples_of(prompts, out, judged, samples)}
 
-    result_path = paths.results / "ppo_experiment_results.json"
-    config_hash = profile.section_hash("data", "base", "sft", "rm", "ppo")
-    precisions_wanted = list(profile.rm.precisions)
-    required = [policy_dir(paths, p, s) / "adapter_config.json" for p in precisions_wanted for s in profile.ppo.seeds]
-    if not force and reusable(result_path, config_hash, required):
-        return read_json(result_path) | {"reused": True}
 
-    rm_results = read_json(paths.results / "rm_results.json")["precisions"]
-    usable = [p for p in precisions_wanted if rm_results.get(p, {}).get("status") == "ok"]
-    if JUDGE not in usable:
-        raise PPOError("the bf16 reward model is missing or failed: it is the judge and the value model's start; "
-                       "rerun 03_Reward_Modeling")
-    prompts = eval_prompts(profile, paths)
-    device = resolve_device(profile)
-    t_start = time.perf_counter()
-
-    from transformers import AutoModelForCausalLM
-
-    sft_path = sft_dirs(paths)["merged"]
-    tokenizer = load_tokenizer(profile, paths, path=sft_path)
-    sft_model = AutoModelForCausalLM.from_pretrained(sft_path).to(device)
-    outputs = {"sft": policy_outputs(sft_model, tokenizer, prompts, profile, with_kl=False)}
-    del sft_model
-    free_memory()
-
-    runs: dict[str, list[dict]] = {p: [] for p in precisions_wanted}
-    for precision in precisions_wanted:
-        for seed in profile.ppo.seeds:
-            rec = {"seed": seed, "status": "failed", "reason": None}
-            if precision not in usable:
-                rec["reason"] = f"reward model {precision} failed in 03: {rm_results.get(precision, {}).get('reason')}"
-                runs[precision].append(rec)
-                continue
-            try:
-                run = run_one(profile, paths, precision, seed, progress=progress)
-                policy = run.pop("policy")
-                outputs[f"{precision}/{seed}"] = policy_outputs(policy, run.pop("tokenizer"), prompts, profile,
-                                                                with_kl=True)
-                alive = weakref.ref(policy)
-                del policy
-                free_memory()
-                rec.update(status="ok", history=run["history"], train_seconds=run["train_seconds"],
-                           peak_memory_bytes=run["peak_memory"]["peak_bytes"], peak_memory=run["peak_memory"],
-                           memory=measured_vs_estimate(profile, f"ppo_{precision}", run["peak_memory"]),
-                           reward_scoring_seconds=run["reward_scoring_seconds"], reward_device=run["reward_device"],
-                           policy_device=run["policy_device"], released=alive() is None,
-                           rss_after_release_bytes=current_rss_bytes())
-            except Exception as e:  # one failed run (e.g. out of memory) is recorded; the others go on
-                free_memory()
-                rec.update(reason=f"{type(e).__name__}: {e}"[:500], traceback=traceback.format_exc()[-2000:])
-            runs[precision].append(rec)
-
-    scores = score_outputs(profile, paths, usable, prompts, outputs)
-    sft_judged = scores["sft"][JUDGE]
-    k = profile.ppo.sample_responses
-    for precision, seed_runs in runs.items():
-        for rec in seed_runs:
-            key = f"{precision}/{rec['seed']}"
-            if rec["status"] != "ok":
-                continue
-            judged, out = scores[key][JUDGE], outputs[key]
-            rec.update(judged_reward_mean=_mean(judged), own_reward_mean=_mean(scores[key][precision]),
-                       kl_mean=_mean(out["kl"]), win_rate_vs_sft=_win_rate(judged, sft_judged),
-                       response_length_mean=_mean(out["lengths"]), samples=_samples(prompts, out, judged, k))
-    sft_mean, sft_std, _ = mean_std_ci(sft_judged)
-    precisions = aggregate(runs, sft_mean)
-
-    policies = ["sft"] + precisions_wanted
+def cross_matrix(scores: dict, policies: list[str], seeds, judges: list[str], usable: list[str]) -> dict:
+    """Mean reward of every policy (SFT, then each precision's PPO runs averaged over seeds) under every judge."""
     matrix = []
     for pol in policies:
-        keys = ["sft"] if pol == "sft" else [f"{pol}/{s}" for s in profile.ppo.seeds if f"{pol}/{s}" in scores]
-        matrix.append([_mean([_mean(scores[key][j]) for key in keys]) if keys and j in usable else None
-                       for j in precisions_wanted])
-    result = {
-        "config_hash": config_hash,
-        "judge": JUDGE,
-        "eval_prompts": len(prompts),
-        "sft": {"judged_reward_mean": sft_mean, "judged_reward_std": sft_std,
-                "response_length_mean": _mean(outputs["sft"]["lengths"]),
-                "samples": _samples(prompts, outputs["sft"], sft_judged, k)},
-        "precisions": precisions,
-        "cross_matrix": {"policies": policies, "judges": precisions_wanted, "mean_reward": matrix},
-    }
-    result["manifest"] = manifest(
-        profile, "ppo", seeds=profile.ppo.seeds, data_source=data_source_of(paths),
-        timings={"stage_seconds": time.perf_counter() - t_start} | {
-            f"{p}/{r['seed']}": r.get("train_seconds") for p, rs in runs.items() for r in rs},
-        peak_memory={p: rec.get("peak_memory_bytes_max") for p, rec in precisions.items()})
-    atomic_write_json(result_path, result)
-    return result | {"reused": False}
+        keys = ["sft"] if pol == "sft" else [f"{pol}/{s}" for s in seeds if f"{pol}/{s}" in scores]
+        matrix.append([mean([mean(scores[key][j]) for key in keys]) if keys and j in usable else None
+                       for j in judges])
+    return {"policies": policies, "judges": judges, "mean_reward": matrix}

@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SCRATCH_MODEL, Profile
+from .config import SCRATCH_MODEL, Profile, resolve_device
 
 GiB = 2**30
 MiB = 2**20
@@ -520,8 +520,6 @@ def stage_estimate(profile: Profile, stage: str, *, device: str | None = None) -
     `comparable_bytes` is what the measurement sees: on a GPU the device figure (CUDA max allocated), on the CPU
     everything, since the process peak RSS holds the models, the activations and the Python process alike.
     """
-    from .config import resolve_device
-
     device = device or resolve_device(profile)
     est = estimate_profile(profile, device=device)[stage]
     return {"stage": stage, "device": device, "device_bytes": est.device_bytes, "cpu_bytes": est.cpu_bytes,

@@ -18,7 +18,6 @@ import math
 import os
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +31,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .config import PRECISIONS  # noqa: E402
+from .results import atomic_file  # noqa: E402
 from .schema import FILE_NAMES, validate_file  # noqa: E402
 
 # Okabe-Ito palette: distinguishable under the common colour-vision deficiencies and in greyscale print.
@@ -60,24 +60,14 @@ def _gid(precision: str) -> str:
 def save_figure(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path]:
     """Save `fig` as out_dir/name.png (150 dpi) and out_dir/name.pdf (TrueType fonts), atomically; close it."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     # CreationDate off: the same results give byte-identical PDFs, so figure diffs mean changed numbers.
     formats = {"png": {"dpi": 150}, "pdf": {"metadata": {"CreationDate": None}}}
     with matplotlib.rc_context(_PAPER_RC):
         for fmt, options in formats.items():
             path = out_dir / f"{name}.{fmt}"
-            # A temp name in the same folder, then a rename: a reader never sees half a figure.
-            tmp = out_dir / f".{path.name}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    fig.savefig(f, format=fmt, bbox_inches="tight", **options)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            with atomic_file(path, "wb") as f:
+                fig.savefig(f, format=fmt, bbox_inches="tight", **options)
             written.append(path)
     if "matplotlib.pyplot" in sys.modules:  # only a pyplot-made figure is registered anywhere
         sys.modules["matplotlib.pyplot"].close(fig)

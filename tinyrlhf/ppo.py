@@ -1,4 +1,5 @@
-"""PPO of the SFT policy against each reward-model precision with TRL's experimental PPOTrainer (trl 1.12.0).
+"""PPO of the SFT policy against a reward model with TRL's experimental PPOTrainer (trl 1.12.0). A library: the
+experiment over precisions and seeds is the ppo stage in stages.py.
 
 Policy: the SFT model with a fresh LoRA adapter (reference = the same model with the adapter disabled).
 Value model: the bf16 reward model merged, trained through a fresh LoRA plus its head.
@@ -13,10 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import Paths, Profile, resolve_device
-from .data import data_files, read_pairs
+from .base_model import load_tokenizer
+from .config import Profile, resolve_device
+from .data import read_pairs
 from .results import MemoryMeter
-from .runtime import bf16_ok, drop_scratch, free_memory, lora_config, trainer_kwargs
+from .reward import PRECISION_FILE, SCORE_HEAD, load_reward_model
+from .runtime import bf16_ok, drop_scratch, free_memory, lora_config, seed_everything, trainer_kwargs
 
 
 class PPOError(RuntimeError):
@@ -103,30 +106,21 @@ class CPURewardModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- models
-def policy_dir(paths: Paths, precision: str, seed: int) -> Path:
-    return paths.models / f"ppo_policy_{precision}" / f"seed{seed}"
-
-
-def load_value_model(profile: Profile, paths: Paths, *, device: str, dtype):
-    """The bf16 reward model, merged into a plain model at the policy's dtype: PPO trains it through a fresh LoRA
-    (given to it here) plus its head, which is what keeps the critic within an 8 GB card."""
+def load_value_model(sft_path, value_rm_path, *, lora_r: int, lora_alpha: int, target_modules, device: str, dtype,
+                     trust_remote_code: bool = False):
+    """The bf16 reward model at `value_rm_path`, merged into a plain model at the policy's dtype: PPO trains it
+    through a fresh LoRA (given to it here) plus its head, which is what keeps the critic within an 8 GB card."""
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from .reward import PRECISION_FILE, SCORE_HEAD, rm_dir
-
-    bf16_dir = rm_dir(paths, "bf16")
-    if not (bf16_dir / PRECISION_FILE).exists():
-        raise PPOError(f"no bf16 reward model in {bf16_dir}: the value model starts from it; run 03 with bf16")
-    from .sft import sft_dirs
-
-    base = AutoModelForSequenceClassification.from_pretrained(
-        sft_dirs(paths)["merged"], num_labels=1, dtype=dtype, trust_remote_code=profile.base.trust_remote_code)
+    if not (Path(value_rm_path) / PRECISION_FILE).exists():
+        raise PPOError(f"no bf16 reward model in {value_rm_path}: the value model starts from it; run 03 with bf16")
+    base = AutoModelForSequenceClassification.from_pretrained(sft_path, num_labels=1, dtype=dtype,
+                                                              trust_remote_code=trust_remote_code)
     base.config.pad_token_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
-    merged = PeftModel.from_pretrained(base, str(bf16_dir)).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(value_rm_path)).merge_and_unload()
     merged.to(device)
-    p = profile.ppo
-    lora = lora_config(merged, r=p.lora_r, alpha=p.lora_alpha, dropout=0.0, target_modules=p.target_modules,
+    lora = lora_config(merged, r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     return get_peft_model(merged, lora)
 
@@ -165,29 +159,27 @@ class _History:
         self.callback = Callback()
 
 
-def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profile, paths: Paths, ppo_batch: int,
+def build_ppo_trainer(prefs_path, *, sft_path, rm_path, value_rm_path, out_dir, profile: Profile, ppo_batch: int,
                       ppo_epochs: int, max_new: int, ppo_lr: float, clip: float, kl_coef: float, mini_batch: int,
-                      steps: int = 10, temperature: float = 1.0, seed: int = 0, progress: bool = True, callbacks=()):
+                      steps: int = 10, temperature: float = 1.0, lora_r: int = 16, lora_alpha: int = 32,
+                      target_modules=("c_attn",), seed: int = 0, progress: bool = True, callbacks=()):
     """TRL's PPOTrainer with our policy, value model and CPU-resident reward model. Returns (trainer, reward
     wrapper, tokenizer, reward-model info)."""
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from .base_model import load_tokenizer
-    from .reward import load_reward_model
-
-    set_seed(seed)  # the fresh LoRA adapters are initialised before TRL seeds anything
+    seed_everything(seed)
     device = resolve_device(profile)
     dtype = torch.bfloat16 if bf16_ok(device) else torch.float32
-    tokenizer = load_tokenizer(profile, paths, path=sft_path)
+    trust = profile.base.trust_remote_code
+    tokenizer = load_tokenizer(sft_path, trust_remote_code=trust)
     tokenizer.padding_side = "left"  # queries are left-padded so generation continues right after the prompt
-    policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=dtype,
-                                                  trust_remote_code=profile.base.trust_remote_code).to(device)
-    p = profile.ppo
-    peft_config = lora_config(policy, r=p.lora_r, alpha=p.lora_alpha, dropout=0.0, target_modules=p.target_modules,
+    policy = AutoModelForCausalLM.from_pretrained(sft_path, dtype=dtype, trust_remote_code=trust).to(device)
+    peft_config = lora_config(policy, r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=target_modules,
                               task_type="CAUSAL_LM")
-    value = load_value_model(profile, paths, device=device, dtype=dtype)
-    rm, rm_info = load_reward_model(rm_path, profile=profile, device="cpu")
+    value = load_value_model(sft_path, value_rm_path, lora_r=lora_r, lora_alpha=lora_alpha,
+                             target_modules=target_modules, device=device, dtype=dtype, trust_remote_code=trust)
+    rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device="cpu")
     reward = CPURewardModel(rm, "cpu")
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
     args = PPOConfig(
@@ -228,36 +220,3 @@ def train_ppo(prefs_path, *, out_dir, progress: bool = True, **kwargs) -> dict:
     del trainer, reward
     free_memory()
     return result
-
-
-def ppo_kwargs(profile: Profile, paths: Paths, precision: str, seed: int) -> dict:
-    """The profile's settings as `train_ppo` / `build_ppo_trainer` keywords, for one (precision, seed)."""
-    from .reward import rm_dir
-    from .sft import sft_dirs
-
-    sft_path = sft_dirs(paths)["merged"]
-    if not (sft_path / "config.json").exists():
-        raise PPOError(f"no SFT model in {sft_path}: run 02_SFT_Finetuning first")
-    p = profile.ppo
-    return dict(sft_path=str(sft_path), rm_path=rm_dir(paths, precision), out_dir=policy_dir(paths, precision, seed),
-                profile=profile, paths=paths, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs, max_new=p.max_new,
-                ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch, steps=p.steps,
-                temperature=p.temperature, seed=seed)
-
-
-def run_one(profile: Profile, paths: Paths, precision: str, seed: int, *, progress: bool = True) -> dict:
-    """One (precision, seed) PPO run with the profile's settings."""
-    return train_ppo(data_files(paths)["train"], progress=progress, **ppo_kwargs(profile, paths, precision, seed))
-
-
-def run_ppo_experiments(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """The 04 notebook's stage: one PPO run per RM precision and seed, evaluation, ppo_experiment_results.json."""
-    from .evaluate import run_experiments
-
-    return run_experiments(profile, paths, force=force, progress=progress)
-
-
-def eval_prompts(profile: Profile, paths: Paths) -> list[str]:
-    pairs = read_pairs(data_files(paths)["test"])
-    return sorted({p.prompt for p in pairs})[: profile.ppo.eval_prompts]
-

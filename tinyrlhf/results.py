@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -21,40 +22,47 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", 
             "matplotlib", "pandas", "numpy")
 
 
-def _clean(obj):
+def to_json_ready(obj):
     """JSON-safe copy: tuples to lists, NaN/inf to None (strict JSON has neither)."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): to_json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [to_json_ready(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _clean(obj.item())
+        return to_json_ready(obj.item())
     return obj
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w"):
+    """A temporary file beside `path`, renamed over it when the block succeeds and removed when it fails:
+    readers never see half a file. Yields the open file (text mode "w" in UTF-8, or "wb")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_file(path) as f:
+        f.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json.dumps(to_json_ready(obj), indent=2, allow_nan=False) + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows) -> Path:
@@ -101,17 +109,29 @@ def git_commit() -> str | None:
         return None
 
 
-def hardware() -> dict:
-    import psutil
+def cuda_devices() -> list[dict]:
+    """Every visible CUDA device: name, memory, compute capability and whether it has native bf16 (Ampere and
+    later, capability 8.0+, the rule torch.cuda.is_bf16_supported applies to the current device)."""
     import torch
 
-    hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-          "ram_bytes": psutil.virtual_memory().total, "cuda": torch.cuda.is_available(), "gpus": []}
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            prop = torch.cuda.get_device_properties(i)
-            hw["gpus"].append({"name": prop.name, "total_memory_bytes": prop.total_memory})
-    return hw
+    if not torch.cuda.is_available():
+        return []
+    devices = []
+    for i in range(torch.cuda.device_count()):
+        prop = torch.cuda.get_device_properties(i)
+        devices.append({"index": i, "name": prop.name, "total_memory_bytes": prop.total_memory,
+                        "free_memory_bytes": torch.cuda.mem_get_info(i)[0],
+                        "capability": f"{prop.major}.{prop.minor}", "bf16_supported": prop.major >= 8})
+    return devices
+
+
+def hardware() -> dict:
+    import psutil
+
+    gpus = cuda_devices()
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "ram_bytes": psutil.virtual_memory().total, "cuda": bool(gpus),
+            "gpus": [{"name": g["name"], "total_memory_bytes": g["total_memory_bytes"]} for g in gpus]}
 
 
 def manifest(profile: Profile, stage: str, *, data_source: dict | None = None, seeds=None,
@@ -135,15 +155,15 @@ def manifest(profile: Profile, stage: str, *, data_source: dict | None = None, s
 
 def data_source_of(paths) -> dict:
     """The data provenance recorded by 01 (source and checksums), for later stages' manifests."""
-    stats = paths.results / "data_stats.json"
+    stats = paths.result("data_stats")
     if not stats.exists():
         return {}
     s = read_json(stats)
     files = {}
-    for name in ("train_prefs.jsonl", "test_prefs.jsonl", "sft_train.jsonl"):
-        p = paths.data / name
+    for kind in ("train", "test", "sft"):
+        p = paths.data_file(kind)
         if p.exists():
-            files[name] = sha256_file(p)
+            files[p.name] = sha256_file(p)
     return {"source": s.get("source"), "inputs_sha256": s.get("sha256"), "prepared_sha256": files}
 
 
@@ -209,14 +229,3 @@ class MemoryMeter:
             self.result["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
         self.result["peak_bytes"] = self.result.get("cuda_max_allocated_bytes", self._peak)
         return False
-
-
-def reusable(result_path: Path, config_hash: str, required: list[Path] = ()) -> bool:
-    """True when a previous run with the same config finished: its result and outputs all exist."""
-    if not result_path.exists() or not all(Path(p).exists() for p in required):
-        return False
-    try:
-        return json.loads(result_path.read_text()).get("config_hash") == config_hash
-    except (json.JSONDecodeError, OSError):
-        return False
-

@@ -1,5 +1,6 @@
 """Reward models at bf16, int8 (LLM.int8) and int4 (NF4), trained with TRL's RewardTrainer through LoRA, and what
-quantization costs them: accuracy, agreement with bf16, footprint, time, memory and CPU scoring throughput."""
+quantization costs them: accuracy, agreement with bf16, footprint and CPU scoring throughput. A library: the stage
+is in stages.py."""
 
 from __future__ import annotations
 
@@ -7,17 +8,14 @@ import json
 import logging
 import math
 import time
-import traceback
-import weakref
 from pathlib import Path
 
+from .base_model import load_tokenizer
 from .chat import completion
-from .config import PRECISIONS, Paths, Profile, resolve_device
-from .data import Pair, data_files, read_pairs
-from .memory import measured_vs_estimate
-from .results import (MemoryMeter, atomic_write_json, atomic_write_text, current_rss_bytes, data_source_of, manifest,
-                      read_json, reusable)
-from .runtime import drop_scratch, free_memory, lora_config, loss_curve, reward_compute_dtype, trainer_kwargs
+from .config import PRECISIONS, Profile, resolve_device
+from .data import Pair, read_pairs
+from .results import MemoryMeter, atomic_write_text
+from .runtime import drop_scratch, lora_config, loss_curve, reward_compute_dtype, seed_everything, trainer_kwargs
 
 # bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
 # per layer per step buries the notebook's output.
@@ -30,10 +28,6 @@ PRECISION_FILE = "precision.json"
 
 class RewardModelError(RuntimeError):
     """A reward model that cannot be trained or loaded; the message says why and what to do."""
-
-
-def rm_dir(paths: Paths, precision: str) -> Path:
-    return paths.models / "rm" / precision
 
 
 def quantization_config(precision: str, *, double_quant: bool = True, compute_dtype=None):
@@ -62,15 +56,15 @@ def _keep_head_fp32(model) -> None:
     head.register_forward_pre_hook(lambda _m, args: tuple(a.float() if torch.is_tensor(a) else a for a in args))
 
 
-def load_backbone(init_path: str, precision: str, *, profile: Profile, pad_token_id: int, device: str,
-                  double_quant: bool = True):
+def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: str, double_quant: bool = True,
+                  trust_remote_code: bool = False):
     """A 1-output sequence-classification model from `init_path` at `precision`. Returns (model, dtype name)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     dtype = reward_compute_dtype(device)
     qconfig = quantization_config(precision, double_quant=double_quant, compute_dtype=dtype)
-    kwargs = {"num_labels": 1, "trust_remote_code": profile.base.trust_remote_code}
+    kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code}
     if qconfig is None:
         kwargs["dtype"] = dtype
     else:
@@ -107,16 +101,13 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
     from peft import prepare_model_for_kbit_training
-    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    # The new score head and the LoRA adapter are initialised before the Trainer seeds anything: seed here, or
-    # they depend on whatever ran earlier in the process.
-    set_seed(seed)
+    seed_everything(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
-    model, compute = load_backbone(init_path, precision, profile=profile, pad_token_id=tokenizer.pad_token_id,
-                                   device=device, double_quant=double_quant)
+    model, compute = load_backbone(init_path, precision, pad_token_id=tokenizer.pad_token_id, device=device,
+                                   double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code)
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     if precision != "bf16":
@@ -147,20 +138,18 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
             "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute}
 
 
-def load_reward_model(path, *, profile: Profile, device: str = "cpu"):
+def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu"):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info)."""
     from peft import PeftModel
-
-    from .base_model import load_tokenizer
 
     path = Path(path)
     info_path = path / PRECISION_FILE
     if not info_path.exists():
         raise RewardModelError(f"{path} holds no trained reward model: run 03_Reward_Modeling first")
     info = json.loads(info_path.read_text())
-    tok = load_tokenizer(profile, None, path=path)
-    backbone, _ = load_backbone(info["init_path"], info["precision"], profile=profile, pad_token_id=tok.pad_token_id,
-                                device=device, double_quant=info.get("double_quant", True))
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    backbone, _ = load_backbone(info["init_path"], info["precision"], pad_token_id=tok.pad_token_id, device=device,
+                                double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(backbone, str(path))
     model.eval()  # bitsandbytes int8 on CPU only takes its int8 path in eval mode
     return model, info | {"tokenizer": tok}
@@ -225,74 +214,3 @@ def evaluate_reward_model(model, tokenizer, pairs: list[Pair], *, reference: dic
 def footprint_bytes(model) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return int(base.get_memory_footprint())
-
-
-def _one_precision(profile: Profile, paths: Paths, precision: str, init_path: str, tokenizer, test_pairs,
-                   reference, progress: bool) -> tuple[dict, dict | None]:
-    r = profile.rm
-    out = rm_dir(paths, precision)
-    run = train_reward_model(
-        data_files(paths)["train"], init_path=init_path, tokenizer=tokenizer, precision=precision, out_dir=out,
-        batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum, warmup=r.warmup, max_steps=r.max_steps,
-        lora_r=r.lora_r, lora_alpha=r.lora_alpha, lora_dropout=r.lora_dropout, target_modules=r.target_modules,
-        double_quant=r.double_quant, max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-        seed=profile.seed, profile=profile, progress=progress)
-    free_memory()
-    # Evaluate the model as saved: this also proves it reloads at its precision. Scored on CPU, where PPO scores.
-    model, _ = load_reward_model(out, profile=profile, device="cpu")
-    ev = evaluate_reward_model(model, tokenizer, test_pairs, reference=reference)
-    rec = {"status": "ok", "reason": None, "accuracy": ev["accuracy"], "accuracy_ci95": ev["accuracy_ci95"],
-           "mean_margin": ev["mean_margin"], "n_test_pairs": ev["n_test_pairs"],
-           "agreement_with_bf16": ev.get("agreement_with_bf16", 1.0 if precision == "bf16" else None),
-           "rank_correlation_with_bf16": ev.get("rank_correlation_with_bf16", 1.0 if precision == "bf16" else None),
-           "footprint_bytes": footprint_bytes(model), "train_seconds": run["train_seconds"],
-           "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
-           "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
-           "throughput_pairs_per_s": ev["throughput_pairs_per_s"], "compute_dtype": run["compute_dtype"],
-           "trainable_parameters": run["trainable_parameters"],
-           "loss_curve": [h["loss"] for h in run["loss_curve"]]}
-    # Release and verify: the model object must be collectable once we drop it.
-    alive = weakref.ref(model)
-    del model
-    free_memory()
-    rec["released"] = alive() is None
-    rec["rss_after_release_bytes"] = current_rss_bytes()
-    return rec, ev
-
-
-def run_reward_models(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """The 03 notebook's stage: every precision in turn from the SFT model; a failure is recorded, the rest go on."""
-    from .base_model import load_tokenizer
-    from .sft import sft_dirs
-
-    result_path = paths.results / "rm_results.json"
-    config_hash = profile.section_hash("data", "base", "sft", "rm")
-    required = [rm_dir(paths, p) / PRECISION_FILE for p in profile.rm.precisions]
-    if not force and reusable(result_path, config_hash, required):
-        return read_json(result_path) | {"reused": True}
-    init_path = sft_dirs(paths)["merged"]
-    if not (init_path / "config.json").exists():
-        raise RewardModelError(f"no SFT model in {init_path}: run 02_SFT_Finetuning first")
-    tokenizer = load_tokenizer(profile, paths, path=init_path)
-    test_pairs = read_pairs(data_files(paths)["test"])[: profile.rm.eval_pairs]
-
-    t0 = time.perf_counter()
-    precisions, reference = {}, None
-    for precision in profile.rm.precisions:
-        try:
-            rec, ev = _one_precision(profile, paths, precision, str(init_path), tokenizer, test_pairs, reference,
-                                     progress)
-            if precision == "bf16":
-                reference = ev
-        except Exception as e:  # one precision failing (e.g. out of memory) must not stop the others
-            free_memory()
-            rec = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500],
-                   "traceback": traceback.format_exc()[-2000:]}
-        precisions[precision] = rec
-    result = {"config_hash": config_hash, "precisions": precisions,
-              "manifest": manifest(profile, "rm", data_source=data_source_of(paths),
-                                   timings={"stage_seconds": time.perf_counter() - t0} | {
-                                       p: r.get("train_seconds") for p, r in precisions.items()},
-                                   peak_memory={p: r.get("peak_memory_bytes") for p, r in precisions.items()})}
-    atomic_write_json(result_path, result)
-    return result | {"reused": False}

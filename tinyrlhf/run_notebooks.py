@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PROFILES, repo_root
+from .results import atomic_write_text
 
 PATTERN = "0*.ipynb"
 KERNEL = "python3"
 CELL_TIMEOUT = 3600  # seconds per cell: training cells on the real profile take long
 EXECUTED = "executed"
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
 
 
 @dataclass
@@ -63,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="recompute stages whose outputs exist (sets TINYRLHF_FORCE=1 for the kernels)")
     parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help=f"seconds per cell (default {CELL_TIMEOUT})")
-    parser.add_argument("--root", type=Path, default=repo_root(), help="folder holding the notebooks (default: repo root)")
+    parser.add_argument("--root", type=Path, default=repo_root(),
+                        help="folder holding the notebooks (default: repo root)")
+    parser.add_argument("--strip", action="store_true",
+                        help="clear the notebooks' outputs in place (run before committing an edit), run nothing")
     return parser.parse_args(argv)
 
 
@@ -104,15 +110,47 @@ def _encryption() -> dict:
     return {}
 
 
-def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[str, str] | None = None) -> None:
-    """Execute one notebook with `env` as the kernel's whole environment (default: this process's); write the
-    executed copy atomically (also when it fails); raise NotebookError."""
+def inject_parameters(nb, parameters: dict) -> None:
+    """Papermill's convention: a cell tagged "injected-parameters" right after the cell tagged "parameters",
+    assigning each name its value, so a headless run overrides the defaults without editing the notebook."""
+    import nbformat
+
+    if not parameters:
+        return
+    at = next((i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])), None)
+    if at is None:
+        raise NotebookError(f"no cell tagged {PARAMETERS_TAG!r} to inject parameters after")
+    source = "# Parameters injected by tinyrlhf.run_notebooks\n" + "".join(
+        f"{name} = {value!r}\n" for name, value in parameters.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": [INJECTED_TAG]})
+    nb.cells.insert(at + 1, cell)
+
+
+def strip(nb) -> bool:
+    """Clear outputs, execution counts and cell metadata other than tags, as the notebooks are committed;
+    True when anything changed."""
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            cell.outputs, cell.execution_count, changed = [], None, True
+        extra = set(cell.metadata) - {"tags"}
+        if extra:
+            for key in extra:
+                del cell.metadata[key]
+            changed = True
+    return changed
+
+
+def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[str, str] | None = None,
+            parameters: dict | None = None) -> None:
+    """Execute one notebook with `env` as the kernel's whole environment (default: this process's) and
+    `parameters` injected after its parameters cell; write the executed copy atomically (also when it fails);
+    raise NotebookError."""
     import nbformat
     from nbclient import NotebookClient
 
-    from .results import atomic_write_text
-
     nb = nbformat.read(path, as_version=4)
+    inject_parameters(nb, parameters or {})
     client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}})
     try:
         client.execute(env=dict(os.environ if env is None else env), **_encryption())
@@ -123,7 +161,7 @@ def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[st
 
 
 def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int, env: dict[str, str] | None = None,
-        execute_fn=execute, stream=sys.stdout) -> list[Outcome]:
+        parameters: dict | None = None, execute_fn=execute, stream=sys.stdout) -> list[Outcome]:
     """Run the notebooks in order, stopping at the first failure; one Outcome per notebook."""
     outcomes = [Outcome(nb.name, "not run") for nb in notebooks]
     for nb, outcome in zip(notebooks, outcomes):
@@ -131,7 +169,7 @@ def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int, env: d
         outcome.executed = out_dir / nb.name
         t0 = time.perf_counter()
         try:
-            execute_fn(nb, outcome.executed, cwd=cwd, timeout=timeout, env=env)
+            execute_fn(nb, outcome.executed, cwd=cwd, timeout=timeout, env=env, parameters=parameters)
             outcome.status = "ok"
         except NotebookError as e:
             outcome.status, outcome.error = "failed", str(e)
@@ -141,6 +179,28 @@ def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int, env: d
         if outcome.status == "failed":
             break
     return outcomes
+
+
+def notebook_parameters(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """What a headless run injects after each notebook's parameters cell (names as in that cell)."""
+    params = {"WORKDIR": env["TINYRLHF_WORKDIR"]}
+    if args.profile:
+        params["PROFILE"] = args.profile
+    if args.force:
+        params["FORCE"] = True
+    return params
+
+
+def strip_notebooks(root: Path) -> int:
+    """Clear the committed notebooks' outputs in place (what `make strip-notebooks` runs after editing them)."""
+    import nbformat
+
+    for path in discover(root):
+        nb = nbformat.read(path, as_version=4)
+        if strip(nb):
+            nbformat.write(nb, path)
+            print(f"stripped {path.name}")
+    return 0
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -158,6 +218,8 @@ def summary(outcomes: list[Outcome]) -> str:
 def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
     args = parse_args(argv)
     root = args.root.resolve()
+    if args.strip:
+        return strip_notebooks(root)
     try:
         notebooks = discover(root, args.only)
     except ValueError as e:
@@ -171,7 +233,8 @@ def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
     print(f"Running {len(notebooks)} notebook(s) from {root}; profile "
           f"{env.get('TINYRLHF_PROFILE') or 'default (TINYRLHF_PROFILE not set)'}; artifacts under "
           f"{env['TINYRLHF_WORKDIR']}; executed copies in {out_dir}", flush=True)
-    outcomes = run(notebooks, out_dir=out_dir, cwd=root, timeout=args.timeout, env=env, execute_fn=execute_fn)
+    outcomes = run(notebooks, out_dir=out_dir, cwd=root, timeout=args.timeout, env=env,
+                   parameters=notebook_parameters(args, env), execute_fn=execute_fn)
     print()
     print(summary(outcomes))
     failed = next((o for o in outcomes if o.status == "failed"), None)

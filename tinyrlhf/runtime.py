@@ -1,10 +1,25 @@
-"""What every training stage shares: device and dtype decisions, trainer arguments, freeing memory."""
+"""What every training stage shares: seeding, device and dtype decisions, trainer arguments, LoRA settings and
+freeing memory."""
 
 from __future__ import annotations
 
 import gc
+import shutil
+from pathlib import Path
 
-from .config import Profile, resolve_device
+from .config import ConfigError, Profile, resolve_device
+from .env import BF16_CPU_FLAGS, parse_cpuinfo
+
+SCRATCH = "checkpoints"  # the trainers' working folder inside a stage's output folder; removed when done
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch. Call it before building a model: a fresh score head and peft's LoRA
+    weights are drawn when the model is built, before any Trainer seeds anything, so without this they would
+    depend on whatever ran earlier in the process."""
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def bf16_ok(device: str) -> bool:
@@ -15,27 +30,21 @@ def bf16_ok(device: str) -> bool:
     return device == "cuda" and torch.cuda.is_bf16_supported()
 
 
-SCRATCH = "checkpoints"  # the trainers' working folder inside a stage's output folder; removed when done
-
-
-def scratch_dir(out_dir):
-    from pathlib import Path
-
+def scratch_dir(out_dir) -> Path:
     return Path(out_dir) / SCRATCH
 
 
 def drop_scratch(out_dir) -> None:
     """Remove a finished trainer's working folder (we save what we keep ourselves; save_strategy is "no")."""
-    import shutil
-
     shutil.rmtree(scratch_dir(out_dir), ignore_errors=True)
 
 
 def trainer_kwargs(profile: Profile, *, out_dir, seed: int, progress: bool, steps: int) -> dict:
     """TrainingArguments shared by the SFT, RM and PPO configs; `out_dir` is the stage's output folder."""
     device = resolve_device(profile)
-    return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu", bf16=bf16_ok(device),
-                report_to=[], save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=not progress,
+    return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu",
+                bf16=bf16_ok(device), report_to=[] if profile.report_to == "none" else [profile.report_to],
+                save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=not progress,
                 dataloader_num_workers=0)
 
 
@@ -52,6 +61,13 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def collected(ref) -> bool:
+    """Free memory, then say whether the object behind the weak reference `ref` is gone: a model that is still
+    alive after its last name was deleted is a leak that would pile up across precisions and seeds."""
+    free_memory()
+    return ref() is None
+
+
 def lora_config(model, *, r: int, alpha: int, dropout: float, target_modules, task_type: str,
                 modules_to_save=None):
     """The peft LoraConfig every stage uses: targets checked against `model`, and fan_in_fan_out set for GPT-2,
@@ -66,10 +82,6 @@ def lora_config(model, *, r: int, alpha: int, dropout: float, target_modules, ta
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 present: bf16 matmuls run natively rather than emulated."""
-    from pathlib import Path
-
-    from .env import BF16_CPU_FLAGS, parse_cpuinfo
-
     try:
         _, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
@@ -88,8 +100,6 @@ def reward_compute_dtype(device: str):
 
 def check_target_modules(model, names) -> None:
     """LoRA targets must exist in the model; say which names it has instead of peft's error from deep inside."""
-    from .config import ConfigError
-
     leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if not list(m.children())}
     missing = [n for n in names if n not in leaves]
     if missing:

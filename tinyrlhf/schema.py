@@ -19,6 +19,7 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from .config import PRECISIONS
+from .results import read_json
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -203,6 +204,4 @@ def validate(obj, kind: str, *, source: str | Path | None = None):
 
 def validate_file(path: str | Path, kind: str):
     """Read a JSON result file, validate it, and return its content."""
-    from .results import read_json
-
     return validate(read_json(path), kind, source=path)

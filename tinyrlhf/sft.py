@@ -1,22 +1,17 @@
-"""Supervised fine-tuning: LoRA on prompt + chosen reply with TRL's SFTTrainer, loss on the reply tokens only."""
+"""Supervised fine-tuning: LoRA on prompt + chosen reply with TRL's SFTTrainer, loss on the reply tokens only;
+held-out loss and greedy generations for the before/after comparison. A library: the stage is in stages.py."""
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
+from .base_model import load_causal_lm
 from .chat import completion
-from .config import Paths, Profile, resolve_device
-from .data import Pair, data_files, read_pairs
-from .memory import measured_vs_estimate
-from .results import MemoryMeter, atomic_write_json, data_source_of, manifest, read_json, reusable
-from .runtime import drop_scratch, free_memory, lora_config, loss_curve, trainer_kwargs
-
-
-def sft_dirs(paths: Paths) -> dict:
-    root = paths.models / "sft"
-    return {"root": root, "adapter": root / "adapter", "merged": root / "merged"}
+from .config import Profile, resolve_device
+from .data import Pair
+from .results import MemoryMeter
+from .runtime import drop_scratch, free_memory, lora_config, loss_curve, seed_everything, trainer_kwargs
 
 
 def completion_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict:
@@ -90,15 +85,12 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     seconds, peak memory and parameter counts.
     """
     from datasets import load_dataset
-    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from .base_model import load_causal_lm
-
-    set_seed(seed)  # the LoRA adapter is initialised before the Trainer seeds anything
+    seed_everything(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
-    model = load_causal_lm(profile, str(init_path), device=device)
+    model = load_causal_lm(init_path, trust_remote_code=profile.base.trust_remote_code, device=device)
     dataset = load_dataset("json", data_files=str(data_path), split="train")
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=dropout, target_modules=target_modules,
                        task_type="CAUSAL_LM")
@@ -127,67 +119,3 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     return {"adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "loss_curve": curve,
             "train_seconds": meter.result["seconds"], "peak_memory": meter.result,
             "trainable_parameters": trainable, "total_parameters": total_params}
-
-
-def run_sft(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """The 02 notebook's stage: base model (built on `cpu`), before/after evaluation, LoRA SFT, sft_results.json."""
-    from .base_model import base_model_path, build_base_model, load_causal_lm, load_tokenizer
-
-    dirs = sft_dirs(paths)
-    result_path = paths.results / "sft_results.json"
-    config_hash = profile.section_hash("data", "base", "sft")
-    if not force and reusable(result_path, config_hash, [dirs["merged"] / "config.json"]):
-        return read_json(result_path) | {"reused": True}
-
-    t_start = time.perf_counter()
-    base_summary = build_base_model(profile, paths, force=force, progress=progress)
-    init_path = base_model_path(profile, paths)
-    tokenizer = load_tokenizer(profile, paths)
-    test_pairs = read_pairs(data_files(paths)["test"])[: profile.sft.eval_pairs]
-    sample_prompts = [p.prompt for p in test_pairs[: profile.sft.sample_prompts]]
-    device = resolve_device(profile)
-    max_new = profile.data.max_response_tokens
-
-    base = load_causal_lm(profile, init_path, device=device)
-    before = heldout_loss(base, tokenizer, test_pairs)
-    before_text = generate(base, tokenizer, sample_prompts, max_new)
-    del base
-    free_memory()
-
-    s = profile.sft
-    run = train_sft(data_files(paths)["sft"], out_dir=dirs["root"], init_path=init_path, tokenizer=tokenizer,
-                    batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, accum=s.accum, warmup=s.warmup,
-                    dropout=s.dropout, max_steps=s.max_steps, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-                    target_modules=s.target_modules, gradient_checkpointing=s.gradient_checkpointing,
-                    max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                    seed=profile.seed, profile=profile, progress=progress)
-
-    tuned = load_causal_lm(profile, run["merged_dir"], device=device)
-    after = heldout_loss(tuned, tokenizer, test_pairs)
-    after_text = generate(tuned, tokenizer, sample_prompts, max_new)
-    del tuned
-    free_memory()
-
-    result = {
-        "config_hash": config_hash,
-        "base_model": profile.base.model,
-        "base_pretraining": {k: v for k, v in base_summary.items() if k != "config_hash"},
-        "before": before,
-        "after": after,
-        "loss_drop": before["loss"] - after["loss"],
-        "loss_curve": run["loss_curve"],
-        "train_seconds": run["train_seconds"],
-        "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
-        "memory": measured_vs_estimate(profile, "sft", run["peak_memory"]),
-        "trainable_parameters": run["trainable_parameters"],
-        "total_parameters": run["total_parameters"],
-        "generations": [{"prompt": p, "before": b, "after": a}
-                        for p, b, a in zip(sample_prompts, before_text, after_text)],
-        "artifacts": {"adapter": run["adapter_dir"], "merged": run["merged_dir"]},
-    }
-    result["manifest"] = manifest(profile, "sft", data_source=data_source_of(paths),
-                                  timings={"stage_seconds": time.perf_counter() - t_start,
-                                           "train_seconds": run["train_seconds"]},
-                                  peak_memory=run["peak_memory"])
-    atomic_write_json(result_path, result)
-    return result | {"reused": False}

@@ -1,0 +1,132 @@
+"""The command line: ``tinyrlhf run|plots|env`` (also ``python -m tinyrlhf``).
+
+    tinyrlhf run                                  # every stage, default profile
+    tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'ppo.seeds=[0,1,2]'
+    tinyrlhf plots results/ paper/figures/
+    tinyrlhf env
+
+The stages are the same functions the notebooks call (tinyrlhf.stages); a finished stage is reused while its
+settings are unchanged, unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from .config import PROFILES, SECTIONS, TOP_LEVEL, ConfigError, get_paths, get_profile
+
+log = logging.getLogger("tinyrlhf")
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """"section.field=value" -> (key, value); the value is read as JSON (numbers, lists, true/false) or else
+    taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: write section.field=value, e.g. --set ppo.steps=20")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def settings_help() -> str:
+    """Every setting with its `cpu` default, for --help."""
+    from .stages import STAGES
+
+    cpu = PROFILES["cpu"]
+    lines = ["stages (in order):"]
+    lines += [f"  {name:<5} {stage.does} ({stage.notebook}.ipynb)" for name, (stage, _) in STAGES.items()]
+    lines += ["", "settings (--set section.field=value; defaults of the cpu profile):"]
+    lines += [f"  {name} = {getattr(cpu, name)!r}" for name in TOP_LEVEL]
+    for section in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[section]):
+            lines.append(f"  {section}.{f.name} = {json.dumps(getattr(getattr(cpu, section), f.name))}")
+    lines += ["", f"profiles: {', '.join(PROFILES)} (TINYRLHF_PROFILE; default rtx4060 with CUDA, else cpu)"]
+    return "\n".join(lines)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run pipeline stages", epilog=settings_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("stages", nargs="*", metavar="STAGE", help="data, sft, rm, ppo (default: all, in order)")
+    run.add_argument("--profile", choices=sorted(PROFILES), help="default: TINYRLHF_PROFILE, else by CUDA")
+    run.add_argument("--workdir", help="artifacts folder (default: TINYRLHF_WORKDIR or the repository root)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="override a setting (repeatable); the value is JSON or a plain string")
+    run.add_argument("--force", action="store_true", help="recompute stages whose outputs exist")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    plots = sub.add_parser("plots", help="redraw every figure from the result files alone")
+    plots.add_argument("results", help="folder holding rm_results.json / ppo_experiment_results.json")
+    plots.add_argument("out", nargs="?", help="where the figures go (default: RESULTS/figures)")
+    env = sub.add_parser("env", help="environment report, problems with fixes, memory verdicts")
+    env.add_argument("--profile", choices=sorted(PROFILES))
+    env.add_argument("--workdir")
+    return parser
+
+
+def _run(args) -> int:
+    from .stages import STAGES, run
+
+    profile = get_profile(args.profile, overrides=dict(parse_assignment(s) for s in args.overrides))
+    paths = get_paths(args.workdir)
+    names = args.stages or list(STAGES)
+    log.info("profile %s, stages %s, artifacts under %s", profile.name, " ".join(names), paths.root)
+    results = run(names, profile, paths, force=args.force, progress=not args.quiet)
+    for name, result in results.items():
+        what = "reused" if result.get("reused") else "computed"
+        print(f"{name}: {what} -> {paths.result(STAGES[name][0].kind)}")
+    return 0
+
+
+def _plots(args) -> int:
+    from .plots import draw_all
+
+    for name, files in draw_all(args.results, args.out).items():
+        print(f"{name}: {', '.join(str(p) for p in files)}")
+    return 0
+
+
+def _env(args) -> int:
+    from . import env, memory
+
+    profile, paths = get_profile(args.profile), get_paths(args.workdir)
+    report = env.environment_report(paths)
+    print(env.report_table(report).to_string(index=False))
+    problems = env.problems(report, profile)
+    print("\nproblems:" if problems else "\nno problems for the", profile.name, "profile")
+    for p in problems:
+        print(f"  - {p['what']}: {p['why']}. Fix: {p['fix']}")
+    gpu, ram = (report["cuda"]["devices"][0]["total_memory_bytes"] if report["cuda"]["devices"] else None,
+                report["memory"]["ram_total_bytes"])
+    verdicts = memory.stage_verdicts(profile, gpu_bytes=gpu, ram_bytes=ram)
+    for v in verdicts:
+        print(f"  {v['stage']:<9} {v['verdict']:<13} {v['reason']}")
+    print(f"wrote {env.write_environment(report, paths, profile, verdicts)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return {"run": _run, "plots": _plots, "env": _env}[args.command](args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # our errors say what to do; no traceback
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
