@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard 0*.ipynb))
 
-.PHONY: run test install clean-artifacts strip-notebooks
+.PHONY: run test test-nbmake install clean-artifacts strip-notebooks
 
 install: $(STAMP)
 
@@ -23,11 +23,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m tinyrlhf.run_notebooks
 
-# Unit and end-to-end tests, then every notebook top to bottom with nbmake on the cpu profile, in a temporary
-# workdir so a user's data/, models/ and results/ are never touched.
+# Unit and end-to-end tests on the cpu profile, in a temporary workdir so a user's data/, models/ and results/ are
+# never touched. The five notebooks run once, top to bottom, inside the suite (tests/conftest.py `pipeline`, with
+# nbclient as nbmake does), and the end-to-end tests read what they wrote; running them again with nbmake would
+# double the suite's time. `make test-nbmake` runs them with nbmake alone.
 test: $(STAMP)
 	@workdir=$$(mktemp -d) && trap 'rm -rf "$$workdir"' EXIT && \
-	TINYRLHF_PROFILE=cpu TINYRLHF_WORKDIR="$$workdir" $(PY) -m pytest tests $(NOTEBOOKS) --nbmake \
+	TINYRLHF_PROFILE=cpu TINYRLHF_WORKDIR="$$workdir" $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+test-nbmake: $(STAMP)
+	@workdir=$$(mktemp -d) && trap 'rm -rf "$$workdir"' EXIT && \
+	TINYRLHF_PROFILE=cpu TINYRLHF_WORKDIR="$$workdir" $(PY) -m pytest $(NOTEBOOKS) --nbmake \
 		--nbmake-timeout=3600 -p no:cacheprovider $(PYTEST_ARGS)
 
 clean-artifacts:

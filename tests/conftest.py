@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,20 +27,48 @@ requires_hh = pytest.mark.skipif(not HH_FILE.exists(),
                                  reason=f"real HH-RLHF sample not found at {HH_FILE}: skipping the real-data part")
 
 
+# A whole pipeline in seconds: too short to learn anything, long enough to produce every artifact for real.
+TINY = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_dialogues": 200, "sft.max_steps": 2,
+        "rm.max_steps": 2, "rm.eval_pairs": 16, "ppo.steps": 2, "ppo.seeds": [0, 1], "ppo.ppo_batch": 8,
+        "ppo.mini_batch": 4, "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2,
+        "eval.checkpoints": 2, "eval.bootstrap": 50, "workers": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """data, sft and rm (bf16 and int4) of the cpu profile with TINY settings: (profile, paths)."""
+    from tinyrlhf.config import get_paths, get_profile
+    from tinyrlhf.stages import run_data, run_rm, run_sft
+
+    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    paths = get_paths(tmp_path_factory.mktemp("tiny")).make()
+    run_data(profile, paths, progress=False)
+    run_sft(profile, paths, progress=False)
+    run_rm(profile, paths, progress=False)
+    return profile, paths
+
+
+# The end-to-end run: the cpu profile with 3 seeds per arm and 32 x 4 evaluation replies instead of 5 and 48 x 8, enough to
+# see learning (asserted in test_pipeline.py), in about half the time of the full profile.
+E2E = {"ppo.seeds": [0, 1, 2], "eval.prompts": 32, "eval.samples": 4, "eval.bootstrap": 500}
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
-    """Every stage of the cpu profile, run once in a temporary workdir: (profile, paths, results by stage)."""
+    """All five notebooks, executed top to bottom as `make run` executes them (cpu profile, E2E settings, parameters
+    injected after the parameters cell): (profile, paths, results by stage, folder of the executed notebooks)."""
+    from tinyrlhf import run_notebooks as rn
     from tinyrlhf.config import get_paths, get_profile
-    from tinyrlhf.stages import run_data, run_ppo, run_rm, run_sft
+    from tinyrlhf.results import read_json
 
-    saved = {k: os.environ.pop(k) for k in ("TINYRLHF_HH_DIR", "TINYRLHF_OVERRIDES") if k in os.environ}
-    try:
-        profile = get_profile("cpu")
-        paths = get_paths(tmp_path_factory.mktemp("pipeline")).make()
-        out = {"data": run_data(profile, paths, progress=False)}
-        out["sft"] = run_sft(profile, paths, progress=False)
-        out["rm"] = run_rm(profile, paths, progress=False)
-        out["ppo"] = run_ppo(profile, paths, progress=False)
-    finally:
-        os.environ.update(saved)
-    return profile, paths, out
+    root = tmp_path_factory.mktemp("pipeline")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYRLHF_")}
+    env |= {"TINYRLHF_PROFILE": "cpu", "TINYRLHF_WORKDIR": str(root), "TINYRLHF_OVERRIDES": json.dumps(E2E)}
+    outcomes = rn.run(rn.discover(REPO), out_dir=root / "executed", cwd=REPO, timeout=3600, env=env,
+                      parameters={"PROFILE": "cpu", "WORKDIR": str(root)})
+    failed = [f"{o.name}: {o.error}" for o in outcomes if o.status != "ok"]
+    assert not failed, failed
+    profile, paths = get_profile("cpu", overrides=E2E), get_paths(root)
+    results = {kind: read_json(paths.result(kind)) for kind in ("data_stats", "sft", "rm", "ppo")}
+    return profile, paths, results, root / "executed"

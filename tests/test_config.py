@@ -6,7 +6,7 @@ from tinyrlhf.config import ConfigError, get_paths, get_profile, resolve_source
 
 
 def test_default_profile_follows_cuda(monkeypatch):
-    import tinyrlhf.config as config
+    from tinyrlhf import config
 
     monkeypatch.setattr(config, "cuda_available", lambda: False)
     assert get_profile().name == "cpu"
@@ -33,7 +33,13 @@ def test_unknown_profile_lists_allowed():
     ({"ppo.ppo_batch": 12}, "multiple of ppo.mini_batch"),
     ({"sft.nope": 1}, "sft has: batch_size"),
     ({"nope.x": 1}, "allowed: data, base, sft, rm, ppo"),
-    ({"base.n_embd": 100}, "multiple of 64"),
+    ({"base.hidden_size": 100}, "multiple of 64"),
+    ({"ppo.seeds": [0, 0]}, "must be distinct"),
+    ({"ppo.seeds": ["a"]}, "integers in"),
+    ({"seed": -1}, "seed must be integers in"),
+    ({"sft.lr": float("nan")}, "sft.lr must be a finite number"),
+    ({"rm.lr": float("inf")}, "rm.lr must be a finite number"),
+    ({"ppo.max_new": 8}, "must be >= data.max_response_tokens"),
 ])
 def test_bad_values_fail_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -48,10 +54,14 @@ def test_overrides_by_keyword_and_env(monkeypatch):
     monkeypatch.setenv("TINYRLHF_OVERRIDES", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         get_profile("cpu")
+    for not_an_object in ("[1, 2]", "3"):
+        monkeypatch.setenv("TINYRLHF_OVERRIDES", not_an_object)
+        with pytest.raises(ConfigError, match="must be a JSON object"):
+            get_profile("cpu")
 
 
 def test_section_hash_tracks_only_its_sections():
-    a, b = get_profile("cpu"), get_profile("cpu", ppo__steps=3)
+    a, b = get_profile("cpu"), get_profile("cpu", ppo__steps=7)
     assert a.section_hash("data", "sft") == b.section_hash("data", "sft")
     assert a.section_hash("ppo") != b.section_hash("ppo")
 

@@ -5,8 +5,16 @@ import pytest
 from conftest import HH_DIR, requires_hh
 
 from tinyrlhf.config import get_paths, get_profile
-from tinyrlhf.data import (DataError, Malformed, Pair, deduplicate, parse_line, parse_pair, read_pairs,
-                           split_by_prompt)
+from tinyrlhf.data import (
+    DataError,
+    Malformed,
+    Pair,
+    deduplicate,
+    parse_line,
+    parse_pair,
+    read_pairs,
+    split_by_prompt,
+)
 from tinyrlhf.results import read_json
 from tinyrlhf.stages import run_data
 
@@ -118,6 +126,11 @@ def test_synthetic_set_is_reproducible_and_balanced(tmp_path):
     assert a["sha256"] == b["sha256"] and (a["train"], a["test"]) == (b["train"], b["test"])
     assert (tmp_path / "a/data/train_prefs.jsonl").read_bytes() == (tmp_path / "b/data/train_prefs.jsonl").read_bytes()
     assert a["test"] >= 50 and sum(a["skipped"][r] for r in ("bad_json", "empty_reply", "identical")) == 0
+    # Every synthetic pair says what is wrong with its rejected reply, for the reward models' per-category accuracy.
+    counts = {}
+    for pair in read_pairs(tmp_path / "a/data/test_prefs.jsonl"):
+        counts[pair.category] = counts.get(pair.category, 0) + 1
+    assert set(counts) == {"rude", "off_topic", "harmful"} and min(counts.values()) >= 5
 
 
 @requires_hh

@@ -1,52 +1,51 @@
-"""A stage that fails for one precision or seed records why, and the others still run and are written."""
+"""A reward model or PPO seed that fails records why; the others still run, and the stage still writes."""
 
 import shutil
 
 import pytest
+from conftest import TINY
 
 from tinyrlhf import schema
 from tinyrlhf.config import get_paths, get_profile
-from tinyrlhf.results import read_json
 
 pytestmark = pytest.mark.slow
+FAST = TINY | {"rm.max_steps": 2}
 
 
 @pytest.fixture
-def workdir_copy(pipeline, tmp_path):
-    _, paths, _ = pipeline
+def workdir_copy(tiny_world, tmp_path):
+    _, paths = tiny_world
     shutil.copytree(paths.root, tmp_path / "copy")
     return get_paths(tmp_path / "copy")
 
 
-def test_a_failed_reward_model_is_recorded_and_ppo_skips_it(workdir_copy, monkeypatch):
-    import tinyrlhf.stages as stages
+def test_a_failed_reward_model_is_recorded_and_ppo_skips_its_arm(workdir_copy, monkeypatch):
+    from tinyrlhf import stages
 
-    real = stages._train_and_evaluate_rm
+    real = stages.train_reward_model
 
-    def oom_for_int8(profile, paths, precision, *args, **kwargs):
-        if precision == "int8":
+    def oom_for_int8(train, **kwargs):
+        if kwargs["precision"] == "int8":
             raise RuntimeError("CUDA out of memory (injected)")
-        return real(profile, paths, precision, *args, **kwargs)
+        return real(train, **kwargs)
 
-    monkeypatch.setattr(stages, "_train_and_evaluate_rm", oom_for_int8)
-    profile = get_profile("cpu", overrides={"rm.max_steps": 2, "ppo.steps": 1, "ppo.seeds": [0],
-                                            "ppo.eval_prompts": 8})
+    monkeypatch.setattr(stages, "train_reward_model", oom_for_int8)
+    profile = get_profile("cpu", overrides=FAST | {"rm.null_arm": False, "ppo.seeds": [0]})
     rm = stages.run_rm(profile, workdir_copy, progress=False)
-    assert rm["precisions"]["int8"]["status"] == "failed"
-    assert "out of memory" in rm["precisions"]["int8"]["reason"]
-    assert rm["precisions"]["bf16"]["status"] == rm["precisions"]["int4"]["status"] == "ok"
-    schema.validate(read_json(workdir_copy.results / "rm_results.json"), "rm")
+    assert rm["arms"]["int8"]["status"] == "failed" and "out of memory" in rm["arms"]["int8"]["reason"]
+    assert rm["arms"]["bf16"]["status"] == rm["arms"]["int4"]["status"] == "ok"
+    schema.validate_file(workdir_copy.result("rm"), "rm")
 
     ppo = stages.run_ppo(profile, workdir_copy, progress=False)
-    assert ppo["precisions"]["int8"]["status"] == "failed"
-    assert "reward model int8 failed in 03" in ppo["precisions"]["int8"]["seeds"][0]["reason"]
-    assert ppo["precisions"]["int4"]["status"] == "ok"
-    assert ppo["cross_matrix"]["mean_reward"][0][1] is None  # no int8 judge
-    schema.validate(read_json(workdir_copy.results / "ppo_experiment_results.json"), "ppo")
+    assert ppo["arms"]["int8"]["status"] == "failed"
+    assert "reward model int8 failed in 03" in ppo["arms"]["int8"]["seeds"][0]["reason"]
+    assert ppo["arms"]["int4"]["status"] == "ok"
+    assert ppo["cross_matrix"]["judges"] == ["judge", "bf16", "int4"]  # no int8 scorer
+    schema.validate_file(workdir_copy.result("ppo"), "ppo")
 
 
 def test_a_failed_ppo_seed_is_recorded_and_the_rest_go_on(workdir_copy, monkeypatch):
-    import tinyrlhf.stages as stages
+    from tinyrlhf import stages
 
     real = stages.train_ppo
 
@@ -56,12 +55,11 @@ def test_a_failed_ppo_seed_is_recorded_and_the_rest_go_on(workdir_copy, monkeypa
         return real(prefs_path, **kwargs)
 
     monkeypatch.setattr(stages, "train_ppo", oom_for_int4_seed1)
-    profile = get_profile("cpu", overrides={"ppo.steps": 1, "ppo.eval_prompts": 8})
-    # The pipeline's reward models are reused (same rm config); PPO runs anew with its own config.
+    profile = get_profile("cpu", overrides=FAST | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
     out = stages.run_ppo(profile, workdir_copy, progress=False)
-    int4 = out["precisions"]["int4"]
+    int4 = out["arms"]["int4"]
     assert int4["status"] == "partial" and "seed 1: RuntimeError: CUDA out of memory" in int4["reason"]
     assert [s["status"] for s in int4["seeds"]] == ["ok", "failed"]
-    assert int4["judged_reward_mean"] == int4["seeds"][0]["judged_reward_mean"]
-    assert out["precisions"]["bf16"]["status"] == out["precisions"]["int8"]["status"] == "ok"
-    schema.validate(read_json(workdir_copy.results / "ppo_experiment_results.json"), "ppo")
+    assert int4["judge_mean"] == int4["seeds"][0]["judge_mean"]
+    assert out["arms"]["bf16"]["status"] == "ok"
+    schema.validate_file(workdir_copy.result("ppo"), "ppo")

@@ -121,8 +121,14 @@ def test_lora_params_match_peft():
 
 def test_from_config_matches_instantiated_models():
     pytest.importorskip("torch")
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     configs = [
         (GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=24), GPT2LMHeadModel),
@@ -259,8 +265,9 @@ def test_cpu_profile_spec_is_built_from_the_profile():
     profile = config.PROFILES["cpu"]
     spec = m.spec_for_profile(profile)
     b, d = profile.base, profile.data
-    assert (spec.n_layer, spec.hidden, spec.n_head, spec.vocab) == (b.n_layer, b.n_embd, b.n_head, b.vocab_size)
-    assert spec.n_positions == max(256, d.max_prompt_tokens + d.max_response_tokens)
+    assert (spec.n_layer, spec.hidden, spec.n_head, spec.n_kv_head, spec.vocab, spec.intermediate) == (
+        b.num_layers, b.hidden_size, b.num_heads, b.num_kv_heads, b.vocab_size, b.intermediate_size)
+    assert spec.arch == "llama" and spec.tie_embeddings  # a Qwen2, as base_model.scratch_config builds it
 
 
 def test_unknown_model_error_says_what_to_do():

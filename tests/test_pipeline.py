@@ -1,6 +1,6 @@
-"""End to end on the cpu profile: every stage learns on the synthetic data (asserted with bounds we measured), and
-the artifacts, result files and figures are what later stages and paper authors rely on."""
-
+"""End to end on the cpu profile (the five notebooks, executed): every stage learns on the synthetic data, the
+instrument's claims hold (a gain under the gold judge, a null arm at zero), and the artifacts, result files and
+figures are what later stages and paper authors rely on. Bounds are below what was measured, with margin."""
 
 import pytest
 import torch
@@ -8,60 +8,43 @@ import torch
 from tinyrlhf import plots, schema
 from tinyrlhf.config import PRECISIONS
 from tinyrlhf.data import read_pairs
-from tinyrlhf.results import read_json
 
 pytestmark = pytest.mark.slow
 
 
-def test_sft_lowers_heldout_loss(pipeline):
-    _, paths, out = pipeline
-    sft = out["sft"]
-    # Measured on the cpu profile: 1.28 -> 1.19 nats/token on the held-out chosen replies.
-    assert sft["after"]["loss"] < sft["before"]["loss"] - 0.04
-    assert sft["loss_curve"][-1]["loss"] < sft["loss_curve"][0]["loss"]
+def test_base_model_and_sft_learn_and_reply_properly(pipeline):
+    _, _, results, _ = pipeline
+    sft = results["sft"]
+    base = sft["base_pretraining"]
+    assert base["final_loss"] < 0.3 * base["first_loss"]  # measured 4.2 -> 0.19
+    assert sft["after"]["loss"] < sft["before"]["loss"]
     assert 0 < sft["trainable_parameters"] < 0.2 * sft["total_parameters"]
-    assert sft["base_pretraining"]["final_loss"] < sft["base_pretraining"]["first_loss"]
-    assert sft["peak_memory_bytes"] > 0 and sft["train_seconds"] > 0
-    schema.validate(read_json(paths.results / "sft_results.json"), "sft")
-    schema.validate(read_json(paths.results / "data_stats.json"), "data_stats")
+    quality = sft["reply_quality"]
+    # The issue's goal: at least 90% of the SFT policy's sampled replies end with EOS within ppo.max_new.
+    assert quality["eos_share"] >= 0.9, quality
+    assert 0.0 < quality["gold_mean"] < 2.0  # coherent, and imperfect: there is something for PPO to fix
 
 
-def test_merged_sft_model_reloads_and_generates(pipeline):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _, paths, _ = pipeline
-    merged = paths.models / "sft" / "merged"
-    model = AutoModelForCausalLM.from_pretrained(merged)
-    tok = AutoTokenizer.from_pretrained(merged)
-    ids = tok("\n\nHuman: How do I make tea?\n\nAssistant:", return_tensors="pt")
-    gen = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert gen.shape[1] > ids["input_ids"].shape[1]
-    assert (paths.models / "sft" / "adapter" / "adapter_config.json").exists()
-
-
-def test_reward_models_learn_and_quantization_is_real(pipeline):
-    _, paths, out = pipeline
-    rm = out["rm"]["precisions"]
-    assert all(rm[p]["status"] == "ok" for p in PRECISIONS), {p: rm[p].get("reason") for p in PRECISIONS}
-    # Measured: bf16 0.82 accuracy on 136 held-out pairs (95% CI 0.75-0.88).
-    assert rm["bf16"]["accuracy"] >= 0.72 and rm["bf16"]["accuracy_ci95"][0] > 0.6
-    for p in ("int8", "int4"):
-        assert rm[p]["accuracy"] > 0.65
-        assert rm[p]["agreement_with_bf16"] >= 0.75 and rm[p]["rank_correlation_with_bf16"] >= 0.6
-    assert rm["int4"]["footprint_bytes"] < rm["int8"]["footprint_bytes"] < rm["bf16"]["footprint_bytes"]
-    assert all(rm[p]["released"] for p in PRECISIONS)
-    for p in PRECISIONS:  # logged losses are noisy per step: compare the first and last thirds
-        curve = rm[p]["loss_curve"]
-        third = max(1, len(curve) // 3)
-        assert sum(curve[-third:]) / third < sum(curve[:third]) / third, (p, curve)
-    schema.validate(read_json(paths.results / "rm_results.json"), "rm")
+def test_reward_models_are_above_chance_in_every_category(pipeline):
+    profile, _, results, _ = pipeline
+    arms = results["rm"]["arms"]
+    assert set(arms) == set(profile.arms) and all(a["status"] == "ok" for a in arms.values())
+    for arm, rec in arms.items():
+        by = rec["by_category"]
+        assert set(by) == {"rude", "off_topic", "harmful"}
+        assert by["rude"]["accuracy"] >= 0.9 and by["harmful"]["accuracy"] >= 0.8, (arm, by)
+        assert by["off_topic"]["accuracy"] > 0.55, (arm, by)  # the hard one: the reply must match the request
+        assert rec["released"]
+    assert arms["int4"]["footprint_bytes"] < arms["int8"]["footprint_bytes"] < arms["bf16"]["footprint_bytes"]
+    assert arms["null"]["precision"] == "bf16" and arms["null"]["seed"] != arms["bf16"]["seed"]
+    assert arms["int8"]["mcnemar_vs_bf16"]["p_value"] <= 1.0 and arms["bf16"]["mcnemar_vs_bf16"] is None
 
 
 @pytest.mark.parametrize("precision, layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit"), ("bf16", None)])
 def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_head(pipeline, precision, layer):
     from tinyrlhf.reward import evaluate_reward_model, load_reward_model
 
-    profile, paths, out = pipeline
+    profile, paths, results, _ = pipeline
     model, info = load_reward_model(paths.rm(precision))
     kinds = {type(m).__name__ for m in model.modules()}
     if layer:
@@ -74,91 +57,70 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     # Round trip: reloading gives exactly the accuracy recorded when the stage evaluated its saved model.
     pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
     again = evaluate_reward_model(model, info["tokenizer"], pairs)
-    assert again["accuracy"] == out["rm"]["precisions"][precision]["accuracy"]
-    assert again["mean_margin"] == pytest.approx(out["rm"]["precisions"][precision]["mean_margin"], abs=1e-6)
+    assert again["accuracy"] == results["rm"]["arms"][precision]["accuracy"]
 
 
-def test_ppo_raises_the_judged_reward_over_sft(pipeline):
-    profile, paths, out = pipeline
-    ppo = out["ppo"]
-    bf16 = ppo["precisions"]["bf16"]
-    assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(profile.ppo.seeds) >= 2
-    # Measured: SFT -1.71 -> bf16 PPO about -0.3 under the bf16 judge, win rate about 0.7.
-    assert bf16["gain_vs_sft"] > 0.4
-    assert bf16["win_rate_vs_sft"] > 0.55
-    assert bf16["kl_mean"] > 0
-    for seed in bf16["seeds"]:
-        assert seed["judged_reward_mean"] > ppo["sft"]["judged_reward_mean"]
-        assert len(seed["history"]) == profile.ppo.steps and seed["released"]
-        assert seed["reward_device"] == "cpu"
+def test_ppo_gains_under_the_gold_judge_and_the_null_arm_sits_at_zero(pipeline):
+    profile, _, results, _ = pipeline
+    ppo = results["ppo"]
+    assert ppo["judge"]["kind"] == "gold" and ppo["null_arm"] == "null"
+    bf16 = ppo["arms"]["bf16"]
+    assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(profile.ppo.seeds)
+    # The issue's claims: bf16's gain over SFT has its interval above 0; the null arm's tax interval holds 0.
+    assert bf16["gold_gain_vs_sft_ci95"][0] > 0, bf16["gold_gain_vs_sft_ci95"]
+    lo, hi = ppo["arms"]["null"]["tax_vs_bf16_ci95"]
+    assert lo <= 0 <= hi
+    for arm in PRECISIONS:
+        rec = ppo["arms"][arm]
+        assert rec["status"] == "ok" and rec["gold_gain_vs_sft"] > 0
+        assert rec["tax_vs_bf16"] == pytest.approx(1 - rec["gold_gain_vs_sft"] / bf16["gold_gain_vs_sft"])
+        for seed in rec["seeds"]:
+            assert len(seed["history"]) == profile.ppo.steps and seed["reward_device"] == "cpu"
+            assert [c["step"] for c in seed["checkpoints"]] == ppo["eval"]["checkpoint_steps"]
+            assert len(seed["judge_per_prompt"]) == profile.eval.prompts
+        assert len(rec["frontier"]["points"]) == 1 + len(rec["seeds"]) * profile.eval.checkpoints
+        assert rec["frontier"]["fit"]["alpha"] is not None
     assert bf16["tax_vs_bf16"] == 0.0
-    for p in ("int8", "int4"):
-        rec = ppo["precisions"][p]
-        assert rec["status"] == "ok"
-        assert rec["tax_vs_bf16"] == pytest.approx((bf16["gain_vs_sft"] - rec["gain_vs_sft"]) / abs(bf16["gain_vs_sft"]))
 
 
-def test_results_json_validates_and_figures_redraw_from_it(pipeline, tmp_path):
-    _, paths, out = pipeline
-    saved = read_json(paths.results / "ppo_experiment_results.json")
-    schema.validate(saved, "ppo")
-    matrix = saved["cross_matrix"]
-    assert matrix["policies"] == ["sft", *PRECISIONS] and len(matrix["mean_reward"]) == 4
-    assert saved["manifest"]["config"]["ppo"]["seeds"] == list(out["ppo"]["manifest"]["config"]["ppo"]["seeds"])
-    # A paper author's copy: only the JSON files, in another folder.
-    for name in ("rm_results.json", "ppo_experiment_results.json"):
+def test_every_policy_is_scored_by_the_judge_and_every_reward_model(pipeline):
+    _, _, results, _ = pipeline
+    m = results["ppo"]["cross_matrix"]
+    assert m["policies"] == ["sft", "bf16", "int8", "int4", "null"]
+    assert m["judges"] == ["judge", "bf16", "int8", "int4", "null"]
+    assert all(v is not None for row in m["mean_reward"] for v in row)
+    sft_row, bf16_row = m["mean_reward"][0], m["mean_reward"][1]
+    assert bf16_row[1] > sft_row[1]  # PPO raised what it trained against
+
+
+def test_results_validate_and_figures_redraw_from_the_json_alone(pipeline, tmp_path):
+    _, paths, results, _ = pipeline
+    for kind in ("data_stats", "sft", "rm", "ppo"):
+        schema.validate(results[kind], kind)
+    for name in ("rm_results.json", "ppo_experiment_results.json"):  # a paper author's copy, in another folder
         (tmp_path / name).write_text((paths.results / name).read_text())
     drawn = plots.draw_all(tmp_path, tmp_path / "figs")
-    assert len(drawn) == 8
+    assert len(drawn) == 9
     for files in drawn.values():
         assert all(f.exists() and f.stat().st_size > 1000 for f in files)
 
 
 def test_reruns_reuse_finished_stages(pipeline):
-    from tinyrlhf.stages import run_ppo, run_rm, run_sft
+    from tinyrlhf.stages import run_data, run_ppo, run_rm, run_sft
 
-    profile, paths, out = pipeline
-    before = (paths.results / "ppo_experiment_results.json").read_bytes()
-    assert run_sft(profile, paths, progress=False)["reused"]
-    assert run_rm(profile, paths, progress=False)["reused"]
-    assert run_ppo(profile, paths, progress=False)["reused"]
-    assert (paths.results / "ppo_experiment_results.json").read_bytes() == before
-
-
-def test_one_ppo_step_trains_only_lora_and_the_value_head(pipeline):
-    from tinyrlhf.ppo import build_ppo_trainer
-
-    profile, paths, _ = pipeline
-    p = profile.ppo
-    trainer, reward, tok, _ = build_ppo_trainer(
-        paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm("int4"),
-        value_rm_path=paths.rm("bf16"), out_dir=paths.root / "one_step", profile=profile, ppo_batch=p.ppo_batch,
-        ppo_epochs=1, max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
-        steps=1, target_modules=p.target_modules, seed=0, progress=False)
-    model = trainer.model
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    # bitsandbytes may repack 4-bit weights on the first CPU forward, so the RM is compared by what it computes.
-    probe = torch.tensor([tok("\n\nHuman: Hi\n\nAssistant: Hello.<|endoftext|>")["input_ids"]])
-    rm_score_before = reward(probe)
-    assert not any(p.requires_grad for p in reward.reward_model.parameters())
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n or ".score.modules_to_save." in n for n in trainable)
-    assert any(n.startswith("value_model.") and "score" in n for n in trainable)
-    trainer.train()
-    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
-    assert changed and set(changed) <= set(trainable)
-    assert any("lora_" in n and n.startswith("policy.") for n in changed)
-    assert torch.equal(reward(probe), rm_score_before)
-    assert reward.calls > 0 and all(p.device.type == "cpu" for p in reward.reward_model.parameters())
+    profile, paths, _, _ = pipeline
+    before = paths.result("ppo").read_bytes()
+    for run in (run_data, run_sft, run_rm, run_ppo):
+        assert run(profile, paths, progress=False)["reused"], run.__name__
+    assert paths.result("ppo").read_bytes() == before
 
 
 def test_reward_wrapper_stays_on_cpu_and_returns_scores_to_the_callers_device(pipeline):
     from trl.experimental.utils import get_reward
 
-    from tinyrlhf.ppo import CPURewardModel
-    from tinyrlhf.reward import load_reward_model
+    from tinyrlhf.reward import CPURewardModel, load_reward_model
 
-    profile, paths, _ = pipeline
+    _, paths, _, _ = pipeline
     rm, info = load_reward_model(paths.rm("int8"))
     wrapper = CPURewardModel(rm, "cpu")
     # What PPOTrainer does to the reward model: a no-op here, for a CUDA device too.
@@ -171,11 +133,9 @@ def test_reward_wrapper_stays_on_cpu_and_returns_scores_to_the_callers_device(pi
     _, score, _ = get_reward(wrapper, q, tok.pad_token_id, 3)  # TRL's own scoring path
     direct = rm(input_ids=q).logits[0, 0]
     assert float(score[0]) == pytest.approx(float(direct), abs=1e-5)
-    # Scores go back to the caller's device even when its type differs from the RM's.
     hidden = wrapper.backbone(q).hidden_states[-1]
     wrapper.caller_device = torch.device("meta")
     assert wrapper.score(hidden).device.type == "meta"
-    assert {p.device.type for p in rm.parameters()} == {"cpu"}
 
 
 # The estimator's band on the cpu profile: the measured process peak RSS lies within this factor of the estimate
@@ -184,10 +144,9 @@ MEMORY_BAND = (0.5, 2.0)
 
 
 def test_measured_peaks_lie_within_the_stated_band_of_the_estimates(pipeline):
-    _, _, out = pipeline
-    records = [out["sft"]["memory"]] + [out["rm"]["precisions"][p]["memory"] for p in PRECISIONS]
-    records += [s["memory"] for p in PRECISIONS for s in out["ppo"]["precisions"][p]["seeds"]]
-    assert len(records) == 1 + 3 + 3 * len(out["ppo"]["precisions"]["bf16"]["seeds"])
+    _, _, results, _ = pipeline
+    records = [results["sft"]["memory"]] + [r["memory"] for r in results["rm"]["arms"].values()]
+    records += [s["memory"] for a in results["ppo"]["arms"].values() for s in a["seeds"]]
     for rec in records:
         assert rec["measured"] == "process peak RSS" and rec["estimate_bytes"] > 0
         assert MEMORY_BAND[0] <= rec["ratio"] <= MEMORY_BAND[1], rec

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,9 @@ from tinyrlhf.results import atomic_write_json
 from tinyrlhf.schema import SchemaError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the builders live beside this file, in test_schema.py
-from test_schema import PRECISIONS, make_ppo_results, make_rm_results  # noqa: E402
+from test_schema import ARMS, make_ppo_results, make_rm_results
 
-ALL_FIGURES = {"rm_accuracy", "rm_costs", "ppo_final_reward", "ppo_training_curves", "ppo_reward_vs_kl",
+ALL_FIGURES = {"rm_accuracy", "rm_costs", "ppo_gold_gain", "ppo_tax", "ppo_frontier", "ppo_training_curves",
                "ppo_time_memory", "ppo_cross_matrix", "rm_vs_ppo"}
 REASON = "CUDA out of memory at step 3"
 
@@ -85,9 +84,9 @@ def test_draw_all_without_results_names_both_files(tmp_path):
 
 def test_draw_all_validates_and_names_the_broken_file(tmp_path):
     ppo = make_ppo_results()
-    ppo["precisions"]["int8"]["kl_mean"] = "small"
+    ppo["arms"]["int8"]["kl_mean"] = "small"
     write_results(tmp_path, None, ppo)
-    with pytest.raises(SchemaError, match=r"ppo_experiment_results\.json: \$\.precisions\.int8\.kl_mean"):
+    with pytest.raises(SchemaError, match=r"ppo_experiment_results\.json: \$\.arms\.int8\.kl_mean"):
         plots.draw_all(tmp_path)
 
 
@@ -109,21 +108,21 @@ def test_save_figure_sets_font_type_only_while_saving(tmp_path):
     assert (matplotlib.rcParams["pdf.fonttype"], matplotlib.rcParams["ps.fonttype"]) == before
 
 
-def test_each_precision_has_one_colour_across_figures():
+def test_each_arm_has_one_colour_across_figures():
     rm, ppo = make_rm_results(), make_ppo_results()
-    figures = [plots.plot_rm_accuracy(rm), plots.plot_training_curves(ppo), plots.plot_reward_vs_kl(ppo),
-               plots.plot_final_reward(ppo), plots.plot_rm_vs_ppo(rm, ppo)]
-    expected = {p: to_hex(plots.precision_color(p)) for p in PRECISIONS}
+    figures = [plots.plot_rm_accuracy(rm), plots.plot_training_curves(ppo), plots.plot_frontier(ppo),
+               plots.plot_gold_gain(ppo), plots.plot_rm_vs_ppo(rm, ppo)]
+    expected = {a: to_hex(plots.precision_color(a)) for a in ARMS}
     for fig in figures:
         colors = colors_by_precision(fig)
-        assert {p: colors[p] for p in PRECISIONS} == expected
-    assert len(set(expected.values())) == 3
+        assert {a: colors[a] for a in ARMS} == expected
+    assert len(set(expected.values())) == 4
     assert to_hex(plots.precision_color("sft")) not in expected.values()
     with pytest.raises(KeyError, match="bf16"):
         plots.precision_color("fp8")
 
 
-def test_failed_precision_is_an_annotated_gap_not_a_crash(tmp_path):
+def test_failed_arm_is_an_annotated_gap_not_a_crash(tmp_path):
     rm = make_rm_results(failed={"int4": REASON})
     ppo = make_ppo_results(failed={"int4": REASON})
     figures = {name: draw(rm) for name, draw in plots.RM_FIGURES.items()}
@@ -132,7 +131,7 @@ def test_failed_precision_is_an_annotated_gap_not_a_crash(tmp_path):
     for name, fig in figures.items():
         text = figure_text(fig)
         if name == "ppo_cross_matrix":
-            assert "—" in text  # the failed policy's and judge's cells are marked as missing
+            assert "—" in text  # the failed policy's cells are marked as missing
         else:
             assert "failed" in text and REASON in text, f"{name}: {text}"
         assert "int4" not in colors_by_precision(fig), name  # nothing drawn for it
@@ -141,38 +140,45 @@ def test_failed_precision_is_an_annotated_gap_not_a_crash(tmp_path):
     assert set(plots.draw_all(tmp_path)) == ALL_FIGURES
 
 
-def test_summary_table_formats_and_marks_missing_values():
+def test_summary_table_gives_gains_and_taxes_with_intervals_that_do_not_wrap():
     ppo = make_ppo_results()
     table = plots.summary_table(ppo)
-    assert list(table.columns) == ["RM precision", "final judged reward", "gain vs SFT", "tax vs bf16", "KL",
-                                   "win rate vs SFT", "time (s)", "peak memory (MiB)", "status"]
-    assert list(table["RM precision"]) == list(PRECISIONS)
-    bf16 = ppo["precisions"]["bf16"]
-    row = table.iloc[0]
-    assert row["final judged reward"] == f"{bf16['judged_reward_mean']:.3f} ± {bf16['judged_reward_std']:.3f}"
-    assert all(re.fullmatch(r"-?\d+\.\d{3} ± \d+\.\d{3}", v) for v in table["final judged reward"])
-    assert row["tax vs bf16"] == "+0.0%" and row["status"] == "ok"
-    assert row["peak memory (MiB)"] == f"{bf16['peak_memory_bytes_max'] / 2**20:.0f}"
+    assert list(table["arm"]) == ["bf16", "int8", "int4", "null (bf16, other seed)"]
+    bf16, int8 = ppo["arms"]["bf16"], ppo["arms"]["int8"]
+    row = table.iloc[1]
+    lo, hi = int8["gold_gain_vs_sft_ci95"]
+    assert row["judge's gain vs SFT [95% CI]"] == f"{int8['gold_gain_vs_sft']:+.3f} [{lo:+.3f}, {hi:+.3f}]".replace(
+        " ", "\u00a0")
+    assert " " not in row["tax vs bf16 [95% CI]"] and row["tax vs bf16 [95% CI]"].count("%") == 3
+    assert table.iloc[0]["apart from null?"] == "—" and row["apart from null?"] in ("yes", "no")
+    assert row["status"] == "ok" and bf16["tax_vs_bf16"] == 0.0
 
     failed = plots.summary_table(make_ppo_results(failed={"bf16": "diverged"}))
     bf16_row, int8_row = failed.iloc[0], failed.iloc[1]
-    assert bf16_row["final judged reward"] == bf16_row["KL"] == "failed"
-    assert bf16_row["status"] == "failed: diverged"
-    assert int8_row["tax vs bf16"] == "—"  # no baseline, no tax
-    ppo = make_ppo_results()
-    ppo["precisions"]["int8"]["judged_reward_std"] = float("nan")  # as read back in memory, before JSON
-    assert plots.summary_table(ppo).iloc[1]["final judged reward"].count("±") == 0
+    assert bf16_row["judge's gain vs SFT [95% CI]"] == bf16_row["KL"] == "failed"
+    assert bf16_row["status"] == "failed: seed 0: diverged; seed 1: diverged"
+    assert int8_row["tax vs bf16 [95% CI]"] == "—"  # no baseline, no tax
 
 
-def test_rm_table_formats_accuracy_with_its_interval():
+def test_rm_table_formats_accuracy_per_category_and_mcnemar():
     rm = make_rm_results(failed={"int4": REASON})
-    rm["precisions"]["int8"]["rank_correlation_with_bf16"] = None
     table = plots.rm_table(rm)
-    assert table.iloc[0]["accuracy [95% CI]"] == "0.83 [0.78, 0.88]"
-    assert table.iloc[1]["rank corr. with bf16"] == "—"
+    assert table.iloc[0]["accuracy [95% CI]"] == "0.83\u00a0[0.78,\u00a00.88]"
+    assert set(table.columns) >= {"rude", "off-topic", "harmful", "McNemar p vs bf16"}
+    assert table.iloc[0]["McNemar p vs bf16"] == "—" and table.iloc[1]["McNemar p vs bf16"] == "0.30"
     assert table.iloc[2]["accuracy [95% CI]"] == "failed"
     assert table.iloc[2]["status"] == f"failed: {REASON}"
-    assert table.iloc[0]["footprint (MiB)"] == "48.0"
+    assert table.iloc[0]["footprint (MiB)"] == "48.00"
+
+
+def test_tax_sentences_say_whether_each_arm_is_apart_from_the_null_arm():
+    from tinyrlhf import display
+
+    ppo = make_ppo_results()
+    lines = display.tax_sentences(ppo)
+    assert lines[0].startswith("bf16: gain over SFT")
+    assert any(line.startswith("int8: tax") and "null arm" in line for line in lines)
+    assert any(line.startswith("null (bf16, other seed): tax") and "noise floor" in line for line in lines)
 
 
 def test_import_keeps_a_chosen_backend_and_stays_light():

@@ -1,6 +1,7 @@
 """Same seed and profile give the same numbers on CPU; another seed gives other numbers."""
 
 import pytest
+from conftest import TINY
 
 from tinyrlhf.config import get_paths, get_profile
 
@@ -36,7 +37,11 @@ def test_reward_model_does_not_depend_on_what_ran_before_in_the_process(tmp_path
 
     from tinyrlhf.base_model import load_tokenizer
     from tinyrlhf.data import read_pairs
-    from tinyrlhf.reward import evaluate_reward_model, load_reward_model, train_reward_model
+    from tinyrlhf.reward import (
+        evaluate_reward_model,
+        load_reward_model,
+        train_reward_model,
+    )
 
     profile = get_profile("cpu", overrides=SMALL)
     _run(tmp_path, "base")
@@ -49,7 +54,25 @@ def test_reward_model_does_not_depend_on_what_ran_before_in_the_process(tmp_path
         torch.rand(history)  # a different amount of earlier random draws
         out = tmp_path / f"rm{i}"
         train_reward_model(paths.data_file("train"), init_path=str(merged), tokenizer=tok, precision="bf16",
-                           out_dir=out, batch_size=8, lr=1e-3, max_steps=3, profile=profile, progress=False)
+                           out_dir=out, batch_size=8, lr=1e-3, max_steps=3, profile=profile,
+                           target_modules=profile.rm.target_modules)
         model, _ = load_reward_model(out)
         margins.append(evaluate_reward_model(model, tok, test)["scores_chosen"])
     assert margins[0] == margins[1]
+
+
+def test_parallel_jobs_give_the_numbers_of_one_job_at_a_time(tiny_world, tmp_path):
+    """The jobs' torch threads are set by the profile, not by how many jobs run at once: two workers reproduce one."""
+    import shutil
+
+    from tinyrlhf.stages import run_rm
+
+    _, paths = tiny_world
+    accuracy = {}
+    for workers in (1, 2):
+        shutil.copytree(paths.root, tmp_path / str(workers))
+        profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
+                                                       "rm.max_steps": 3, "workers": workers})
+        rm = run_rm(profile, get_paths(tmp_path / str(workers)), force=True, progress=False)
+        accuracy[workers] = {a: (r["mean_margin"], r["loss_curve"]) for a, r in rm["arms"].items()}
+    assert accuracy[1] == accuracy[2]

@@ -9,15 +9,17 @@ from __future__ import annotations
 import copy
 import json
 import random
-import statistics
 
 import jsonschema
 import pytest
 
+from tinyrlhf.results import to_json_ready
 from tinyrlhf.schema import SCHEMAS, SchemaError, validate, validate_file
 
 PRECISIONS = ("bf16", "int8", "int4")
+ARMS = (*PRECISIONS, "null")
 SEEDS = (0, 1)
+PROMPTS = 6
 MIB = 2**20
 
 
@@ -34,28 +36,36 @@ def _fail(entry: dict, reason: str, keep=("status", "reason")) -> dict:
 
 
 def make_rm_results(failed: dict[str, str] | None = None) -> dict:
-    """rm_results.json; `failed` maps precision -> reason for precisions that failed."""
+    """rm_results.json; `failed` maps arm -> reason for arms that failed."""
     failed = failed or {}
-    accuracy = {"bf16": 0.83, "int8": 0.81, "int4": 0.74}
-    footprint = {"bf16": 48 * MIB, "int8": 27 * MIB, "int4": 17 * MIB}
-    precisions = {}
-    for i, p in enumerate(PRECISIONS):
-        a = accuracy[p]
-        entry = {"status": "ok", "reason": None, "accuracy": a, "accuracy_ci95": [a - 0.05, a + 0.05],
+    accuracy = {"bf16": 0.83, "int8": 0.81, "int4": 0.74, "null": 0.82}
+    footprint = {"bf16": 48 * MIB, "int8": 27 * MIB, "int4": 17 * MIB, "null": 48 * MIB}
+    arms = {}
+    for i, arm in enumerate(ARMS):
+        a = accuracy[arm]
+        by_category = {c: {"n": 60, "accuracy": min(1.0, a + d), "accuracy_ci95": [max(0.0, a + d - 0.1),
+                                                                                   min(1.0, a + d + 0.08)]}
+                       for c, d in (("rude", 0.15), ("off_topic", -0.2), ("harmful", 0.1))}
+        entry = {"status": "ok", "reason": None, "precision": "bf16" if arm == "null" else arm, "seed": int(arm == "null"),
+                 "accuracy": a, "accuracy_ci95": [a - 0.05, a + 0.05], "by_category": by_category,
                  "mean_margin": 1.2 - 0.3 * i, "agreement_with_bf16": 1.0 - 0.06 * i,
-                 "rank_correlation_with_bf16": 1.0 - 0.1 * i, "footprint_bytes": footprint[p],
-                 "train_seconds": 60.0 + 25 * i, "peak_memory_bytes": (700 - 100 * i) * MIB,
-                 "throughput_pairs_per_s": 40.0 - 8 * i, "compute_dtype": "bfloat16",
-                 "loss_curve": [0.69 * 0.95**k + 0.02 * i for k in range(30)], "n_test_pairs": 300}
-        precisions[p] = _fail(entry, failed[p]) if p in failed else entry
-    return {"config_hash": "abc123", "manifest": make_manifest("rm"), "precisions": precisions}
+                 "rank_correlation_with_bf16": 1.0 - 0.1 * i,
+                 "mcnemar_vs_bf16": None if arm == "bf16" else {"only_first_right": 9, "only_second_right": 3 + i,
+                                                                "p_value": 0.2 + 0.1 * i},
+                 "footprint_bytes": footprint[arm], "train_seconds": 60.0 + 25 * i,
+                 "peak_memory_bytes": (700 - 100 * i) * MIB, "throughput_pairs_per_s": 40.0 - 8 * i,
+                 "compute_dtype": "float32", "loss_curve": [0.69 * 0.95**k + 0.02 * i for k in range(30)],
+                 "n_test_pairs": 300}
+        arms[arm] = _fail(entry, failed[arm]) if arm in failed else entry
+    return {"config_hash": "abc123", "manifest": make_manifest("rm"), "arms": arms, "null_arm": "null",
+            "judge_arm": None}
 
 
 def _history(rng: random.Random, level: float, steps: int = 12) -> list[dict]:
     rows, seconds = [], 0.0
-    for step in range(steps):
+    for step in range(1, steps + 1):
         seconds += 2.0 + rng.random()
-        progress = step / (steps - 1)
+        progress = (step - 1) / (steps - 1)
         rows.append({"step": step, "reward": level * progress + rng.gauss(0, 0.05), "kl": 0.4 * progress**1.5,
                      "entropy": 2.5 - 0.5 * progress, "policy_loss": -0.02 + rng.gauss(0, 0.01),
                      "value_loss": 0.3 * (1 - progress) + 0.05, "clipfrac": 0.1 * rng.random(),
@@ -65,59 +75,47 @@ def _history(rng: random.Random, level: float, steps: int = 12) -> list[dict]:
 
 def _samples(rng: random.Random, n: int = 3) -> list[dict]:
     return [{"prompt": f"Human: question {k}?", "response": f"Assistant: answer {k}.",
-             "judged_reward": rng.gauss(0.5, 0.2)} for k in range(n)]
+             "judged_reward": rng.gauss(0.5, 0.2), "ended": k != 2} for k in range(n)]
 
 
-def _ci95(values: list[float]) -> list[float]:
-    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5
-    return [statistics.fmean(values) - half, statistics.fmean(values) + half]
+def _evaluation(rng: random.Random, level: float, *, prompts: int = PROMPTS, samples: int = 4) -> dict:
+    judged = [level + rng.gauss(0, 0.4) for _ in range(prompts * samples)]
+    per_prompt = [sum(judged[i: i + samples]) / samples for i in range(0, len(judged), samples)]
+    return {"status": "ok", "reason": None, "judge_mean": sum(judged) / len(judged), "judge_per_prompt": per_prompt,
+            "judge_scores": judged, "eos_share": 0.95, "length_mean": 30.0, "samples": _samples(rng),
+            "cross": {arm: level + 0.2 + 0.05 * j for j, arm in enumerate(ARMS)}}
+
+
+def _run(arm: str, seed: int, level: float) -> dict:
+    rng = random.Random(f"{arm}-{seed}")
+    ev = _evaluation(rng, level)
+    steps = [2, 4, 6, 8, 10, 12]
+    checkpoints = [{"step": s, "judge_mean": 0.1 + (level - 0.1) * s / 12 + rng.gauss(0, 0.02),
+                    "proxy_mean": 0.3 + level * s / 10, "kl_mean": 0.05 * s, "eos_share": 0.95, "length_mean": 30.0}
+                   for s in steps]
+    return ev | {"seed": seed, "proxy_mean": level + 0.3, "proxy_per_prompt": [level + 0.3] * PROMPTS,
+                 "kl_mean": 0.6, "kl_per_prompt": [0.6] * PROMPTS, "checkpoints": checkpoints,
+                 "history": _history(rng, level + 0.1), "train_seconds": 30.0 + seed,
+                 "peak_memory_bytes": 900 * MIB}
 
 
 def make_ppo_results(failed: dict[str, str] | None = None) -> dict:
-    """ppo_experiment_results.json with the documented semantics (gain, tax, ci95 across seeds)."""
+    """ppo_experiment_results.json, assembled by the stage's own function from fake runs (4 arms x 2 seeds)."""
+    from tinyrlhf.evaluate import experiment_result
+
     failed = failed or {}
-    sft_mean = 0.10
-    target = {"bf16": 0.60, "int8": 0.55, "int4": 0.40}
-    precisions = {}
-    for i, p in enumerate(PRECISIONS):
-        seeds = []
-        for seed in SEEDS:
-            rng = random.Random(f"{p}-{seed}")
-            seeds.append({"seed": seed, "status": "ok", "reason": None,
-                          "judged_reward_mean": target[p] + rng.gauss(0, 0.03),
-                          "own_reward_mean": target[p] + 0.1 + rng.gauss(0, 0.03), "kl_mean": 0.2 + 0.05 * i,
-                          "win_rate_vs_sft": 0.7 - 0.05 * i, "response_length_mean": 40.0 + i,
-                          "train_seconds": 100.0 + 20 * i + seed, "peak_memory_bytes": (1200 - 150 * i) * MIB,
-                          "history": _history(rng, target[p] + 0.1), "samples": _samples(rng)})
-        judged = [s["judged_reward_mean"] for s in seeds]
-        precisions[p] = {
-            "status": "ok", "reason": None, "judged_reward_mean": statistics.fmean(judged),
-            "judged_reward_std": statistics.stdev(judged), "judged_reward_ci95": _ci95(judged),
-            "own_reward_mean": statistics.fmean(s["own_reward_mean"] for s in seeds),
-            "gain_vs_sft": statistics.fmean(judged) - sft_mean, "tax_vs_bf16": None, "tax_vs_bf16_ci95": None,
-            "kl_mean": statistics.fmean(s["kl_mean"] for s in seeds),
-            "win_rate_vs_sft": statistics.fmean(s["win_rate_vs_sft"] for s in seeds),
-            "response_length_mean": 40.0 + i, "train_seconds_mean": statistics.fmean(s["train_seconds"] for s in seeds),
-            "peak_memory_bytes_max": max(s["peak_memory_bytes"] for s in seeds), "seeds": seeds}
-    for p, entry in precisions.items():
-        if p in failed:
-            entry.update(_fail(entry, failed[p], keep=("status", "reason", "seeds")))
-            entry["seeds"] = [_fail(s, failed[p], keep=("seed",)) | {"history": s["history"][:3]}
-                              for s in entry["seeds"]]
-    bf16 = precisions["bf16"]
-    for entry in precisions.values():
-        if entry["status"] == "ok" and bf16["status"] == "ok":
-            bf16_gain = bf16["gain_vs_sft"]
-            entry["tax_vs_bf16"] = (bf16_gain - entry["gain_vs_sft"]) / abs(bf16_gain)
-            entry["tax_vs_bf16_ci95"] = [entry["tax_vs_bf16"] - 0.1, entry["tax_vs_bf16"] + 0.1]
-    policies = ["sft", *PRECISIONS]
-    matrix = [[None if p in failed or j in failed else 0.1 + 0.2 * a - 0.05 * b for b, j in enumerate(PRECISIONS)]
-              for a, p in enumerate(policies)]
-    return {"config_hash": "def456", "manifest": make_manifest("ppo"), "judge": "bf16",
-            "sft": {"judged_reward_mean": sft_mean, "judged_reward_std": 0.3, "response_length_mean": 38.0,
-                    "samples": _samples(random.Random("sft"))},
-            "precisions": precisions,
-            "cross_matrix": {"policies": policies, "judges": list(PRECISIONS), "mean_reward": matrix}}
+    target = {"bf16": 0.60, "int8": 0.55, "int4": 0.40, "null": 0.58}
+    runs = {arm: [_run(arm, seed, target[arm]) if arm not in failed else
+                  {"seed": seed, "status": "failed", "reason": failed[arm]} for seed in SEEDS] for arm in ARMS}
+    sft = _evaluation(random.Random("sft"), 0.10)
+    usable = [a for a in ARMS if a not in failed]
+    result = experiment_result(
+        {"kind": "gold", "name": "gold reward", "why": "no arm trained on it", "path": None}, sft, runs,
+        precisions={"bf16": "bf16", "int8": "int8", "int4": "int4", "null": "bf16"}, usable=usable,
+        null="null" if "null" in usable else None, bootstrap=200, seed=0,
+        eval_info={"prompts": PROMPTS, "samples": 4, "checkpoint_samples": 2, "checkpoint_steps": [2, 4, 6, 8, 10, 12],
+                   "missing_eos_penalty": 1.0, "bootstrap": 200})
+    return to_json_ready({"config_hash": "def456"} | result | {"manifest": make_manifest("ppo")})
 
 
 def make_data_stats() -> dict:
@@ -157,32 +155,36 @@ def test_failed_and_partial_runs_are_accepted():
     validate(make_rm_results(failed={"int4": "CUDA out of memory"}), "rm")
     ppo = make_ppo_results(failed={"bf16": "diverged", "int4": "bitsandbytes has no CPU int4 kernel"})
     validate(ppo, "ppo")
-    assert ppo["precisions"]["int8"]["tax_vs_bf16"] is None  # no tax without a bf16 baseline
+    assert ppo["arms"]["int8"]["tax_vs_bf16"] is None  # no tax without a bf16 baseline
     partial = make_ppo_results()
-    entry = partial["precisions"]["int8"]
+    entry = partial["arms"]["int8"]
     entry["status"] = "partial"
-    entry["judged_reward_std"] = entry["judged_reward_ci95"] = None  # one finished seed: no spread
+    entry["judge_std_over_seeds"] = None  # one finished seed: no spread
     entry["seeds"][1] = {"seed": 1, "status": "failed", "reason": "killed", "history": []}
     validate(partial, "ppo")
 
 
 @pytest.mark.parametrize("kind, mutate, path, words", [
-    ("rm", lambda r: r["precisions"]["int8"].pop("accuracy"), "$.precisions.int8", "'accuracy' is a required"),
-    ("rm", lambda r: r["precisions"]["int8"].update(accuracy=1.3), "$.precisions.int8.accuracy", "maximum"),
-    ("rm", lambda r: r["precisions"]["int4"].update(footprint_bytes="17 MiB"), "$.precisions.int4.footprint_bytes",
+    ("rm", lambda r: r["arms"]["int8"].pop("accuracy"), "$.arms.int8", "'accuracy' is a required"),
+    ("rm", lambda r: r["arms"]["int8"].update(accuracy=1.3), "$.arms.int8.accuracy", "maximum"),
+    ("rm", lambda r: r["arms"]["int4"].update(footprint_bytes="17 MiB"), "$.arms.int4.footprint_bytes",
      "not of type 'integer'"),
-    ("rm", lambda r: r["precisions"]["bf16"].update(accuracy=None), "$.precisions.bf16.accuracy", "None"),
-    ("rm", lambda r: r["precisions"].update(fp8=r["precisions"]["bf16"]), "$.precisions", "fp8"),
-    ("rm", lambda r: r["precisions"]["int8"].update(accuracy_ci95=[0.9, 0.7]), "$.precisions.int8.accuracy_ci95",
+    ("rm", lambda r: r["arms"]["bf16"].update(accuracy=None), "$.arms.bf16.accuracy", "None"),
+    ("rm", lambda r: r["arms"].update(fp8=r["arms"]["bf16"]), "$.arms", "fp8"),
+    ("rm", lambda r: r["arms"]["int8"].update(accuracy_ci95=[0.9, 0.7]), "$.arms.int8.accuracy_ci95",
      "low > high"),
+    ("rm", lambda r: r["arms"]["int8"]["by_category"]["rude"].update(n=0), "$.arms.int8.by_category.rude.n",
+     "minimum"),
     ("rm", lambda r: r["manifest"].pop("git_commit"), "$.manifest", "'git_commit' is a required"),
     ("rm", lambda r: r.pop("config_hash"), "$", "'config_hash' is a required"),
-    ("ppo", lambda r: r["precisions"]["int4"]["seeds"][1]["history"][4].update(kl="high"),
-     "$.precisions.int4.seeds[1].history[4].kl", "not of type"),
-    ("ppo", lambda r: r["precisions"]["int8"].update(status="done"), "$.precisions.int8.status", "done"),
-    ("ppo", lambda r: r["precisions"]["int8"].update(win_rate_vs_sft=1.5), "$.precisions.int8.win_rate_vs_sft",
-     "maximum"),
-    ("ppo", lambda r: r["sft"].pop("judged_reward_mean"), "$.sft", "'judged_reward_mean' is a required"),
+    ("ppo", lambda r: r["arms"]["int4"]["seeds"][1]["history"][4].update(kl="high"),
+     "$.arms.int4.seeds[1].history[4].kl", "not of type"),
+    ("ppo", lambda r: r["arms"]["int8"].update(status="done"), "$.arms.int8.status", "done"),
+    ("ppo", lambda r: r["arms"]["int8"].update(win_rate_vs_sft=1.5), "$.arms.int8.win_rate_vs_sft", "maximum"),
+    ("ppo", lambda r: r["arms"]["int8"].update(tax_vs_bf16_ci95=[0.3, -0.3]), "$.arms.int8.tax_vs_bf16_ci95",
+     "low > high"),
+    ("ppo", lambda r: r["sft"].pop("judge_mean"), "$.sft", "'judge_mean' is a required"),
+    ("ppo", lambda r: r["judge"].update(kind="vibes"), "$.judge.kind", "vibes"),
     ("ppo", lambda r: r["cross_matrix"]["mean_reward"].pop(), "$.cross_matrix.mean_reward", "rows"),
     ("data_stats", lambda r: r["skipped"].update(duplicate=-1), "$.skipped.duplicate", "minimum"),
     ("sft", lambda r: r["after"].pop("perplexity"), "$.after", "'perplexity' is a required"),
@@ -197,10 +199,10 @@ def test_broken_results_are_rejected_naming_the_path(kind, mutate, path, words):
 
 def test_message_names_the_file(tmp_path):
     rm = make_rm_results()
-    rm["precisions"]["int8"]["accuracy"] = 2.0
+    rm["arms"]["int8"]["accuracy"] = 2.0
     path = tmp_path / "rm_results.json"
     path.write_text(json.dumps(rm))
-    with pytest.raises(SchemaError, match=rf"^{tmp_path}/rm_results\.json: \$\.precisions\.int8\.accuracy: "):
+    with pytest.raises(SchemaError, match=rf"^{tmp_path}/rm_results\.json: \$\.arms\.int8\.accuracy: "):
         validate_file(path, "rm")
     assert isinstance(SchemaError("x"), ValueError)
 

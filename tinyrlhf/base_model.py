@@ -1,5 +1,5 @@
 """The base model: a hub id or local path on GPU profiles; on the `cpu` profile a byte-level BPE tokenizer trained
-on the prepared data and a tiny GPT-2 pre-trained on the dialogue text, saved in Hugging Face format under
+on the prepared data and a small Qwen2 pre-trained on the dialogue text, saved in Hugging Face format under
 `models/base/` so every later stage loads it exactly as it would load a hub model. A library: the stage that
 decides when to build it is in stages.py."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .chat import full_text
 from .config import SCRATCH_MODEL, BaseSettings, Paths, Profile
-from .runtime import drop_scratch, scratch_dir
+from .runtime import drop_scratch, progress_callback, quiet_trainer, scratch_dir
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -50,8 +50,11 @@ def _hub_tokenizer(path: str, trust_remote_code: bool):
             f"cannot load the tokenizer of {path!r} ({type(e).__name__}: {str(e)[:200]}). Offline? Download the "
             "model to a local folder and set base.model to its path, or use TINYRLHF_PROFILE=cpu."
         ) from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # causal LMs often ship without one; padding is masked anyway
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # GPT-2, Llama and Qwen2.5 base ship without a pad token or pad with EOS. With pad == EOS, TRL's PPO
+        # truncates a reply at its first "pad" and scores the wrong position, and SFT masks EOS out of the loss;
+        # a distinct pad token avoids both (load_causal_lm grows the embeddings when the vocabulary needs it).
+        tok.add_special_tokens({"pad_token": PAD})
     return tok
 
 
@@ -69,14 +72,28 @@ def base_model_path(profile: Profile, paths: Paths) -> str:
     return profile.base.model
 
 
-def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, dtype=None, device: str = "cpu"):
+def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, dtype=None, device: str = "cpu",
+                   tokenizer=None):
+    """A causal LM; given its `tokenizer`, embeddings grown to cover a pad token added by load_tokenizer."""
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ModelLoadError(f"cannot load a causal LM from {path!r} ({type(e).__name__}: {str(e)[:200]})") from None
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer)
     return model.to(device)
+
+
+def fit_embeddings(model, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer has more tokens than the model has rows (a pad token added to GPT-2),
+    never shrink them (Qwen2.5 pads its 151,665 tokens to 151,936 rows), and record the pad id in the config."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def dialogue_texts(pairs, eos: str) -> list[str]:
@@ -84,35 +101,49 @@ def dialogue_texts(pairs, eos: str) -> list[str]:
     return [full_text(p.prompt, r, eos) for p in pairs for r in (p.chosen, p.rejected)]
 
 
+def scratch_config(settings: BaseSettings, tokenizer, max_len: int):
+    """A scaled-down Qwen2 (the rtx4060 base model's family: RoPE, grouped-query attention, RMSNorm, SwiGLU, tied
+    embeddings), so the cpu profile runs the same modules, LoRA targets and quantized layer shapes."""
+    from transformers import Qwen2Config
+
+    b, tok = settings, tokenizer
+    return Qwen2Config(vocab_size=len(tok), hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,
+                       num_hidden_layers=b.num_layers, num_attention_heads=b.num_heads,
+                       num_key_value_heads=b.num_kv_heads, max_position_embeddings=max(256, max_len),
+                       tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=tok.eos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
 def pretrain(texts: list[str], tokenizer, *, out_dir: Path, settings: BaseSettings, max_len: int, seed: int,
-             progress: bool = True) -> dict:
-    """Pre-train the `cpu` profile's tiny GPT-2 on `texts` with transformers' Trainer, bounded by
-    settings.pretrain_steps; save model and tokenizer to `out_dir`. Returns a summary (steps, losses, seconds)."""
+             report=None) -> dict:
+    """Pre-train the `cpu` profile's small Qwen2 on `texts` with transformers' Trainer, bounded by
+    settings.pretrain_steps; save the model to `out_dir` (beside its tokenizer). Returns a summary (steps, losses, seconds)."""
     import torch
     from datasets import Dataset
-    from transformers import (DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
 
     b, tok = settings, tokenizer
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=max(256, max_len), n_embd=b.n_embd, n_layer=b.n_layer,
-                     n_head=b.n_head, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(cfg)
+    model = AutoModelForCausalLM.from_config(scratch_config(b, tok, max_len))
     ds = Dataset.from_dict({"text": texts}).map(
         lambda x: tok(x["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
     args = TrainingArguments(
         output_dir=str(scratch_dir(out_dir)), max_steps=b.pretrain_steps, per_device_train_batch_size=b.pretrain_batch,
         learning_rate=b.pretrain_lr, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * b.pretrain_steps),
         weight_decay=0.01, logging_steps=max(1, b.pretrain_steps // 20), save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+        seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = quiet_trainer(Trainer(model=model, args=args, train_dataset=ds,
+                                    data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                                    callbacks=[progress_callback(report)] if report else None))
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)  # the tokenizer is already there: the data stage trained and wrote it
     drop_scratch(out_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"model": SCRATCH_MODEL, "built": True, "steps": b.pretrain_steps,

@@ -10,18 +10,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PRECISIONS = ("bf16", "int8", "int4")
+NULL_ARM = "null"  # a second bf16 reward model with another seed: its "tax" is the noise floor
 DATA_SOURCES = ("auto", "synthetic", "hub", "local")
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
 DEVICES = ("auto", "cpu", "cuda")
 REPORTERS = ("none", "tensorboard", "wandb")  # where the trainers also log (TrainingArguments.report_to)
-TOP_LEVEL = ("seed", "device", "report_to")
-SCRATCH_MODEL = "scratch-gpt2"  # the cpu profile's base model, built and pre-trained by base_model.py
+JUDGES = ("gold", "heldout")  # or a path / hub id of a sequence-classification reward model
+VALUE_INITS = ("sft",)
+TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
+SCRATCH_MODEL = "scratch-qwen2"  # the cpu profile's base model: a small Qwen2 built and pre-trained here
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -40,17 +46,28 @@ def _nonneg(v):
     return v >= 0
 
 
-# Range checks per field name; a field without one is only type-checked.
+def _unit(v):
+    return 0.0 <= v <= 1.0
+
+
+# Range checks per field name; a field without one is only type-checked (and must be > 0 if it is a number).
 _RULES = {
     "test_fraction": (_share, "a number strictly between 0 and 1"),
-    "max_skipped_share": (lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1"),
+    "max_skipped_share": (_unit, "a number between 0 and 1"),
+    "off_topic_share": (_unit, "a number between 0 and 1"),
+    "rude_share": (_unit, "a number between 0 and 1"),
+    "comply_share": (_unit, "a number between 0 and 1"),
     "dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "lora_dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "warmup": (lambda v: 0.0 <= v < 1.0, "a warm-up ratio in [0, 1)"),
     "clip": (_share, "a clip range strictly between 0 and 1"),
     "kl_coef": (_nonneg, "a number >= 0"),
+    "missing_eos_penalty": (_nonneg, "a number >= 0"),
     "temperature": (_positive, "a number > 0"),
-    "n_embd": (lambda v: v > 0 and v % 64 == 0, "a positive multiple of 64 (bitsandbytes 4-bit blocks)"),
+    "hidden_size": (lambda v: v > 0 and v % 64 == 0, "a positive multiple of 64 (bitsandbytes 4-bit blocks)"),
+    "intermediate_size": (lambda v: v > 0 and v % 64 == 0, "a positive multiple of 64 (bitsandbytes 4-bit blocks)"),
+    "threads": (_nonneg, "an integer >= 0 (0: torch's default)"),
+    "max_pairs": (_nonneg, "an integer >= 0 (0: keep all)"),
 }
 
 
@@ -58,8 +75,13 @@ _RULES = {
 class DataSettings:
     source: str = "auto"  # auto: `local` when TINYRLHF_HH_DIR is set, else synthetic (cpu) or hub (GPU)
     default_source: str = "synthetic"
+    hub_id: str = "Anthropic/hh-rlhf"
     subsets: tuple = ("harmless-base",)
     synthetic_pairs: int = 1500
+    # Share of the synthetic harmless pairs whose rejected reply is polite but about another task (the rest are
+    # rude). Measured with 250 reward-model steps: at 0.35 and 0.5 the reward models stayed at or below chance on
+    # those pairs (rude and harmful ones are learned within a few dozen steps); at 0.75 all four reached 0.70-0.82.
+    off_topic_share: float = 0.75
     max_pairs: int = 0  # 0: keep all
     test_fraction: float = 0.1
     max_prompt_tokens: int = 96
@@ -69,12 +91,20 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class BaseSettings:
-    model: str = SCRATCH_MODEL  # hub id or local path; SCRATCH_MODEL builds a tiny GPT-2 here
+    model: str = SCRATCH_MODEL  # hub id or local path; SCRATCH_MODEL builds a small Qwen2 here
     vocab_size: int = 768
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    pretrain_steps: int = 100
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2  # grouped-query attention, as in Qwen2.5
+    intermediate_size: int = 384
+    # The scratch model pre-trains on a corpus of the synthetic world (polite and rude answers, refusals and
+    # harmful compliance, never another task's steps), kept apart from the preference pairs as a real base
+    # model's corpus is; it then binds each request to its own task, and the SFT has rudeness left to fix.
+    pretrain_dialogues: int = 2500
+    rude_share: float = 0.35
+    comply_share: float = 0.5
+    pretrain_steps: int = 300  # measured: the loss is within 0.01 of its 400-step value
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     trust_remote_code: bool = False
@@ -86,12 +116,14 @@ class SFTSettings:
     accum: int = 1
     lr: float = 2e-3
     epochs: float = 1.0
-    max_steps: int = 40
+    # Short on purpose: 40 steps leave 4% rude replies and 83% perfect ones, i.e. nothing for PPO to fix;
+    # 12 steps leave about a third rude (measured), which PPO then has to remove.
+    max_steps: int = 12
     warmup: float = 0.1
     dropout: float = 0.05
     lora_r: int = 16
     lora_alpha: int = 32
-    target_modules: tuple = ("c_attn", "c_proj", "c_fc")
+    target_modules: tuple = ATTENTION
     gradient_checkpointing: bool = False
     eval_pairs: int = 200
     sample_prompts: int = 4
@@ -100,39 +132,55 @@ class SFTSettings:
 @dataclass(frozen=True)
 class RMSettings:
     precisions: tuple = PRECISIONS
-    batch_size: int = 16
+    null_arm: bool = True  # also train a second bf16 reward model with another seed, and run PPO against it
+    batch_size: int = 8
     accum: int = 1
-    lr: float = 1e-3  # measured: at 2e-3 the int8 model's training loss climbed back above chance late in training
+    lr: float = 1e-3
     epochs: float = 1.0
-    max_steps: int = 60
+    max_steps: int = 400  # about 2.6 epochs of batch 8; measured: at 250 the bf16 seed stayed at 0.56 on off-topic pairs
     warmup: float = 0.1
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    target_modules: tuple = ("c_attn", "c_proj", "c_fc")
+    target_modules: tuple = ALL_LINEAR
     double_quant: bool = True
     eval_pairs: int = 300
 
 
 @dataclass(frozen=True)
 class PPOSettings:
-    seeds: tuple = (0, 1)
-    # TRL 1.12 collects ppo_batch rollouts, then per PPO epoch takes ONE optimizer step, accumulating gradients
-    # over ppo_batch / mini_batch forward/backward passes (its only consistent setting is num_mini_batches=1).
-    ppo_batch: int = 16  # rollouts per PPO update
-    mini_batch: int = 8  # sequences per forward/backward pass (also the rollout forward chunk)
-    ppo_epochs: int = 4
-    ppo_lr: float = 1e-3
-    max_new: int = 24
+    seeds: tuple = (0, 1, 2, 3, 4)
+    ppo_batch: int = 32  # rollouts per PPO update
+    mini_batch: int = 8  # sequences per optimizer step: ppo_batch / mini_batch steps per PPO epoch
+    micro_batch: int = 8  # sequences per forward/backward pass; gradients accumulate up to mini_batch
+    rollout_chunk: int = 32  # sequences generated and scored at once during a rollout
+    ppo_epochs: int = 2
+    ppo_lr: float = 1e-3  # measured: 2e-3 reached KL 6-8 within 5 updates and lost gold reward
+    lr_scheduler: str = "linear"  # TRL's default; measured: "constant" at this lr overshot late in the run
+    max_new: int = 48  # >= data.max_response_tokens: every chosen reply fits
     clip: float = 0.2
-    kl_coef: float = 0.2  # measured: 0.05 with lr 2e-3 reached KL 14 and degenerate text (reward hacking)
-    steps: int = 12  # PPO updates per run
+    kl_coef: float = 0.05
+    steps: int = 8  # PPO updates per run; the judge's reward levels off after about 10, 8 keeps 5 notebooks in 15 min
     temperature: float = 1.0
+    # TRL's missing_eos_penalty: subtracted from every score (proxy and judge alike, in PPO and in evaluation)
+    # of a reply that reaches max_new without the end-of-sequence token.
+    missing_eos_penalty: float = 1.0
+    value_init: str = "sft"  # every arm's value model: the SFT model with a fresh head, the same for all arms
     lora_r: int = 16
     lora_alpha: int = 32
-    target_modules: tuple = ("c_attn", "c_proj", "c_fc")
-    eval_prompts: int = 64
-    sample_responses: int = 3
+    target_modules: tuple = ATTENTION
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    judge: str = "gold"  # gold | heldout | path or hub id of a sequence-classification reward model
+    prompts: int = 48  # a seeded random sample of the test prompts (all of them when there are fewer)
+    samples: int = 8  # replies per prompt at the end of each run (and for the SFT policy)
+    checkpoints: int = 5  # evaluations along each run, evenly spaced, the last at the end
+    checkpoint_samples: int = 1  # replies per prompt at the earlier checkpoints
+    cross_samples: int = 1  # replies per prompt scored by every other reward model (the cross matrix)
+    bootstrap: int = 2000  # resamples of the hierarchical bootstrap (seeds, then prompts)
+    show_samples: int = 3
 
 
 @dataclass(frozen=True)
@@ -141,11 +189,14 @@ class Profile:
     seed: int = 0
     device: str = "auto"
     report_to: str = "none"
+    workers: int = 1  # reward models and PPO runs trained at once, each in its own process
+    threads: int = 0  # torch threads per reward-model or PPO job (0: torch's default)
     data: DataSettings = field(default_factory=DataSettings)
     base: BaseSettings = field(default_factory=BaseSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     rm: RMSettings = field(default_factory=RMSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,12 +207,19 @@ class Profile:
         payload = {s: d[s] for s in sections} | {"seed": self.seed}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def arms(self) -> tuple:
+        """The reward models PPO trains against: one per precision, then the null arm."""
+        return tuple(self.rm.precisions) + ((NULL_ARM,) if self.rm.null_arm else ())
 
-SECTIONS = {"data": DataSettings, "base": BaseSettings, "sft": SFTSettings, "rm": RMSettings, "ppo": PPOSettings}
+
+SECTIONS = {"data": DataSettings, "base": BaseSettings, "sft": SFTSettings, "rm": RMSettings, "ppo": PPOSettings,
+            "eval": EvalSettings}
 
 PROFILES = {
-    # Runs everywhere, offline, in minutes on 2 CPU cores.
-    "cpu": Profile(name="cpu", device="cpu"),
+    # Runs everywhere, offline, in minutes on 2 CPU cores: two single-threaded jobs at once use both cores
+    # about 1.85 times as well as one job on two threads (measured with these tiny models).
+    "cpu": Profile(name="cpu", device="cpu", workers=2, threads=1),
     # The real experiment on an 8 GB GPU, with the seed's hyper-parameters.
     "rtx4060": Profile(
         name="rtx4060",
@@ -170,13 +228,12 @@ PROFILES = {
                           test_fraction=0.05, max_prompt_tokens=384, max_response_tokens=128),
         base=BaseSettings(model="Qwen/Qwen2.5-0.5B"),
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=1000, warmup=0.03, dropout=0.05,
-                        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), gradient_checkpointing=True,
-                        eval_pairs=500),
-        rm=RMSettings(batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05,
-                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), eval_pairs=1000),
-        ppo=PPOSettings(seeds=(0, 1, 2), ppo_batch=64, mini_batch=4, ppo_epochs=4, ppo_lr=1.41e-5,
-                        max_new=128, kl_coef=0.05, steps=100, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-                        eval_prompts=256),
+                        gradient_checkpointing=True, eval_pairs=500),
+        rm=RMSettings(batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05, target_modules=ATTENTION,
+                      eval_pairs=1000),
+        ppo=PPOSettings(seeds=(0, 1, 2), ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=4, ppo_lr=1.41e-5,
+                        max_new=128, kl_coef=0.05, steps=100),
+        eval=EvalSettings(judge="heldout", prompts=256, samples=4, checkpoints=5, checkpoint_samples=1),
     ),
 }
 
@@ -204,8 +261,8 @@ def _check_value(section: str, name: str, value, ftype):
         ok = isinstance(value, int) and not isinstance(value, bool)
         kind = "an integer"
     elif ftype in ("float", float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        kind = "a number"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        kind = "a finite number"
     elif ftype in ("bool", bool):
         ok = isinstance(value, bool)
         kind = "true or false"
@@ -228,10 +285,26 @@ def _check_value(section: str, name: str, value, ftype):
             raise ConfigError(f"{where} must be {text}, got {value!r}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+def _check_seeds(where: str, seeds) -> None:
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ConfigError(f"{where} must be integers in [0, {MAX_SEED}], got {bad!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where} must be distinct, got {list(seeds)!r}: a seed counted twice fakes agreement "
+                          "and narrows the interval")
+
+
 def _validate(p: Profile) -> None:
     if p.device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {p.device!r}")
     _check_value("", "seed", p.seed, int)
+    _check_seeds("seed", [p.seed])
+    _check_seeds("ppo.seeds", list(p.ppo.seeds))
+    _check_value("", "workers", p.workers, int)
+    _check_value("", "threads", p.threads, int)
     if p.report_to not in REPORTERS:
         raise ConfigError(f"report_to must be one of {', '.join(REPORTERS)}; got {p.report_to!r}")
     for sname, cls in SECTIONS.items():
@@ -252,8 +325,19 @@ def _validate(p: Profile) -> None:
         raise ConfigError("rm.precisions must list bf16 first: the other precisions are compared with it")
     if p.ppo.ppo_batch % p.ppo.mini_batch:
         raise ConfigError(f"ppo.ppo_batch ({p.ppo.ppo_batch}) must be a multiple of ppo.mini_batch ({p.ppo.mini_batch})")
-    if p.base.n_embd % p.base.n_head:
-        raise ConfigError(f"base.n_embd ({p.base.n_embd}) must be a multiple of base.n_head ({p.base.n_head})")
+    if p.ppo.mini_batch % p.ppo.micro_batch:
+        raise ConfigError(f"ppo.mini_batch ({p.ppo.mini_batch}) must be a multiple of ppo.micro_batch "
+                          f"({p.ppo.micro_batch})")
+    if p.base.hidden_size % p.base.num_heads or p.base.num_heads % p.base.num_kv_heads:
+        raise ConfigError(f"base.hidden_size ({p.base.hidden_size}) must be a multiple of base.num_heads "
+                          f"({p.base.num_heads}), and that of base.num_kv_heads ({p.base.num_kv_heads})")
+    if p.ppo.max_new < p.data.max_response_tokens:
+        raise ConfigError(f"ppo.max_new ({p.ppo.max_new}) must be >= data.max_response_tokens "
+                          f"({p.data.max_response_tokens}): shorter limits cut replies no reward model was trained on")
+    if p.ppo.value_init not in VALUE_INITS:
+        raise ConfigError(f"ppo.value_init must be one of {', '.join(VALUE_INITS)}; got {p.ppo.value_init!r}")
+    if p.eval.checkpoints > p.ppo.steps:
+        raise ConfigError(f"eval.checkpoints ({p.eval.checkpoints}) must be <= ppo.steps ({p.ppo.steps})")
 
 
 def _apply(profile: Profile, overrides: dict) -> Profile:
@@ -291,9 +375,16 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
     env = os.environ.get("TINYRLHF_OVERRIDES")
     if env:
         try:
-            merged.update(json.loads(env))
+            parsed = json.loads(env)
         except json.JSONDecodeError as e:
             raise ConfigError(f'TINYRLHF_OVERRIDES is not valid JSON ({e}); example: {{"sft.max_steps": 10}}') from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"TINYRLHF_OVERRIDES must be a JSON object of settings, got {type(parsed).__name__} "
+                              f'{env[:60]!r}; example: {{"sft.max_steps": 10}}')
+        merged.update(parsed)
+    for given in (overrides, kw):
+        if given is not None and not isinstance(given, dict):
+            raise ConfigError(f"overrides must be a dict of settings, got {type(given).__name__}")
     merged.update(overrides or {})
     merged.update(kw)
     profile = _apply(PROFILES[name], merged)
@@ -360,7 +451,7 @@ class Paths:
         """A stage's result file: kind "data_stats", "sft", "rm", "ppo" or "environment"."""
         return self.results / RESULT_FILES[kind]
 
-    def make(self) -> "Paths":
+    def make(self) -> Paths:
         for p in (self.data, self.models, self.results, self.figures):
             p.mkdir(parents=True, exist_ok=True)
         return self

@@ -9,13 +9,13 @@ import json
 import random
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .chat import ASSISTANT, HUMAN, completion
 from .results import atomic_write_jsonl, sha256_file
-from .synthetic import synthetic_jsonl
+from .synthetic import category, synthetic_jsonl
 
 # Reasons a record is malformed; their share is bounded by data.max_skipped_share.
 MALFORMED = ("bad_json", "missing_keys", "not_text", "no_assistant_turn", "no_human_turn", "empty_reply",
@@ -43,6 +43,7 @@ class Pair:
     prompt: str  # the shared dialogue, ending with "\n\nAssistant:"
     chosen: str  # the preferred final reply, stripped
     rejected: str  # the other final reply, stripped
+    category: str | None = None  # what is wrong with the rejected reply (synthetic data only; synthetic.category)
 
 
 def parse_pair(chosen, rejected) -> Pair:
@@ -149,11 +150,11 @@ def _local_files(root: Path, subsets) -> tuple[list[Path], list[str]]:
     return files, missing
 
 
-def load_source(source: str, *, subsets, synthetic_pairs: int = 0, seed: int = 0, hh_dir: Path | None = None,
-                hub_id: str = HUB_ID) -> RawSource:
+def load_source(source: str, *, subsets, synthetic_pairs: int = 0, off_topic_share: float = 0.75, seed: int = 0,
+                hh_dir: Path | None = None, hub_id: str = HUB_ID) -> RawSource:
     """Read a data source ("synthetic", "local" or "hub") into raw lines, with checksums of what was read."""
     if source == "synthetic":
-        text = synthetic_jsonl(synthetic_pairs, seed=seed)
+        text = synthetic_jsonl(synthetic_pairs, seed=seed, off_topic_share=off_topic_share)
         lines = [("synthetic", i, line) for i, line in enumerate(text.splitlines(), start=1)]
         return RawSource("synthetic", lines, {"synthetic": hashlib.sha256(text.encode()).hexdigest()}, [])
     if source == "local":
@@ -220,6 +221,11 @@ def deduplicate(pairs: list[Pair]) -> tuple[list[Pair], int]:
             seen.add(p)
             out.append(p)
     return out, len(pairs) - len(out)
+
+
+def with_categories(pairs: list[Pair]) -> list[Pair]:
+    """The synthetic pairs tagged with what is wrong with their rejected reply (rude, off_topic, harmful)."""
+    return [replace(p, category=category(p.prompt, p.rejected)) for p in pairs]
 
 
 def cap(pairs: list[Pair], max_pairs: int, seed: int) -> tuple[list[Pair], int | None]:

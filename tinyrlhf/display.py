@@ -17,9 +17,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .config import PRECISIONS, Paths, Profile, default_profile_name
-from .memory import format_bytes  # noqa: F401 - part of this module's API for the notebooks
-from .plots import MISSING, precision_color
+from .config import Paths, Profile, default_profile_name
+from .memory import format_bytes
+from .plots import MISSING, arm_label, distinguishable_from_null, precision_color
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
 LENGTH_FIELDS = ("prompt", "chosen", "rejected")
@@ -284,76 +284,137 @@ def generations_table(result: dict, width: int = 400) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ 03 reward models
 def plot_rm_loss(result: dict) -> Figure:
-    """Reward-model training loss per logged point, one line per precision in its colour."""
-    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    """Reward-model training loss per logged point, one line per arm in its colour."""
+    fig = Figure(figsize=(6.2, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    for p, entry in result["precisions"].items():
+    for arm, entry in result["arms"].items():
         curve = [v for v in entry.get("loss_curve") or [] if v is not None]
         if entry.get("status") == "ok" and curve:
-            ax.plot(range(1, len(curve) + 1), curve, color=precision_color(p), label=p, marker="o", ms=3)
+            ax.plot(range(1, len(curve) + 1), curve, color=precision_color(arm), label=arm_label(arm), marker="o",
+                    ms=3)
         else:
-            ax.plot([], [], ls=":", color=precision_color(p),
-                    label=f"{p}: {textwrap.shorten(entry.get('reason') or 'no curve', 40, placeholder='…')}")
+            ax.plot([], [], ls=":", color=precision_color(arm),
+                    label=f"{arm}: {textwrap.shorten(entry.get('reason') or 'no curve', 40, placeholder='…')}")
     ax.axhline(math.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("logged point")
     ax.set_ylabel("pairwise loss")
     ax.set_title("Reward-model training loss", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
-# -------------------------------------------------------------------------------------------------- 04 PPO
-def final_reward_lines(result: dict) -> list[str]:
-    """One line per precision: "bf16 RM: final reward = 0.123 ± 0.045" (judged reward, mean ± std over seeds)."""
+def rm_category_sentences(result: dict) -> list[str]:
+    """Which reward models are above chance (the whole 95% interval over 0.5) in which category."""
     lines = []
-    for p in (p for p in PRECISIONS if p in result["precisions"]):
-        e = result["precisions"][p]
-        mean, std = e.get("judged_reward_mean"), e.get("judged_reward_std")
-        if e.get("status") not in ("ok", "partial") or mean is None:
-            lines.append(f"{p} RM: failed ({e.get('reason') or 'no reason given'})")
-        elif std is None:
-            lines.append(f"{p} RM: final reward = {mean:.3f} (one seed, no spread)")
+    for arm, e in result["arms"].items():
+        by = e.get("by_category") or {}
+        if e.get("status") != "ok" or not by:
+            continue
+        weak = [c for c, v in by.items() if v["accuracy_ci95"][0] <= 0.5]
+        lines.append(f"{arm_label(arm)}: above chance in every category" if not weak else
+                     f"{arm_label(arm)}: not shown above chance on {', '.join(weak)} (interval reaches 0.5)")
+    return lines
+
+
+# -------------------------------------------------------------------------------------------------- 04 PPO
+def judge_line(result: dict) -> str:
+    j = result["judge"]
+    return f"Judge: {j['name']}. Why this judge: {j['why']}."
+
+
+def tax_sentences(result: dict) -> list[str]:
+    """In words: each arm's gain, and whether its tax is distinguishable from the null arm's."""
+    lines = []
+    bf16 = result["arms"].get("bf16", {})
+    g = bf16.get("gold_gain_vs_sft_ci95")
+    if bf16.get("gold_gain_vs_sft") is not None:
+        lines.append(f"bf16: gain over SFT {bf16['gold_gain_vs_sft']:+.3f} under the judge, 95% CI "
+                     f"[{g[0]:+.3f}, {g[1]:+.3f}]: " + ("PPO improves on SFT." if g and g[0] > 0 else
+                                                          "not shown to improve on SFT."))
+    null = result.get("null_arm")
+    for arm, e in result["arms"].items():
+        if arm == "bf16" or e.get("tax_vs_bf16") is None or not e.get("tax_vs_bf16_ci95"):
+            continue
+        lo, hi = e["tax_vs_bf16_ci95"]
+        text = f"{arm_label(arm)}: tax {e['tax_vs_bf16']:+.0%} [{lo:+.0%}, {hi:+.0%}], half-width " \
+               f"{(hi - lo) / 2:.0%}"
+        apart = distinguishable_from_null(e)
+        if arm == null:
+            text += "; this is the noise floor: " + ("it contains 0, as it should." if lo <= 0 <= hi else
+                                                     "it excludes 0: retraining the reward model moves the result.")
+        elif apart is not None:
+            text += "; " + ("distinguishable from the null arm." if apart else
+                            "not distinguishable from the null arm (within the noise of a reward-model seed).")
+        lines.append(text)
+    return lines
+
+
+def projection_lines(result: dict) -> list[str]:
+    """Seeds (and prompts) that would bring each tax interval to a given half-width, from the variance components
+    measured."""
+    lines = []
+    for arm, e in result["arms"].items():
+        proj = e.get("projection") or {}
+        by_seeds = proj.get("half_width_by_seeds") or {}
+        if not by_seeds:
+            continue
+        line = f"{arm_label(arm)}: " + ", ".join(f"{s} seeds → ±{hw:.0%}" for s, hw in by_seeds.items())
+        best = proj.get("reaches_target")
+        if best:
+            line += (f"; ±{proj['target']:.0%} is reached with {best['seeds']} seeds and "
+                     f"{best['prompt_factor']}× the prompts (projected ±{best['half_width']:.0%})")
         else:
-            lines.append(f"{p} RM: final reward = {mean:.3f} ± {std:.3f}")
+            line += f"; no design in the grid reaches ±{proj.get('target', 0.25):.0%}"
+        lines.append(line)
     return lines
 
 
 def cross_matrix_table(result: dict) -> pd.DataFrame:
-    """Mean reward of each policy (rows) under each reward model (columns)."""
+    """Mean reward of each policy (rows) under the judge and each reward model (columns)."""
     m = result["cross_matrix"]
-    index = [f"{p} policy" if p == "sft" else f"PPO vs {p} RM" for p in m["policies"]]
+    index = ["SFT policy" if p == "sft" else f"PPO vs {arm_label(p)}" for p in m["policies"]]
     values = [[_num(v, ".3f") for v in row] for row in m["mean_reward"]]
-    df = pd.DataFrame(values, index=index, columns=[f"judged by {j}" for j in m["judges"]])
-    df.index.name = "policy"
-    return df
+    df = pd.DataFrame(values, index=index, columns=["judge" if j == "judge" else f"{j} RM" for j in m["judges"]])
+    return df.rename_axis("policy").reset_index()
 
 
 def samples_table(result: dict, n: int = 3, width: int = 300) -> pd.DataFrame:
-    """Sample responses of the SFT policy and of each precision's first seed, with their judged reward."""
+    """Sample replies of the SFT policy and of each arm's first seed, with the judge's score."""
     def cut(text: str) -> str:
         text = (text or "").strip()
         return text if len(text) <= width else text[:width] + " …"
 
     rows = []
     groups = [("SFT", result["sft"].get("samples") or [])]
-    for p, e in result["precisions"].items():
-        seeds = e.get("seeds") or []
+    for arm, e in result["arms"].items():
+        seeds = [s for s in e.get("seeds") or [] if s.get("status") == "ok"]
         if seeds:
-            groups.append((f"PPO vs {p} RM (seed {seeds[0].get('seed')})", seeds[0].get("samples") or []))
+            groups.append((f"PPO vs {arm_label(arm)} (seed {seeds[0]['seed']})", seeds[0].get("samples") or []))
     for policy, samples in groups:
         for s in samples[:n]:
-            rows.append({"policy": policy, "prompt": cut(s["prompt"]), "response": cut(s["response"]),
-                         "judged reward": _num(s.get("judged_reward"), ".3f")})
-    return pd.DataFrame(rows, columns=["policy", "prompt", "response", "judged reward"])
+            rows.append({"policy": policy, "prompt": cut(s["prompt"]), "reply": cut(s["response"]),
+                         "ended": "yes" if s.get("ended", True) else "no (cut at max_new)",
+                         "judge": _num(s.get("judged_reward"), ".2f")})
+    return pd.DataFrame(rows, columns=["policy", "prompt", "reply", "ended", "judge"])
 
 
-def show_pngs(written: dict) -> None:
-    """Display the PNG of each figure that plots.draw_all wrote, under its name."""
+def show_pngs(written: dict, width: int = 720) -> None:
+    """Display the PNG of each figure that plots.draw_all wrote, under its name, all at one width."""
     from IPython.display import Image, Markdown, display
 
     for name, files in written.items():
         png = next((f for f in files if str(f).endswith(".png")), None)
         if png is not None:
             display(Markdown(f"**{name}** (`{png}`)"))
-            display(Image(filename=str(png)))
+            display(Image(filename=str(png), width=width))
+
+
+def sft_quality_line(result: dict) -> str:
+    """The SFT policy's sampled replies in one sentence: ending with EOS, length, gold reward."""
+    q = result.get("reply_quality")
+    if not q:
+        return "No sampled replies recorded."
+    gold = "" if q.get("gold_mean") is None else f"; gold reward {q['gold_mean']:.2f} (the best reply scores 2)"
+    return (f"{q['replies']} replies sampled as PPO samples them: {q['eos_share']:.0%} end with EOS within "
+            f"{q['max_new']} tokens, {q['length_mean']:.0f} tokens on average{gold}.")

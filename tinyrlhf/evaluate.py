@@ -1,181 +1,342 @@
-"""Evaluation of the SFT and PPO policies on held-out prompts, and the statistics of the quantization tax. A library:
-the experiment that runs PPO and calls these is the ppo stage in stages.py.
+"""Evaluation of policies on held-out prompts, the way PPO sees them.
 
-Every policy answers the same prompts with the same sampling seed; every answer is scored by every reward model
-(the cross matrix). The bf16 reward model is the common judge. The quantization tax of a precision is how much
-of bf16's judged gain over SFT it loses, with a 95% interval across seeds.
+Replies are sampled as TRL's rollout samples them (left-padded queries, the same generation settings), scored from
+their token ids through the one scoring path (reward.score_rollouts: cut after the first EOS, scored at the last
+real token, `missing_eos_penalty` for a reply that never ends), and their KL to the reference is measured. The gold
+judge scores the decoded text by the generator's rules, with the same missing-EOS convention. Every policy answers
+the same prompts with the same sampling seed, so differences between policies are paired. A library: the ppo stage
+in stages.py calls it.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
+import random
+from dataclasses import dataclass
 
-from .reward import load_reward_model, score_texts
-from .runtime import collected
+import numpy as np
+import torch
 
-JUDGE = "bf16"
+from .reward import CPURewardModel, load_reward_model, score_rollouts
+from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
+from .synthetic import gold_reward
+
 EVAL_SEED_OFFSET = 10_000  # evaluation sampling uses its own seed, the same for every policy
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom (a table, so no scipy dependency).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
-def mean_std_ci(values: list[float]) -> tuple[float | None, float | None, list | None]:
-    """Mean, sample standard deviation and 95% t-interval of the mean; no spread from a single value."""
-    n = len(values)
-    if n == 0:
-        return None, None, None
-    mean = sum(values) / n
-    if n == 1:
-        return mean, None, None
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * std / math.sqrt(n)
-    return mean, std, [mean - half, mean + half]
+def eval_prompts(test_prompts, n: int, seed: int) -> list[str]:
+    """A seeded random sample of `n` distinct test prompts (all of them when there are fewer)."""
+    distinct = sorted(set(test_prompts))
+    random.Random(seed).shuffle(distinct)
+    return distinct[:n]
 
 
-def mean(v):
-    return sum(v) / len(v) if v else None
+@dataclass
+class Rollouts:
+    """`samples` replies to each prompt, grouped by prompt (row i answers prompts[i // samples])."""
+
+    prompts: list[str]
+    samples: int
+    queries: torch.Tensor  # left-padded prompt ids, one row per reply
+    responses: torch.Tensor  # generated ids, cut after the first EOS and right-padded with the pad token
+    has_eos: list[bool]
+    texts: list[str]
+    pad_token_id: int
+
+    @property
+    def prompt_of_row(self) -> list[str]:
+        return [p for p in self.prompts for _ in range(self.samples)]
+
+    def first(self, k: int) -> Rollouts:
+        """The first `k` replies to each prompt."""
+        rows = [i for i in range(len(self.texts)) if i % self.samples < k]
+        if k >= self.samples:
+            return self
+        return Rollouts(self.prompts, k, self.queries[rows], self.responses[rows], [self.has_eos[i] for i in rows],
+                        [self.texts[i] for i in rows], self.pad_token_id)
+
+    def lengths(self) -> list[int]:
+        """Reply lengths in tokens, the EOS included."""
+        return [int(n) for n in (self.responses != self.pad_token_id).sum(1)]
 
 
-# ------------------------------------------------------------------------------------------- policies
-def sample_responses(model, tokenizer, prompts: list[str], *, max_new: int, temperature: float, seed: int,
-                     batch_size: int = 16) -> tuple[list[str], list[list[int]]]:
-    """Sampled replies (as in PPO's rollouts), cut after the end-of-sequence token; also their token ids."""
-    import torch
+def decode_reply(tokenizer, ids: list[int]) -> str:
+    """A reply as text without special tokens; a multi-byte character cut by the length limit is dropped, not shown
+    as U+FFFD."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return text.rstrip("\ufffd").strip()
 
-    device = next(model.parameters()).device
+
+def queries_of(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Left-padded prompt ids, as TRL's PPO dataloader builds them."""
+    from transformers import DataCollatorWithPadding
+
+    side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    texts, ids_out = [], []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
-                if tokenizer.eos_token_id in row:
-                    row = row[: row.index(tokenizer.eos_token_id) + 1]
-                row = [t for t in row if t != tokenizer.pad_token_id]
-                ids_out.append(row)
-                texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts, ids_out
+    try:
+        rows = [{"input_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        return DataCollatorWithPadding(tokenizer)(rows)["input_ids"]
+    finally:
+        tokenizer.padding_side = side
 
 
-def _response_logprob(model, ids, n_prompt: int):
-    """log p(response | prompt) of one sequence whose first `n_prompt` tokens are the prompt."""
-    import torch
+def sample(policy, tokenizer, prompts: list[str], *, samples: int, max_new: int, temperature: float, seed: int,
+           chunk: int = 64) -> Rollouts:
+    """`samples` replies per prompt with TRL's rollout settings (temperature + 1e-7, top_k 0, top_p 1), seeded and
+    without touching the caller's random state."""
+    from transformers import GenerationConfig
+    from trl.experimental.ppo.ppo_trainer import truncate_response
 
-    logits = model(input_ids=ids).logits[0, n_prompt - 1: -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[0, n_prompt:, None]).sum()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = GenerationConfig(max_new_tokens=max_new, temperature=temperature + 1e-7, top_k=0, top_p=1.0,
+                              do_sample=True, pad_token_id=pad, eos_token_id=eos)
+    rows = [p for p in prompts for _ in range(samples)]
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    out = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(seed + EVAL_SEED_OFFSET)
+        for i in range(0, len(rows), chunk):
+            q = queries_of(tokenizer, rows[i: i + chunk]).to(device)
+            mask = q != pad
+            gen = policy.generate(input_ids=torch.masked_fill(q, ~mask, 0), attention_mask=mask,
+                                  generation_config=config)
+            out.append((q.cpu(), truncate_response(eos, pad, gen[:, q.shape[1]:]).cpu()))
+    policy.train(was_training)
+    queries = _stack([q for q, _ in out], pad, left=True)
+    responses = _stack([r for _, r in out], pad, left=False)
+    has_eos = [bool(x) for x in (responses == eos).any(1)]
+    texts = [decode_reply(tokenizer, [t for t in row if t != pad]) for row in responses.tolist()]
+    return Rollouts(prompts, samples, queries, responses, has_eos, texts, pad)
 
 
-def sequence_kl(policy, tokenizer, prompts: list[str], responses: list[list[int]]) -> list[float]:
-    """Per-response log pi(y|x) - log pi_ref(y|x), summed over the response's tokens; the reference is the same
-    model with its LoRA adapter disabled. Averaged over samples from pi it estimates KL(pi || ref)."""
-    import torch
+def _stack(parts: list[torch.Tensor], pad: int, *, left: bool) -> torch.Tensor:
+    width = max(p.shape[1] for p in parts)
+    padded = [torch.nn.functional.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]), value=pad)
+              for p in parts]
+    return torch.cat(padded, 0)
+
+
+def kl_per_reply(policy, rollouts: Rollouts, *, temperature: float, chunk: int = 64) -> list[float]:
+    """Sum over each reply's tokens (its EOS included) of log pi - log pi_ref, with TRL's forward and logits scaled
+    by the temperature as TRL scales them; the reference is the policy with its LoRA adapter disabled. Averaged
+    over replies sampled from pi, it estimates KL(pi || ref)."""
+    from trl.experimental.ppo.ppo_trainer import forward
+    from trl.trainer.utils import selective_log_softmax
 
     device = next(policy.parameters()).device
+    pad = rollouts.pad_token_id
+    ctx = rollouts.queries.shape[1]
     out = []
+    was_training = policy.training
     policy.eval()
     with torch.no_grad():
-        for prompt, resp in zip(prompts, responses):
-            if not resp:
-                out.append(0.0)
-                continue
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([p_ids + resp], device=device)
-            lp = _response_logprob(policy, ids, len(p_ids))
+        for i in range(0, len(rollouts.texts), chunk):
+            qr = torch.cat((rollouts.queries[i: i + chunk], rollouts.responses[i: i + chunk]), 1).to(device)
+            resp = qr[:, ctx:]
+            mask = resp != pad
+            logp = _logprobs(forward(policy, qr, pad), ctx, resp, temperature, selective_log_softmax)
             with policy.disable_adapter():
-                ref = _response_logprob(policy, ids, len(p_ids))
-            out.append(float(lp - ref))
+                ref = _logprobs(forward(policy, qr, pad), ctx, resp, temperature, selective_log_softmax)
+            out += ((logp - ref) * mask).sum(1).float().cpu().tolist()
+    policy.train(was_training)
     return out
 
 
-def policy_outputs(policy, tokenizer, prompts: list[str], *, max_new: int, temperature: float, seed: int,
-                   with_kl: bool) -> dict:
-    """Sampled replies (seeded with `seed` + EVAL_SEED_OFFSET, the same for every policy), their token lengths
-    and, for a PPO policy, their KL to the reference."""
-    texts, ids = sample_responses(policy, tokenizer, prompts, max_new=max_new, temperature=temperature,
-                                  seed=seed + EVAL_SEED_OFFSET)
-    return {"responses": texts, "lengths": [len(r) for r in ids],
-            "kl": sequence_kl(policy, tokenizer, prompts, ids) if with_kl else [0.0] * len(ids)}
+def _logprobs(output, ctx: int, responses, temperature: float, selective_log_softmax):
+    logits = output.logits[:, ctx - 1: -1].float() / (temperature + 1e-7)
+    return selective_log_softmax(logits, responses)
 
 
-def score_outputs(rm_paths: dict, prompts: list[str], outputs: dict, *, trust_remote_code: bool = False) -> dict:
-    """scores[policy_key][rm_precision] = list of rewards; each RM (precision -> folder in `rm_paths`) is loaded
-    once, on CPU, in eval mode."""
-    scores = {key: {} for key in outputs}
-    for precision, path in rm_paths.items():
-        rm, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu")
-        for key, out in outputs.items():
-            scores[key][precision] = score_texts(rm, info["tokenizer"], prompts, out["responses"])
-        ref = weakref.ref(rm)
-        del rm, info
-        assert collected(ref), f"the {precision} reward model was not released"
+def proxy_scores(reward_model, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float,
+                 chunk: int = 64) -> list[float]:
+    """Every reply scored by a reward model (a reward.CPURewardModel) through the one scoring path."""
+    scores = []
+    for i in range(0, len(rollouts.texts), chunk):
+        scores += score_rollouts(reward_model, rollouts.queries[i: i + chunk], rollouts.responses[i: i + chunk],
+                                 pad_token_id=rollouts.pad_token_id, eos_token_id=eos_token_id,
+                                 missing_eos_penalty=missing_eos_penalty).cpu().tolist()
     return scores
 
 
-# ----------------------------------------------------------------------------------------- experiment
-def _win_rate(a: list[float], b: list[float]) -> float:
+def gold_scores(rollouts: Rollouts, *, missing_eos_penalty: float) -> list[float]:
+    """Every reply under the gold reward, lowered by `missing_eos_penalty` when it never ended (the same
+    convention as the reward models')."""
+    return [gold_reward(p, t) - (0.0 if e else missing_eos_penalty)
+            for p, t, e in zip(rollouts.prompt_of_row, rollouts.texts, rollouts.has_eos)]
+
+
+def per_prompt(values: list[float], samples: int) -> list[float]:
+    """Means over each prompt's `samples` replies."""
+    return [sum(values[i: i + samples]) / samples for i in range(0, len(values), samples)]
+
+
+def summary(rollouts: Rollouts, *, judge: list[float], proxy: list[float] | None = None,
+            kl: list[float] | None = None, show: int = 0) -> dict:
+    """What one evaluation records: means, per-prompt means (for the bootstrap), EOS share, lengths, samples."""
+    k = rollouts.samples
+    mean = lambda v: sum(v) / len(v)
+    rec = {"judge_mean": mean(judge), "judge_per_prompt": per_prompt(judge, k),
+           "eos_share": mean([float(e) for e in rollouts.has_eos]), "length_mean": mean(rollouts.lengths())}
+    if proxy is not None:
+        rec |= {"proxy_mean": mean(proxy), "proxy_per_prompt": per_prompt(proxy, k)}
+    if kl is not None:
+        rec |= {"kl_mean": mean(kl), "kl_per_prompt": per_prompt(kl, k)}
+    if show:
+        rows = range(0, len(rollouts.texts), k)  # the first reply to each prompt
+        rec["samples"] = [{"prompt": rollouts.prompt_of_row[i], "response": rollouts.texts[i],
+                           "judged_reward": judge[i], "ended": rollouts.has_eos[i]} for i in list(rows)[:show]]
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------------ judges
+class GoldJudge:
+    """The synthetic generator's rules (synthetic.GOLD_RULE)."""
+
+    def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
+        return gold_scores(rollouts, missing_eos_penalty=missing_eos_penalty)
+
+
+class RewardModelJudge:
+    """A reward model trained here (the heldout judge): scored from the token ids, like every proxy."""
+
+    def __init__(self, path, *, trust_remote_code: bool = False):
+        model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu")
+        self.model = CPURewardModel(model, "cpu")
+
+    def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
+        return proxy_scores(self.model, rollouts, eos_token_id=eos_token_id, missing_eos_penalty=missing_eos_penalty)
+
+
+class TextJudge:
+    """A public sequence-classification reward model with its own tokenizer: it reads the decoded text."""
+
+    def __init__(self, name: str, *, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
+        self.model.eval()
+
+    def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
+        out = []
+        rows = list(zip(rollouts.prompt_of_row, rollouts.texts, rollouts.has_eos))
+        with torch.no_grad():
+            for i in range(0, len(rows), 16):
+                chunk = rows[i: i + 16]
+                enc = self.tokenizer([p + " " + t for p, t, _ in chunk], return_tensors="pt", padding=True,
+                                     truncation=True)
+                logits = self.model(**enc).logits[:, 0].float().tolist()
+                out += [s - (0.0 if e else missing_eos_penalty) for s, (_, _, e) in zip(logits, chunk)]
+        return out
+
+
+def load_judge(spec: dict, *, trust_remote_code: bool = False):
+    """The judge a ppo stage result names: {"kind": "gold" | "reward_model" | "external", "path": ...}."""
+    if spec["kind"] == "gold":
+        return GoldJudge()
+    if spec["kind"] == "reward_model":
+        return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code)
+    return TextJudge(spec["path"], trust_remote_code=trust_remote_code)
+
+
+def evaluate_policy(policy, tokenizer, prompts: list[str], *, samples: int, judge, proxy=None, with_kl: bool,
+                    max_new: int, temperature: float, seed: int, missing_eos_penalty: float, show: int = 0):
+    """Sample, then score under the judge (and the proxy reward model, when given) and measure KL. Returns
+    (summary, rollouts, per-reply judge scores)."""
+    rollouts = sample(policy, tokenizer, prompts, samples=samples, max_new=max_new, temperature=temperature,
+                      seed=seed)
+    eos = tokenizer.eos_token_id
+    judged = judge.scores(rollouts, eos_token_id=eos, missing_eos_penalty=missing_eos_penalty)
+    proxied = None if proxy is None else proxy_scores(proxy, rollouts, eos_token_id=eos,
+                                                      missing_eos_penalty=missing_eos_penalty)
+    kl = kl_per_reply(policy, rollouts, temperature=temperature) if with_kl else None
+    return summary(rollouts, judge=judged, proxy=proxied, kl=kl, show=show), rollouts, judged
+
+
+def win_rate(a: list[float], b: list[float]) -> float:
+    """Share of paired replies where `a` scores higher (ties count half)."""
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
 
 
-def samples_of(prompts, out, judged, k):
-    return [{"prompt": prompts[i], "response": out["responses"][i], "judged_reward": judged[i]} for i in range(k)]
+def checkpoint_steps(steps: int, checkpoints: int) -> list[int]:
+    """`checkpoints` updates evenly spaced along `steps`, the last at the end."""
+    return sorted({max(1, round(steps * (i + 1) / checkpoints)) for i in range(checkpoints)})
 
 
-def aggregate(precision_runs: dict, sft_judged_mean: float) -> dict:
-    """Per-precision aggregates over finished seeds, and the tax relative to bf16 (paired by seed)."""
-    out = {}
-    for precision, runs in precision_runs.items():
-        ok = [r for r in runs if r["status"] == "ok"]
-        rec = {"seeds": runs, "status": "ok" if ok and len(ok) == len(runs) else "partial" if ok else "failed",
-               "reason": None if len(ok) == len(runs) else "; ".join(
-                   f"seed {r['seed']}: {r['reason']}" for r in runs if r["status"] != "ok")}
-        judged, std, ci = mean_std_ci([r["judged_reward_mean"] for r in ok])
-        rec.update({"judged_reward_mean": judged, "judged_reward_std": std, "judged_reward_ci95": ci,
-                    "own_reward_mean": mean([r["own_reward_mean"] for r in ok]),
-                    "gain_vs_sft": None if judged is None else judged - sft_judged_mean,
-                    "kl_mean": mean([r["kl_mean"] for r in ok]),
-                    "win_rate_vs_sft": mean([r["win_rate_vs_sft"] for r in ok]),
-                    "response_length_mean": mean([r["response_length_mean"] for r in ok]),
-                    "train_seconds_mean": mean([r["train_seconds"] for r in ok]),
-                    "peak_memory_bytes_max": max((r["peak_memory_bytes"] for r in ok), default=None)})
-        out[precision] = rec
-    ref = out.get(JUDGE)
-    ref_ok = ref is not None and ref["gain_vs_sft"] not in (None, 0)
-    for rec in out.values():
-        rec["tax_vs_bf16"] = rec["tax_vs_bf16_ci95"] = None
-        if not ref_ok or rec["gain_vs_sft"] is None:
-            continue
-        scale = abs(ref["gain_vs_sft"])
-        rec["tax_vs_bf16"] = (ref["gain_vs_sft"] - rec["gain_vs_sft"]) / scale
-        ref_by_seed = {r["seed"]: r["judged_reward_mean"] for r in ref["seeds"] if r["status"] == "ok"}
-        paired = [(ref_by_seed[r["seed"]] - r["judged_reward_mean"]) / scale
-                  for r in rec["seeds"] if r["status"] == "ok" and r["seed"] in ref_by_seed]
-        rec["tax_vs_bf16_ci95"] = mean_std_ci(paired)[2]
-    return out
+# ------------------------------------------------------------------------------------------------ aggregates
+def _avg(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
 
 
-def seed_metrics(prompts: list[str], out: dict, scores: dict, *, judge: str, own: str, sft_judged: list[float],
-                 samples: int) -> dict:
-    """What one finished PPO run records from its evaluation: judged and own reward, KL, win rate, length,
-    a few samples."""
-    judged = scores[judge]
-    return {"judged_reward_mean": mean(judged), "own_reward_mean": mean(scores[own]), "kl_mean": mean(out["kl"]),
-            "win_rate_vs_sft": _win_rate(judged, sft_judged), "response_length_mean": mean(out["lengths"]),
-            "samples": samples_of(prompts, out, judged, samples)}
+def aggregate_arm(arm: str, runs: list[dict], stats: dict, sft: dict, precision: str, *, resamples: int,
+                  seed: int) -> dict:
+    """One arm over its seeds: status, means, the bootstrap statistics (`stats`) and the frontier."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    judged, spread, _ = mean_std_ci([r["judge_mean"] for r in ok])
+    rec = {"precision": precision, "status": "ok" if ok and len(ok) == len(runs) else "partial" if ok else "failed",
+           "reason": None if len(ok) == len(runs) else "; ".join(
+               f"seed {r['seed']}: {r['reason']}" for r in runs if r["status"] != "ok"),
+           "judge_mean": judged, "judge_std_over_seeds": spread,
+           **{k: _avg(ok, k) for k in ("proxy_mean", "kl_mean", "eos_share", "length_mean", "win_rate_vs_sft")},
+           "train_seconds_mean": _avg(ok, "train_seconds"),
+           "peak_memory_bytes_max": max((r["peak_memory_bytes"] for r in ok), default=None),
+           **stats, "seeds": runs}
+    rec["frontier"] = frontier(arm, ok, sft, resamples=resamples, seed=seed) if ok else None
+    return rec
 
 
-def cross_matrix(scores: dict, policies: list[str], seeds, judges: list[str], usable: list[str]) -> dict:
-    """Mean reward of every policy (SFT, then each precision's PPO runs averaged over seeds) under every judge."""
-    matrix = []
-    for pol in policies:
-        keys = ["sft"] if pol == "sft" else [f"{pol}/{s}" for s in seeds if f"{pol}/{s}" in scores]
-        matrix.append([mean([mean(scores[key][j]) for key in keys]) if keys and j in usable else None
-                       for j in judges])
-    return {"policies": policies, "judges": judges, "mean_reward": matrix}
+def frontier(arm: str, runs: list[dict], sft: dict, *, resamples: int, seed: int) -> dict:
+    """Judge and proxy gain over SFT against d = sqrt(KL) at every checkpoint of every run (SFT at d = 0), and
+    R(d) = d (alpha - beta log d) fitted to the judge's points."""
+    points = [{"seed": None, "step": 0, "d": 0.0, "kl": 0.0, "gold_gain": 0.0, "proxy_gain": 0.0}]
+    for run in runs:
+        for ck in run["checkpoints"]:
+            kl = max(ck["kl_mean"], 0.0)
+            points.append({"seed": run["seed"], "step": ck["step"], "kl": ck["kl_mean"], "d": kl ** 0.5,
+                           "gold_gain": ck["judge_mean"] - sft["judge_mean"],
+                           "proxy_gain": ck["proxy_mean"] - sft["cross"][arm]})
+    fit = fit_frontier([p | {"run": p["seed"]} for p in points if p["seed"] is not None], resamples=resamples,
+                       seed=seed)
+    return {"points": points, "fit": fit}
+
+
+def cross_matrix(sft: dict, runs: dict, arms, usable) -> dict:
+    """Mean reward of every policy (SFT, then each arm's runs averaged over seeds) under the judge and under every
+    arm's reward model."""
+    judges = ["judge", *usable]
+    rows = [[sft["judge_mean"], *(sft["cross"].get(a) for a in usable)]]
+    for arm in arms:
+        ok = [r for r in runs[arm] if r["status"] == "ok"]
+        rows.append([_avg(ok, "judge_mean"), *(_avg([{"v": r["cross"].get(a)} for r in ok], "v") for a in usable)]
+                    if ok else [None] * len(judges))
+    return {"policies": ["sft", *arms], "judges": judges, "mean_reward": rows}
+
+
+def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, usable, null: str | None,
+                      bootstrap: int, seed: int, eval_info: dict) -> dict:
+    """The ppo stage's result from the SFT evaluation and every run's record: win rates, the bootstrap statistics
+    of every arm (gains, taxes, the null arm), the frontier, the projection and the cross matrix. `runs` maps
+    arm -> run records in seed order; `precisions` maps arm -> its reward model's precision."""
+    sft_judged = sft.pop("judge_scores", None)
+    for rec in (r for rs in runs.values() for r in rs if r["status"] == "ok"):
+        judged = rec.pop("judge_scores", None)
+        if judged is not None and sft_judged is not None:
+            rec["win_rate_vs_sft"] = win_rate(judged, sft_judged)
+    n_prompts = len(sft["judge_per_prompt"])
+    cells = {arm: np.array([r["judge_per_prompt"] if r["status"] == "ok" else [np.nan] * n_prompts
+                            for r in runs[arm]], dtype=float) for arm in usable}
+    sft_cells = np.array(sft["judge_per_prompt"], dtype=float)
+    stats = arm_statistics(cells, sft_cells, reference="bf16", null=null, resamples=bootstrap, seed=seed)
+    arms = {}
+    for arm in runs:
+        arms[arm] = aggregate_arm(arm, runs[arm], stats.get(arm, {}), sft, precisions[arm], resamples=bootstrap,
+                                  seed=seed)
+        if arm in stats and arm != "bf16":
+            arms[arm]["projection"] = projection(cells, sft_cells, reference="bf16", arm=arm,
+                                                 resamples=max(200, bootstrap // 4), seed=seed)
+    return {"judge": judge, "null_arm": null,
+            "eval": eval_info | {"interval": "95% percentile, hierarchical bootstrap over seeds and prompts, "
+                                             "paired across arms"},
+            "sft": sft, "arms": arms, "cross_matrix": cross_matrix(sft, runs, list(runs), usable)}

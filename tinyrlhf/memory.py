@@ -115,7 +115,7 @@ class ModelSpec:
                 object.__setattr__(self, name, default)
 
     @classmethod
-    def from_config(cls, cfg, name: str | None = None) -> "ModelSpec":
+    def from_config(cls, cfg, name: str | None = None) -> ModelSpec:
         """From a transformers config: GPT2Config (n_layer, n_embd, ...) or Llama/Qwen2-style (num_hidden_layers,
         hidden_size, ...)."""
         name = name or getattr(cfg, "_name_or_path", "") or cfg.model_type
@@ -204,9 +204,9 @@ def spec_for_profile(profile: Profile) -> ModelSpec:
     b = profile.base
     if b.model != SCRATCH_MODEL:
         return known_spec(b.model)
-    max_len = profile.data.max_prompt_tokens + profile.data.max_response_tokens
-    return ModelSpec(SCRATCH_MODEL, n_layer=b.n_layer, hidden=b.n_embd, n_head=b.n_head, vocab=b.vocab_size,
-                     arch="gpt2", n_positions=max(256, max_len))
+    return ModelSpec(SCRATCH_MODEL, n_layer=b.num_layers, hidden=b.hidden_size, n_head=b.num_heads,
+                     vocab=b.vocab_size, intermediate=b.intermediate_size, arch="llama", n_kv_head=b.num_kv_heads,
+                     tie_embeddings=True, qkv_bias=True)  # a Qwen2, as base_model.scratch_config builds it
 
 
 # ---------------------------------------------------------------------------------------------- components
@@ -452,7 +452,7 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
     for prec in r.precisions:
         out[f"ppo_{prec}"] = estimate_ppo(
             spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=True, batch=p.ppo_batch,
-            mini_batch=p.mini_batch, rollout_chunk=p.mini_batch, query_len=d.max_prompt_tokens, response_len=p.max_new,
+            mini_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, value_from_rm=False, query_len=d.max_prompt_tokens, response_len=p.max_new,
             lora_r=p.lora_r, target_modules=_targets(spec, p.target_modules), gradient_checkpointing=ckpt,
             device=device, double_quant=r.double_quant, stage=f"ppo_{prec}")
     return out
@@ -463,7 +463,7 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
 VERDICTS = ("fits", "tight", "will not fit")
 
 
-def format_bytes(n: int | float | None, missing: str = "—") -> str:
+def format_bytes(n: float | None, missing: str = "—") -> str:
     """Human-readable binary size: 512 B, 3.0 KiB, 12.4 MiB, 7.6 GiB; `missing` for None or non-finite."""
     if n is None or (isinstance(n, float) and not math.isfinite(n)):
         return missing

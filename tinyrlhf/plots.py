@@ -26,16 +26,18 @@ import matplotlib
 if matplotlib.get_backend(auto_select=False) is None:
     matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from .config import PRECISIONS  # noqa: E402
-from .results import atomic_file  # noqa: E402
-from .schema import FILE_NAMES, validate_file  # noqa: E402
+from .results import atomic_file
+from .schema import FILE_NAMES, validate_file
 
 # Okabe-Ito palette: distinguishable under the common colour-vision deficiencies and in greyscale print.
-PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "sft": "#999999"}
+PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "null": "#CC79A7", "judge": "#000000",
+                    "sft": "#999999"}
+ARMS = ("bf16", "int8", "int4", "null", "judge")  # the canonical order of arms in every figure and table
+ARM_LABELS = {"null": "null (bf16, other seed)", "judge": "heldout judge"}
 MIB = 2**20
 MISSING = "—"
 DONE = ("ok", "partial")  # statuses whose aggregate metrics exist ("partial": some seeds failed)
@@ -75,10 +77,14 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _precisions(*results: dict) -> list[str]:
-    """Precisions present in any of the results, in the canonical order."""
-    present = set().union(*(r["precisions"] for r in results))
-    return [p for p in PRECISIONS if p in present]
+def _arms(*results: dict) -> list[str]:
+    """Arms present in any of the results, in the canonical order."""
+    present = set().union(*(r["arms"] for r in results))
+    return [a for a in ARMS if a in present]
+
+
+def arm_label(arm: str) -> str:
+    return ARM_LABELS.get(arm, arm)
 
 
 def _done(entry: dict | None) -> bool:
@@ -109,19 +115,25 @@ def _mark_gap(ax, x: float, text: str) -> None:
 
 
 def _legend_failures(ax, results: dict) -> None:
-    """Failed precisions get a legend entry in their colour, since a line or scatter plot has no slot for them."""
-    for p in _precisions(results):
-        entry = results["precisions"][p]
+    """Failed arms get a legend entry in their colour, since a line or scatter plot has no slot for them."""
+    for arm in _arms(results):
+        entry = results["arms"][arm]
         if not _done(entry):
-            ax.plot([], [], ls=":", color=precision_color(p), label=f"{p}: failed ({_reason(entry, 50)})")
+            ax.plot([], [], ls=":", color=precision_color(arm), label=f"{arm}: failed ({_reason(entry, 50)})")
 
 
-def _categorical(ax, precisions: list[str]) -> None:
-    ax.set_xticks(range(len(precisions)), precisions)
-    for tick, p in zip(ax.get_xticklabels(), precisions):
-        tick.set_color(precision_color(p))
-    ax.set_xlim(-0.6, len(precisions) - 0.4)
-    ax.set_xlabel("reward-model precision")
+def _outside_legend(ax, **kw) -> None:
+    """A legend beside the axes, where it covers no data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, **kw)
+
+
+def _categorical(ax, arms: list[str]) -> None:
+    ax.set_xticks(range(len(arms)), [arm_label(a).replace(" (", "\n(") for a in arms])
+    for tick, arm in zip(ax.get_xticklabels(), arms):
+        tick.set_color(precision_color(arm))
+    ax.set_xlim(-0.6, len(arms) - 0.4)
+    ax.set_xlabel("reward model (arm)")
 
 
 def _yerr(value: float, interval) -> list[list[float]] | None:
@@ -132,12 +144,11 @@ def _yerr(value: float, interval) -> list[list[float]] | None:
     return [[max(value - low, 0.0)], [max(high - value, 0.0)]]
 
 
-def _bars(ax, results: dict, key: str, *, precisions: list[str], scale: float = 1.0, interval_key=None,
-          interval_offset: float = 0.0, label_fmt: str | None = None) -> None:
-    """One bar per precision; failed precisions are annotated gaps and a missing value says so.
-    The error bar is the entry's `interval_key` interval, minus `interval_offset`."""
-    for i, p in enumerate(precisions):
-        entry = results["precisions"].get(p)
+def _bars(ax, results: dict, key: str, *, arms: list[str], scale: float = 1.0, interval_key=None,
+          label_fmt: str | None = None) -> None:
+    """One bar per arm; failed arms are annotated gaps and a missing value says so."""
+    for i, arm in enumerate(arms):
+        entry = results["arms"].get(arm)
         value = _value(entry, key)
         if not _done(entry):
             _mark_gap(ax, i, _failure_label(entry))
@@ -148,13 +159,13 @@ def _bars(ax, results: dict, key: str, *, precisions: list[str], scale: float = 
         value = value / scale
         interval = _value(entry, interval_key) if interval_key else None
         if interval is not None:
-            interval = [(b - interval_offset) / scale for b in interval]
-        ax.bar(i, value, width=0.6, color=precision_color(p), yerr=_yerr(value, interval), capsize=4,
-               gid=_gid(p), error_kw={"elinewidth": 1})
+            interval = [b / scale for b in interval]
+        ax.bar(i, value, width=0.6, color=precision_color(arm), yerr=_yerr(value, interval), capsize=4,
+               gid=_gid(arm), error_kw={"elinewidth": 1})
         if label_fmt:
             ax.annotate(label_fmt.format(value), (i, value), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom" if value >= 0 else "top", fontsize=7)
-    _categorical(ax, precisions)
+    _categorical(ax, arms)
 
 
 def _seed_runs(entry: dict | None, *, ok_only: bool = True) -> list[dict]:
@@ -163,65 +174,149 @@ def _seed_runs(entry: dict | None, *, ok_only: bool = True) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- reward models
-def _draw_rm_accuracy(ax, rm: dict, precisions: list[str]) -> None:
-    _bars(ax, rm, "accuracy", precisions=precisions, interval_key="accuracy_ci95")
+def _draw_rm_accuracy(ax, rm: dict, arms: list[str]) -> None:
+    _bars(ax, rm, "accuracy", arms=arms, interval_key="accuracy_ci95")
     ax.axhline(0.5, color="black", ls=":", lw=1, label="chance")
-    # Head room above 1.0 keeps the legend clear of bars and error bars whatever the accuracies are.
-    ax.set_ylim(0, 1.15)
+    ax.set_ylim(0, 1.05)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("preference accuracy (test pairs)")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
 
 
 def plot_rm_accuracy(rm: dict) -> Figure:
-    """Test-set preference accuracy per reward-model precision, with 95% CI error bars and the chance line."""
-    fig = Figure(figsize=(4.2, 3.4), layout="constrained")
-    ax = fig.add_subplot()
-    _draw_rm_accuracy(ax, rm, _precisions(rm))
-    n = {e.get("n_test_pairs") for e in rm["precisions"].values() if _done(e)} - {None}
-    ax.set_title("Reward-model accuracy (95% CI)" + (f", n = {n.pop()} pairs" if len(n) == 1 else ""), fontsize=10)
+    """Test-set preference accuracy per reward model, overall and per category of pair (95% Wilson intervals),
+    with the chance line."""
+    arms = _arms(rm)
+    categories = sorted({c for e in rm["arms"].values() if _done(e) for c in (e.get("by_category") or {})})
+    fig = Figure(figsize=(4.0 + 2.4 * bool(categories), 3.4), layout="constrained")
+    axes = fig.subplots(1, 2 if categories else 1, squeeze=False)[0]
+    _draw_rm_accuracy(axes[0], rm, arms)
+    n = {e.get("n_test_pairs") for e in rm["arms"].values() if _done(e)} - {None}
+    axes[0].set_title("overall" + (f", n = {n.pop()} pairs" if len(n) == 1 else ""), fontsize=10)
+    if categories:
+        ax, width = axes[1], 0.8 / max(1, len(arms))
+        for j, arm in enumerate(arms):
+            entry = rm["arms"][arm]
+            if not _done(entry):
+                continue
+            by = entry.get("by_category") or {}
+            for i, c in enumerate(categories):
+                if c in by:
+                    acc, ci = by[c]["accuracy"], by[c]["accuracy_ci95"]
+                    ax.bar(i + (j - (len(arms) - 1) / 2) * width, acc, width=width, color=precision_color(arm),
+                           yerr=_yerr(acc, ci), capsize=2, error_kw={"elinewidth": 0.8},
+                           label=arm_label(arm) if i == 0 else None, gid=_gid(arm) if i == 0 else None)
+        ax.axhline(0.5, color="black", ls=":", lw=1, label="chance")
+        ax.set_xticks(range(len(categories)), [c.replace("_", "-") for c in categories])
+        ax.set_ylim(0, 1.05)
+        ax.set_title("by category of rejected reply", fontsize=10)
+        _outside_legend(ax)
+    fig.suptitle("Reward-model accuracy (95% CI)", fontsize=11)
     return fig
 
 
 def plot_rm_costs(rm: dict) -> Figure:
-    """Footprint, training time and scoring throughput per precision, as small multiples."""
+    """Footprint, training time and scoring throughput per reward model, as small multiples."""
     fig = Figure(figsize=(9, 3.2), layout="constrained")
     panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.2f}"),
               ("train_seconds", 1.0, "training time (s)", "{:.0f}"),
-              ("throughput_pairs_per_s", 1.0, "scoring throughput (pairs/s)", "{:.1f}")]
-    precisions = _precisions(rm)
+              ("throughput_pairs_per_s", 1.0, "CPU scoring (pairs/s)", "{:.0f}")]
+    arms = _arms(rm)
     for ax, (key, scale, label, fmt) in zip(fig.subplots(1, 3), panels):
-        _bars(ax, rm, key, precisions=precisions, scale=scale, label_fmt=fmt)
+        _bars(ax, rm, key, arms=arms, scale=scale, label_fmt=fmt)
         ax.set_title(label, fontsize=10)
         ax.margins(y=0.12)
-    fig.suptitle("Reward-model costs per precision", fontsize=11)
+    fig.suptitle("Reward-model costs", fontsize=11)
     return fig
 
 
 # ------------------------------------------------------------------------------------------------------- PPO
-def plot_final_reward(ppo: dict) -> Figure:
-    """Judged reward of each PPO policy (mean and 95% CI over seeds, seeds as dots), SFT as the reference."""
-    fig = Figure(figsize=(4.6, 3.6), layout="constrained")
+def _ppo_arms(ppo: dict) -> list[str]:
+    return [a for a in _arms(ppo) if a != "judge"]
+
+
+def plot_gold_gain(ppo: dict) -> Figure:
+    """The judge's gain over the SFT policy per arm: bootstrap 95% interval, seeds as open dots."""
+    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    precisions = _precisions(ppo)
-    for i, p in enumerate(precisions):
-        entry = ppo["precisions"][p]
-        mean = _value(entry, "judged_reward_mean")
-        if mean is None:
-            _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else "judged reward: n/a")
+    arms = _ppo_arms(ppo)
+    sft = ppo["sft"]["judge_mean"]
+    for i, arm in enumerate(arms):
+        entry = ppo["arms"][arm]
+        gain = _value(entry, "gold_gain_vs_sft")
+        if gain is None:
+            _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else "gain: n/a")
             continue
-        color = precision_color(p)
-        ax.errorbar(i, mean, yerr=_yerr(mean, _value(entry, "judged_reward_ci95")), fmt="o", ms=8, capsize=5,
-                    color=color, gid=_gid(p), zorder=3)
-        seeds = [s["judged_reward_mean"] for s in _seed_runs(entry) if s.get("judged_reward_mean") is not None]
-        jitter = np.linspace(-0.12, 0.12, len(seeds)) if len(seeds) > 1 else [0.0] * len(seeds)
-        ax.scatter(np.add(i + 0.22, jitter), seeds, s=14, facecolors="none", edgecolors=color, lw=1, zorder=2)
-    sft = ppo["sft"]["judged_reward_mean"]
-    ax.axhline(sft, color=precision_color("sft"), ls="--", lw=1.5, label=f"SFT policy ({sft:.3f})", gid=_gid("sft"))
-    _categorical(ax, precisions)
-    ax.set_ylabel(f"judged reward ({ppo['judge']} reward model)")
-    ax.set_title("PPO policy reward (mean, 95% CI over seeds)", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+        color = precision_color(arm)
+        ax.errorbar(i, gain, yerr=_yerr(gain, _value(entry, "gold_gain_vs_sft_ci95")), fmt="o", ms=8, capsize=5,
+                    color=color, gid=_gid(arm), zorder=3)
+        seeds = [s["judge_mean"] - sft for s in _seed_runs(entry)]
+        jitter = np.linspace(-0.1, 0.1, len(seeds)) if len(seeds) > 1 else [0.0] * len(seeds)
+        ax.scatter(np.add(i + 0.25, jitter), seeds, s=14, facecolors="none", edgecolors=color, lw=1, zorder=2)
+    ax.axhline(0, color=precision_color("sft"), ls="--", lw=1.2, label=f"SFT policy ({sft:.3f})")
+    _categorical(ax, arms)
+    ax.set_ylabel("judge's reward gain over SFT")
+    ax.set_title(f"Gain over SFT under the judge ({ppo['judge']['kind']}), 95% CI", fontsize=10)
+    _outside_legend(ax)
+    return fig
+
+
+def plot_tax(ppo: dict) -> Figure:
+    """Tax relative to bf16 per arm with its 95% interval; the null arm's interval shaded across: a tax inside it
+    is within the noise of retraining the reward model with another seed."""
+    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    arms = [a for a in _ppo_arms(ppo) if a != "bf16"]
+    null = ppo["arms"].get(ppo.get("null_arm") or "", {})
+    band = _value(null, "tax_vs_bf16_ci95")
+    if band:
+        ax.axhspan(band[0] * 100, band[1] * 100, color=precision_color("null"), alpha=0.15, lw=0,
+                   label="null arm's 95% interval")
+    for i, arm in enumerate(arms):
+        entry = ppo["arms"][arm]
+        tax = _value(entry, "tax_vs_bf16")
+        if tax is None:
+            _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else "tax: n/a")
+            continue
+        ci = _value(entry, "tax_vs_bf16_ci95")
+        ax.errorbar(i, tax * 100, yerr=_yerr(tax * 100, None if ci is None else [c * 100 for c in ci]), fmt="s",
+                    ms=8, capsize=5, color=precision_color(arm), gid=_gid(arm), zorder=3)
+    ax.axhline(0, color="black", lw=0.8)
+    _categorical(ax, arms)
+    ax.set_ylabel("tax vs bf16 (% of bf16's gain lost)")
+    ax.set_title("Quantization tax, 95% CI (seeds x prompts bootstrap)", fontsize=10)
+    _outside_legend(ax)
+    return fig
+
+
+def plot_frontier(ppo: dict) -> Figure:
+    """Gao et al.'s frontier: judge and proxy gain over SFT against d = sqrt(KL) at every checkpoint of every
+    run, and R(d) = d (alpha - beta log d) fitted to the judge's points."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_gold, ax_proxy = fig.subplots(1, 2, sharex=True)
+    for arm in _ppo_arms(ppo):
+        entry = ppo["arms"][arm]
+        front = _value(entry, "frontier")
+        if not front:
+            continue
+        color = precision_color(arm)
+        points = [p for p in front["points"] if p.get("seed") is not None]
+        d = [p["d"] for p in points]
+        ax_gold.scatter(d, [p["gold_gain"] for p in points], s=12, color=color, alpha=0.55, gid=_gid(arm))
+        ax_proxy.scatter(d, [p["proxy_gain"] for p in points], s=12, color=color, alpha=0.55)
+        fit = front["fit"]
+        if fit.get("alpha") is not None and d:
+            x = np.linspace(1e-3, max(d) * 1.05, 100)
+            ax_gold.plot(x, x * (fit["alpha"] - fit["beta"] * np.log(x)), color=color, lw=1.8,
+                         label=f"{arm_label(arm)}: α={fit['alpha']:.2f}, β={fit['beta']:.2f}")
+    _legend_failures(ax_gold, ppo)
+    for ax, what in ((ax_gold, "judge"), (ax_proxy, "own reward model (proxy)")):
+        ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
+        ax.set_xlabel("d = sqrt(KL to the SFT policy)")
+        ax.set_ylabel(f"gain over SFT, {what}")
+    ax_gold.set_title("Judge: points and R(d) = d(α − β log d)", fontsize=10)
+    ax_proxy.set_title("Proxy: each arm's own reward model", fontsize=10)
+    _outside_legend(ax_gold)
+    fig.suptitle("Reward against KL along PPO (every checkpoint of every seed)", fontsize=11)
     return fig
 
 
@@ -230,115 +325,85 @@ def _history_frame(seed: dict) -> pd.DataFrame:
 
 
 def plot_training_curves(ppo: dict) -> Figure:
-    """Training reward (from the policy's own reward model) and KL per PPO step: mean over seeds, thin per seed."""
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    """Training reward (the arm's own reward model) and KL per PPO update: mean over seeds, thin per seed."""
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
     axes = fig.subplots(1, 2)
     labels = {"reward": "training reward (own reward model)", "kl": "KL to the SFT policy"}
     for ax, metric in zip(axes, ("reward", "kl")):
-        for p in _precisions(ppo):
-            entry = ppo["precisions"][p]
-            color = precision_color(p)
+        for arm in _ppo_arms(ppo):
+            entry = ppo["arms"][arm]
+            color = precision_color(arm)
             # Seeds that failed midway still show how far they got, but only finished ones enter the mean.
             for seed in _seed_runs(entry, ok_only=False):
                 h = _history_frame(seed)
                 if len(h):
-                    ax.plot(h["step"], h[metric], color=color, lw=0.7, alpha=0.35)
-            finished = [_history_frame(s) for s in _seed_runs(entry)]
-            finished = [h for h in finished if len(h)]
+                    ax.plot(h["step"], h[metric], color=color, lw=0.7, alpha=0.3)
+            finished = [h for h in (_history_frame(s) for s in _seed_runs(entry)) if len(h)]
             if finished:
                 mean = pd.concat(finished).groupby("step")[metric].mean()
-                ax.plot(mean.index, mean.to_numpy(), color=color, lw=2, label=f"{p} (mean of {len(finished)})",
-                        gid=_gid(p))
+                ax.plot(mean.index, mean.to_numpy(), color=color, lw=2, label=f"{arm_label(arm)} "
+                        f"(mean of {len(finished)})", gid=_gid(arm))
         _legend_failures(ax, ppo)
-        ax.set_xlabel("PPO step")
-        ax.set_ylabel(labels[metric])
+        ax.set_xlabel("PPO update")
         ax.set_title(labels[metric], fontsize=10)
-        ax.legend(fontsize=7)
+    _outside_legend(axes[1])
     fig.suptitle("PPO training curves (thin: individual seeds)", fontsize=11)
     return fig
 
 
-def plot_reward_vs_kl(ppo: dict) -> Figure:
-    """The reward/KL trade-off: one point per seed, coloured by precision; the SFT policy sits at KL 0."""
-    fig = Figure(figsize=(4.8, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    for p in _precisions(ppo):
-        points = [(s["kl_mean"], s["judged_reward_mean"]) for s in _seed_runs(ppo["precisions"][p])
-                  if s.get("kl_mean") is not None and s.get("judged_reward_mean") is not None]
-        if points:
-            x, y = zip(*points)
-            ax.scatter(x, y, s=36, color=precision_color(p), label=p, gid=_gid(p), zorder=3)
-    ax.scatter([0.0], [ppo["sft"]["judged_reward_mean"]], marker="*", s=140, color=precision_color("sft"),
-               label="SFT", gid=_gid("sft"), zorder=3)
-    _legend_failures(ax, ppo)
-    ax.set_xlabel("KL to the SFT policy (mean per seed)")
-    ax.set_ylabel(f"judged reward ({ppo['judge']} reward model)")
-    ax.set_title("Reward vs KL (one point per seed)", fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
-
-
 def plot_time_memory(ppo: dict) -> Figure:
-    """PPO training time (mean over seeds) and peak memory (max over seeds) per precision."""
-    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    """PPO training time (mean over seeds) and peak memory (max over seeds) per arm."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
     ax_time, ax_mem = fig.subplots(1, 2)
-    precisions = _precisions(ppo)
-    _bars(ax_time, ppo, "train_seconds_mean", precisions=precisions, label_fmt="{:.0f}")
-    _bars(ax_mem, ppo, "peak_memory_bytes_max", precisions=precisions, scale=MIB, label_fmt="{:.0f}")
+    arms = _ppo_arms(ppo)
+    _bars(ax_time, ppo, "train_seconds_mean", arms=arms, label_fmt="{:.0f}")
+    _bars(ax_mem, ppo, "peak_memory_bytes_max", arms=arms, scale=MIB, label_fmt="{:.0f}")
     ax_time.set_title("training time per seed (s)", fontsize=10)
     ax_mem.set_title("peak memory (MiB)", fontsize=10)
     for ax in (ax_time, ax_mem):
         ax.margins(y=0.12)
-    fig.suptitle("PPO cost per reward-model precision", fontsize=11)
+    fig.suptitle("PPO cost per arm", fontsize=11)
     return fig
 
 
 def plot_rm_vs_ppo(rm: dict, ppo: dict) -> Figure:
-    """Does reward-model accuracy predict alignment? RM accuracy beside the PPO gain over SFT, per precision."""
-    fig = Figure(figsize=(8.5, 3.6), layout="constrained")
+    """Does reward-model accuracy predict alignment? Accuracy beside the judge's gain over SFT, per arm."""
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
     ax_rm, ax_gain = fig.subplots(1, 2)
-    precisions = _precisions(rm, ppo)
-    _draw_rm_accuracy(ax_rm, rm, precisions)
+    arms = [a for a in _arms(rm, ppo) if a != "judge"]
+    _draw_rm_accuracy(ax_rm, rm, arms)
     ax_rm.set_title("reward-model accuracy (95% CI)", fontsize=10)
-    # The gain's interval is the judged reward's interval shifted by the SFT mean (a fixed reference).
-    _bars(ax_gain, ppo, "gain_vs_sft", precisions=precisions, interval_key="judged_reward_ci95",
-          interval_offset=ppo["sft"]["judged_reward_mean"])
-    for i, p in enumerate(precisions):
-        tax = _value(ppo["precisions"].get(p), "tax_vs_bf16")
-        if tax is not None:
-            ax_gain.text(i, 0.97, f"tax {tax:+.0%}", transform=ax_gain.get_xaxis_transform(), ha="center",
-                         va="top", fontsize=8)
-    ax_gain.axhline(0, color=precision_color("sft"), ls="--", lw=1)  # the SFT policy
+    _bars(ax_gain, ppo, "gold_gain_vs_sft", arms=arms, interval_key="gold_gain_vs_sft_ci95")
+    ax_gain.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     ax_gain.margins(y=0.2)
-    ax_gain.set_ylabel(f"judged reward gain over SFT ({ppo['judge']} RM)")
+    ax_gain.set_ylabel("judge's gain over SFT")
     ax_gain.set_title("PPO gain over SFT (95% CI)", fontsize=10)
     return fig
 
 
 def plot_cross_matrix(ppo: dict) -> Figure:
-    """Mean reward of each policy (rows) under each reward model (columns), values written in the cells."""
+    """Mean reward of each policy (rows) under the judge and each arm's reward model (columns)."""
     m = ppo["cross_matrix"]
     values = np.array([[np.nan if v is None else v for v in row] for row in m["mean_reward"]], dtype=float)
-    fig = Figure(figsize=(1.4 * len(m["judges"]) + 2.2, 0.6 * len(m["policies"]) + 1.6), layout="constrained")
+    fig = Figure(figsize=(1.3 * len(m["judges"]) + 2.6, 0.55 * len(m["policies"]) + 1.6), layout="constrained")
     ax = fig.add_subplot()
+    # Each column on its own scale: the judge and the reward models do not share units.
+    shown = (values - np.nanmin(values, 0)) / np.where(np.ptp(np.nan_to_num(values), 0) > 0,
+                                                        np.ptp(np.nan_to_num(values), 0), 1)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.88")  # perceptually uniform, CVD-safe
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-    finite = values[np.isfinite(values)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, aspect="auto", vmin=0, vmax=1)
     for (r, c), v in np.ndenumerate(values):
-        # Dark cells of viridis need white text, light ones black.
-        dark = np.isfinite(v) and (high == low or (v - low) / (high - low) < 0.6)
-        ax.text(c, r, MISSING if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=9,
+        dark = np.isfinite(v) and shown[r, c] < 0.6
+        ax.text(c, r, MISSING if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=9,
                 color="white" if dark else "black")
-    ax.set_xticks(range(len(m["judges"])), m["judges"])
+    ax.set_xticks(range(len(m["judges"])), [("judge" if j == "judge" else f"{j} RM") for j in m["judges"]])
     ax.set_yticks(range(len(m["policies"])),
-                  [f"{p} policy" if p == "sft" else f"PPO vs {p} RM" for p in m["policies"]])
+                  ["SFT policy" if p == "sft" else f"PPO vs {arm_label(p)}" for p in m["policies"]])
     for tick, name in [*zip(ax.get_xticklabels(), m["judges"]), *zip(ax.get_yticklabels(), m["policies"])]:
         if name in PRECISION_COLORS:
             tick.set_color(precision_color(name))
-    ax.set_xlabel("judge (reward model scoring the responses)")
-    fig.colorbar(image, ax=ax, label="mean reward")
-    ax.set_title("Every policy under every reward model", fontsize=10)
+    ax.set_xlabel("scored by (colour: rank within each column)")
+    ax.set_title("Every policy under the judge and every reward model", fontsize=10)
     return fig
 
 
@@ -349,8 +414,20 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec)
 
 
+def _with_ci(entry: dict, key: str, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """"0.42 [0.31, 0.55]" with non-breaking spaces, so it never wraps; "failed" for a failed run."""
+    if not _done(entry):
+        return "failed"
+    v, ci = _value(entry, key), _value(entry, f"{key}_ci95")
+    if v is None:
+        return MISSING
+    text = _fmt(v * scale, spec) + unit
+    if ci is not None:
+        text += f" [{_fmt(ci[0] * scale, spec)}{unit}, {_fmt(ci[1] * scale, spec)}{unit}]"
+    return text.replace(" ", "\u00a0")
+
+
 def _cell(entry: dict, key: str, spec: str, scale: float = 1.0) -> str:
-    """A formatted metric: "failed" for a failed run, "—" for a value that does not exist."""
     if not _done(entry):
         return "failed"
     v = _value(entry, key)
@@ -367,54 +444,61 @@ def _status(entry: dict) -> str:
     return status
 
 
+def distinguishable_from_null(entry: dict) -> bool | None:
+    """Does the arm's tax differ from the null arm's (the interval of their difference excludes 0)?"""
+    ci = _value(entry, "tax_minus_null_ci95")
+    return None if ci is None else not (ci[0] <= 0 <= ci[1])
+
+
 def summary_table(ppo: dict) -> pd.DataFrame:
-    """The experiment's headline table: one row per reward-model precision."""
+    """The experiment's headline table: one row per arm."""
     rows = []
-    for p in _precisions(ppo):
-        e = ppo["precisions"][p]
-        mean, std = _value(e, "judged_reward_mean"), _value(e, "judged_reward_std")
-        reward = "failed" if not _done(e) else (
-            _fmt(mean, ".3f") if std is None or mean is None else f"{mean:.3f} ± {std:.3f}")
+    for arm in _ppo_arms(ppo):
+        e = ppo["arms"][arm]
+        apart = distinguishable_from_null(e)
         rows.append({
-            "RM precision": p,
-            "final judged reward": reward,
-            "gain vs SFT": _cell(e, "gain_vs_sft", "+.3f"),
-            "tax vs bf16": _cell(e, "tax_vs_bf16", "+.1%"),
-            "KL": _cell(e, "kl_mean", ".3f"),
-            "win rate vs SFT": _cell(e, "win_rate_vs_sft", ".1%"),
-            "time (s)": _cell(e, "train_seconds_mean", ".0f"),
-            "peak memory (MiB)": _cell(e, "peak_memory_bytes_max", ".0f", MIB),
+            "arm": arm_label(arm),
+            "judge's gain vs SFT [95% CI]": _with_ci(e, "gold_gain_vs_sft", "+.3f"),
+            "tax vs bf16 [95% CI]": _with_ci(e, "tax_vs_bf16", "+.0f", 100.0, "%"),
+            "gain − bf16's [95% CI]": _with_ci(e, "gain_diff_vs_bf16", "+.3f"),
+            "apart from null?": MISSING if apart is None or arm in ("bf16", ppo.get("null_arm")) else (
+                "yes" if apart else "no"),
+            "KL": _cell(e, "kl_mean", ".2f"),
+            "ends with EOS": _cell(e, "eos_share", ".0%"),
+            "win rate vs SFT": _cell(e, "win_rate_vs_sft", ".0%"),
+            "time / seed (s)": _cell(e, "train_seconds_mean", ".0f"),
             "status": _status(e),
         })
     return pd.DataFrame(rows)
 
 
 def rm_table(rm: dict) -> pd.DataFrame:
-    """Reward models side by side: accuracy with its 95% CI, agreement with bf16, and costs."""
+    """Reward models side by side: accuracy with its 95% CI, per category, agreement and McNemar vs bf16, costs."""
+    categories = sorted({c for e in rm["arms"].values() if _done(e) for c in (e.get("by_category") or {})})
     rows = []
-    for p in _precisions(rm):
-        e = rm["precisions"][p]
-        acc, ci = _value(e, "accuracy"), _value(e, "accuracy_ci95")
-        accuracy = "failed" if not _done(e) else (
-            _fmt(acc, ".2f") if ci is None or acc is None else f"{acc:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
-        rows.append({
-            "RM precision": p,
-            "accuracy [95% CI]": accuracy,
-            "agreement with bf16": _cell(e, "agreement_with_bf16", ".3f"),
-            "rank corr. with bf16": _cell(e, "rank_correlation_with_bf16", ".3f"),
-            "footprint (MiB)": _cell(e, "footprint_bytes", ".1f", MIB),
-            "train (s)": _cell(e, "train_seconds", ".0f"),
-            "peak memory (MiB)": _cell(e, "peak_memory_bytes", ".0f", MIB),
-            "throughput (pairs/s)": _cell(e, "throughput_pairs_per_s", ".1f"),
-            "status": _status(e),
-        })
+    for arm in _arms(rm):
+        e = rm["arms"][arm]
+        row = {"reward model": arm_label(arm), "accuracy [95% CI]": _with_ci(e, "accuracy", ".2f")}
+        for c in categories:
+            cat = (e.get("by_category") or {}).get(c) if _done(e) else None
+            row[c.replace("_", "-")] = "failed" if not _done(e) else MISSING if cat is None else \
+                f"{cat['accuracy']:.2f} [{cat['accuracy_ci95'][0]:.2f}, {cat['accuracy_ci95'][1]:.2f}]".replace(
+                    " ", "\u00a0")
+        mc = _value(e, "mcnemar_vs_bf16")
+        row |= {"agreement w/ bf16": _cell(e, "agreement_with_bf16", ".3f"),
+                "McNemar p vs bf16": MISSING if not mc else f"{mc['p_value']:.2f}",
+                "footprint (MiB)": _cell(e, "footprint_bytes", ".2f", MIB),
+                "train (s)": _cell(e, "train_seconds", ".0f"),
+                "CPU scoring (pairs/s)": _cell(e, "throughput_pairs_per_s", ".0f"),
+                "status": _status(e)}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------- draw_all
 RM_FIGURES = {"rm_accuracy": plot_rm_accuracy, "rm_costs": plot_rm_costs}
-PPO_FIGURES = {"ppo_final_reward": plot_final_reward, "ppo_training_curves": plot_training_curves,
-               "ppo_reward_vs_kl": plot_reward_vs_kl, "ppo_time_memory": plot_time_memory,
+PPO_FIGURES = {"ppo_gold_gain": plot_gold_gain, "ppo_tax": plot_tax, "ppo_frontier": plot_frontier,
+               "ppo_training_curves": plot_training_curves, "ppo_time_memory": plot_time_memory,
                "ppo_cross_matrix": plot_cross_matrix}
 
 

@@ -37,6 +37,15 @@ def to_json_ready(obj):
     return obj
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's own 0600 would hide results from other users
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w"):
     """A temporary file beside `path`, renamed over it when the block succeeds and removed when it fails:
@@ -49,6 +58,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -229,3 +239,28 @@ class MemoryMeter:
             self.result["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
         self.result["peak_bytes"] = self.result.get("cuda_max_allocated_bytes", self._peak)
         return False
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir's lock."""
+
+
+@contextmanager
+def workdir_lock(root: str | os.PathLike):
+    """One stage at a time per workdir: two runs writing the same models and results would interleave silently.
+    The holder's PID is written beside the lock so the message can name it."""
+    from filelock import FileLock, Timeout
+
+    root = Path(root)
+    lock, pid_file = FileLock(str(root / ".tinyrlhf.lock")), root / ".tinyrlhf.lock.pid"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = pid_file.read_text().strip() if pid_file.exists() else "unknown"
+        raise WorkdirBusyError(f"another tinyrlhf run (PID {holder}) is using the workdir {root}; wait for it to "
+                               "finish, or give this run its own TINYRLHF_WORKDIR / --workdir") from None
+    try:
+        pid_file.write_text(str(os.getpid()))
+        yield
+    finally:
+        lock.release()

@@ -5,22 +5,28 @@ is in stages.py."""
 from __future__ import annotations
 
 import json
-import logging
-import math
+import os
 import time
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from .base_model import load_tokenizer
 from .chat import completion
 from .config import PRECISIONS, Profile, resolve_device
 from .data import Pair, read_pairs
 from .results import MemoryMeter, atomic_write_text
-from .runtime import drop_scratch, lora_config, loss_curve, reward_compute_dtype, seed_everything, trainer_kwargs
-
-# bitsandbytes logs on every int8 matmul that float32 inputs are cast to float16; it is expected, and one line
-# per layer per step buries the notebook's output.
-logging.getLogger("bitsandbytes.autograd._functions").addFilter(
-    lambda record: not record.getMessage().startswith("MatMul8bitLt: inputs will be cast"))
+from .runtime import (
+    drop_scratch,
+    lora_config,
+    loss_curve,
+    quiet_trainer,
+    reward_compute_dtype,
+    seed_everything,
+    trainer_kwargs,
+)
+from .stats import mcnemar, spearman, wilson_ci
 
 SCORE_HEAD = "score"  # the head of AutoModelForSequenceClassification for decoder models
 PRECISION_FILE = "precision.json"
@@ -91,12 +97,13 @@ def _pairs_dataset(pairs: list[Pair]):
                               "rejected": [completion(p.rejected) for p in pairs]})
 
 
-def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str, out_dir, batch_size: int, lr: float,
+def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_dir, batch_size: int, lr: float,
                        epochs: float = 1.0, accum: int = 1, warmup: float = 0.0, max_steps: int = -1,
                        lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
                        target_modules=("c_attn",), double_quant: bool = True, max_length: int = 256, seed: int = 0,
-                       profile: Profile, progress: bool = True) -> dict:
-    """Train one reward model at `precision` (one function for all three) and save it to `out_dir`.
+                       profile: Profile, callbacks=()) -> dict:
+    """Train one reward model at `precision` (one function for all three) on `train` (a JSONL path or a list of
+    pairs) and save it to `out_dir`.
 
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
@@ -113,25 +120,32 @@ def train_reward_model(train_path, *, init_path: str, tokenizer, precision: str,
     if precision != "bf16":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     args = RewardConfig(
-        **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
+        **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
                          steps=max_steps if max_steps > 0 else 100),
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
         max_length=max_length)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=_pairs_dataset(read_pairs(train_path)),
-                            processing_class=tokenizer, peft_config=lora)
-    # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too;
-    # put the head back in float32 before the optimizer is created on the first train() call.
+    pairs = train if isinstance(train, list) else read_pairs(train)
+    trainer = quiet_trainer(RewardTrainer(model=model, args=args, train_dataset=_pairs_dataset(pairs),
+                                          processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks)))
+    # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too.
+    # Before the optimizer exists (first train() call): the head back to float32, and the LoRA weights to the
+    # backbone's compute dtype, which is float32 on a CPU without native bf16 (emulated bf16 matmuls there made
+    # int8/int4 training several times slower than bf16's, measured).
+    adapter_dtype = reward_compute_dtype(device)
     for name, param in trainer.model.named_parameters():
-        if param.requires_grad and SCORE_HEAD in name.split("."):
-            param.data = param.data.float()
+        if param.requires_grad:
+            param.data = param.data.float() if SCORE_HEAD in name.split(".") else param.data.to(adapter_dtype)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     with MemoryMeter() as meter:
         trainer.train()
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    # A local backbone is recorded relative to this folder, so a moved or copied workdir loads its own SFT model.
+    local = Path(init_path).exists()
+    recorded = os.path.relpath(Path(init_path).resolve(), out_dir.resolve()) if local else str(init_path)
     atomic_write_text(out_dir / PRECISION_FILE, json.dumps(
-        {"precision": precision, "init_path": str(init_path), "compute_dtype": compute,
+        {"precision": precision, "init_path": recorded, "init_is_local": local, "compute_dtype": compute,
          "double_quant": double_quant}, indent=2))
     drop_scratch(out_dir)
     return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
@@ -147,8 +161,9 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     if not info_path.exists():
         raise RewardModelError(f"{path} holds no trained reward model: run 03_Reward_Modeling first")
     info = json.loads(info_path.read_text())
+    init_path = str((path / info["init_path"]).resolve()) if info.get("init_is_local") else info["init_path"]
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    backbone, _ = load_backbone(info["init_path"], info["precision"], pad_token_id=tok.pad_token_id, device=device,
+    backbone, _ = load_backbone(init_path, info["precision"], pad_token_id=tok.pad_token_id, device=device,
                                 double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(backbone, str(path))
     model.eval()  # bitsandbytes int8 on CPU only takes its int8 path in eval mode
@@ -172,27 +187,10 @@ def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_
     return out
 
 
-def wilson_ci(successes: int, n: int, z: float = 1.959964) -> list[float]:
-    """95% Wilson score interval for a proportion (a closed form: no stats library needed)."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    import pandas as pd
-
-    # Spearman = Pearson on ranks; pandas' method="spearman" would pull in scipy for this one line.
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
-
-
 def evaluate_reward_model(model, tokenizer, pairs: list[Pair], *, reference: dict | None = None) -> dict:
-    """Pairwise accuracy with a 95% CI, mean margin, CPU scoring throughput; agreement with `reference` (the bf16
-    model's evaluation) when given. Scores are computed in eval() mode."""
+    """Pairwise accuracy with a 95% CI, overall and per category of pair (when the pairs have one), mean margin,
+    CPU scoring throughput; agreement with `reference` (the bf16 model's evaluation) when given, and McNemar's
+    paired test against it. Scores are computed in eval() mode."""
     prompts = [p.prompt for p in pairs]
     t0 = time.perf_counter()
     chosen = score_texts(model, tokenizer, prompts, [p.chosen for p in pairs])
@@ -201,16 +199,129 @@ def evaluate_reward_model(model, tokenizer, pairs: list[Pair], *, reference: dic
     wins = [c > r for c, r in zip(chosen, rejected)]
     n = len(pairs)
     out = {"n_test_pairs": n, "accuracy": sum(wins) / n, "accuracy_ci95": wilson_ci(sum(wins), n),
+           "by_category": accuracy_by_category(pairs, wins),
            "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / n,
-           "throughput_pairs_per_s": n / seconds, "scores_chosen": chosen, "scores_rejected": rejected}
+           "throughput_pairs_per_s": n / seconds, "scores_chosen": chosen, "scores_rejected": rejected, "wins": wins}
     if reference is not None:
-        ref_wins = [c > r for c, r in zip(reference["scores_chosen"], reference["scores_rejected"])]
+        ref_wins = reference["wins"]
         out["agreement_with_bf16"] = sum(a == b for a, b in zip(wins, ref_wins)) / n
         out["rank_correlation_with_bf16"] = spearman(chosen + rejected,
                                                      reference["scores_chosen"] + reference["scores_rejected"])
+        out["mcnemar_vs_bf16"] = mcnemar(ref_wins, wins)
     return out
+
+
+def accuracy_by_category(pairs: list[Pair], wins: list[bool]) -> dict:
+    """{category: {"n", "accuracy", "accuracy_ci95"}} for the pairs that carry a category."""
+    groups: dict[str, list[bool]] = {}
+    for pair, win in zip(pairs, wins):
+        if pair.category:
+            groups.setdefault(pair.category, []).append(win)
+    return {c: {"n": len(w), "accuracy": sum(w) / len(w), "accuracy_ci95": wilson_ci(sum(w), len(w))}
+            for c, w in sorted(groups.items())}
 
 
 def footprint_bytes(model) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return int(base.get_memory_footprint())
+
+
+# ------------------------------------------------------------------------------- scoring generated token ids
+class _Backbone(nn.Module):
+    """What TRL calls as `getattr(rm, rm.base_model_prefix)`: runs the RM's transformer on the RM's device."""
+
+    def __init__(self, owner):
+        super().__init__()
+        object.__setattr__(self, "owner", owner)  # not a submodule: .to()/.train() must not reach the RM
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        owner = self.owner
+        owner.caller_device = input_ids.device
+        t0 = time.perf_counter()
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        inputs = {k: v.to(owner.device) for k, v in inputs.items() if v is not None}
+        with torch.no_grad():
+            out = owner.lm_backbone(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
+        owner.seconds += time.perf_counter() - t0
+        return out  # hidden states stay on the RM's device: the head runs there too
+
+
+class _Score(nn.Module):
+    """What TRL calls as `rm.score`: the RM's head on the RM's device, scores returned to the caller's device."""
+
+    def __init__(self, owner):
+        super().__init__()
+        object.__setattr__(self, "owner", owner)
+
+    def forward(self, hidden):
+        owner = self.owner
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            scores = owner.head(hidden.to(owner.device))
+        owner.seconds += time.perf_counter() - t0
+        owner.calls += 1
+        return scores.to(owner.caller_device)
+
+
+class CPURewardModel(nn.Module):
+    """A reward model that stays on its device (the CPU) whatever the trainer asks.
+
+    TRL's PPOTrainer calls `reward_model.to(accelerator.device)`, which bitsandbytes 8-bit models refuse and which
+    would put the RM on the GPU; it then scores through `getattr(rm, rm.base_model_prefix)` and `rm.score`. Here
+    `.to()` is a no-op, inputs move to the RM's device, scores move back to the caller's device, and the RM stays
+    in eval() mode (bitsandbytes int8 on CPU takes its int8 path only there). `seconds` counts scoring time.
+    """
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, reward_model, device: str = "cpu"):
+        super().__init__()
+        inner = reward_model.get_base_model() if hasattr(reward_model, "get_base_model") else reward_model
+        # Plain attributes, not submodules, so nothing the trainer does to this wrapper reaches the RM.
+        object.__setattr__(self, "reward_model", reward_model)
+        object.__setattr__(self, "lm_backbone", getattr(inner, inner.base_model_prefix))
+        object.__setattr__(self, "head", inner.score)
+        self.device = torch.device(device)
+        self.caller_device = self.device
+        self.seconds = 0.0
+        self.calls = 0
+        self.backbone = _Backbone(self)
+        self.score = _Score(self)
+        reward_model.eval()
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def train(self, mode: bool = True):
+        self.reward_model.eval()
+        return super().train(False)
+
+    def forward(self, input_ids, attention_mask=None):
+        """Scores of right-padded sequences at their last real token (the TRL path does the same indexing)."""
+        hidden = self.backbone(input_ids, attention_mask=attention_mask).hidden_states[-1]
+        scores = self.score(hidden).squeeze(-1)
+        last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full(
+            (scores.shape[0],), scores.shape[1] - 1)
+        return scores[torch.arange(scores.shape[0]), last.to(scores.device)]
+
+
+
+def score_rollouts(reward_model, queries, responses, *, pad_token_id: int, eos_token_id: int,
+                   missing_eos_penalty: float | None) -> torch.Tensor:
+    """Scores of generated replies exactly as TRL 1.12's PPO rollout computes them: each response is cut after its
+    first EOS (trl's truncate_response), appended to its left-padded query, scored at its last real token by trl's
+    get_reward, and lowered by `missing_eos_penalty` when it holds no EOS (PPOConfig.missing_eos_penalty).
+
+    The one scoring path: PPO's rewards and every evaluation score (proxy or judge reward model) go through it.
+    """
+    from trl.experimental.ppo.ppo_trainer import truncate_response
+    from trl.experimental.utils import get_reward
+
+    context_length = queries.shape[1]
+    responses = truncate_response(eos_token_id, pad_token_id, responses)
+    with torch.no_grad():
+        _, scores, _ = get_reward(reward_model, torch.cat((queries, responses), 1), pad_token_id, context_length)
+    scores = scores.float()
+    if missing_eos_penalty:
+        scores[~torch.any(responses == eos_token_id, dim=-1)] -= missing_eos_penalty
+    return scores

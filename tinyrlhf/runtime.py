@@ -39,13 +39,22 @@ def drop_scratch(out_dir) -> None:
     shutil.rmtree(scratch_dir(out_dir), ignore_errors=True)
 
 
-def trainer_kwargs(profile: Profile, *, out_dir, seed: int, progress: bool, steps: int) -> dict:
-    """TrainingArguments shared by the SFT, RM and PPO configs; `out_dir` is the stage's output folder."""
+def trainer_kwargs(profile: Profile, *, out_dir, seed: int, steps: int) -> dict:
+    """TrainingArguments shared by the SFT, RM and PPO configs; `out_dir` is the stage's output folder. The
+    trainers' own progress display is off: callers show one labelled bar per unit of work (progress_callback)."""
     device = resolve_device(profile)
     return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu",
                 bf16=bf16_ok(device), report_to=[] if profile.report_to == "none" else [profile.report_to],
-                save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=not progress,
-                dataloader_num_workers=0)
+                save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0)
+
+
+def quiet_trainer(trainer):
+    """Remove the PrinterCallback a Trainer adds when its bars are off: it prints every logged dict; the metrics
+    stay in trainer.state.log_history (and reach report_to)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def loss_curve(trainer) -> list[dict]:
@@ -108,3 +117,36 @@ def check_target_modules(model, names) -> None:
         raise ConfigError(f"LoRA target modules {missing} are not in {model.config.model_type} "
                           f"({getattr(model.config, '_name_or_path', '')}); set *.target_modules to names it has, "
                           f"e.g. {linear}")
+
+
+def progress_bar(label: str, enabled: bool = True):
+    """report(done, total) for one labelled tqdm bar (a widget in a notebook, text in a terminal); None when
+    progress is off."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, dynamic_ncols=True)
+        bar.total, bar.n = total, done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return report
+
+
+def progress_callback(report):
+    """A TrainerCallback that calls `report(step, max_steps)` after every optimizer step: the trainers' own bars
+    are off (disable_tqdm) and the caller shows one labelled bar per unit of work instead."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            report(state.global_step, state.max_steps)
+
+    return Progress()

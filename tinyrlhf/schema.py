@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .config import PRECISIONS
+from .config import NULL_ARM, PRECISIONS
 from .results import read_json
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -34,6 +34,8 @@ def _obj(required=(), **properties) -> dict:
 
 
 def _nullable(schema: dict) -> dict:
+    if "type" not in schema:  # an enum or a combination: null as one more alternative
+        return {"anyOf": [schema, {"type": "null"}]}
     types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     return {**schema, "type": types if "null" in types else [*types, "null"]}
 
@@ -50,6 +52,7 @@ NONNEG = {"type": "number", "minimum": 0}
 NONNEG_INT = {"type": "integer", "minimum": 0}
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 OBJECT = {"type": "object"}
+BOOL = {"type": "boolean"}
 REASON = _nullable(STR)
 
 
@@ -65,11 +68,6 @@ def _run_entry(status: list[str], done: list[str], metrics: dict, *, keep_nullab
     return entry
 
 
-def _by_precision(entry: dict) -> dict:
-    return {"type": "object", "propertyNames": {"enum": list(PRECISIONS)}, "minProperties": 1,
-            "additionalProperties": entry}
-
-
 MANIFEST_SCHEMA = {
     "$schema": DRAFT,
     "title": "manifest: how a result was produced",
@@ -80,12 +78,19 @@ MANIFEST_SCHEMA = {
 }
 
 
+# What a result was made from (upstream fingerprints) and what it wrote (paths relative to the workdir).
+LINEAGE = _obj(["inputs", "outputs", "fingerprint"], inputs={"type": "object", "additionalProperties": _nullable(STR)},
+               outputs={"type": "object", "additionalProperties": _obj(["bytes", "sha256"], bytes=NONNEG_INT,
+                                                                       sha256=STR)},
+               fingerprint=STR)
+
+
 def _result_schema(title: str, required: list[str], **properties) -> dict:
     """Top level of a result file; the manifest schema is embedded under $defs so each schema stands alone."""
     manifest = {k: v for k, v in MANIFEST_SCHEMA.items() if k != "$schema"}
     return {"$schema": DRAFT, "title": title, "$defs": {"manifest": manifest},
             **_obj(["config_hash", "manifest", *required], config_hash=STR, manifest={"$ref": "#/$defs/manifest"},
-                   **properties)}
+                   lineage=LINEAGE, **properties)}
 
 
 DATA_STATS_SCHEMA = _result_schema(
@@ -100,49 +105,89 @@ _LOSS_PPL = _obj(["loss", "perplexity"], loss=_nullable(NUM), perplexity=_nullab
 SFT_RESULTS_SCHEMA = _result_schema("sft_results.json: supervised fine-tuning", ["before", "after"],
                                     before=_LOSS_PPL, after=_LOSS_PPL)
 
+ARM_NAMES = [*PRECISIONS, NULL_ARM, "judge"]
+CATEGORY_ACCURACY = {"type": "object", "additionalProperties": _obj(
+    ["n", "accuracy", "accuracy_ci95"], n={"type": "integer", "minimum": 1}, accuracy=UNIT,
+    accuracy_ci95=_interval(UNIT))}
+MCNEMAR = _nullable(_obj(["only_first_right", "only_second_right", "p_value"], only_first_right=NONNEG_INT,
+                         only_second_right=NONNEG_INT, p_value=UNIT))
 RM_METRICS = {
-    "accuracy": UNIT, "accuracy_ci95": _interval(UNIT), "mean_margin": NUM,
+    "precision": {"enum": list(PRECISIONS)}, "seed": INT,
+    "accuracy": UNIT, "accuracy_ci95": _interval(UNIT), "by_category": CATEGORY_ACCURACY, "mean_margin": NUM,
     "agreement_with_bf16": UNIT, "rank_correlation_with_bf16": {"type": "number", "minimum": -1, "maximum": 1},
+    "mcnemar_vs_bf16": MCNEMAR,
     "footprint_bytes": NONNEG_INT, "train_seconds": NONNEG, "peak_memory_bytes": NONNEG_INT,
     "throughput_pairs_per_s": NONNEG, "compute_dtype": STR, "loss_curve": {"type": "array", "items": _nullable(NUM)},
     "n_test_pairs": {"type": "integer", "minimum": 1},
 }
+
+
+def _by_arm(entry: dict) -> dict:
+    return {"type": "object", "propertyNames": {"enum": ARM_NAMES}, "minProperties": 1,
+            "additionalProperties": entry}
+
+
 RM_RESULTS_SCHEMA = _result_schema(
-    "rm_results.json: one reward model per precision", ["precisions"],
+    "rm_results.json: one reward model per arm (precisions, the null arm, the heldout judge)", ["arms"],
     # Comparisons with bf16 stay nullable: there is nothing to compare with when bf16 itself failed.
-    precisions=_by_precision(_run_entry(["ok", "failed"], ["ok"], RM_METRICS,
-                                        keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16"))),
+    arms=_by_arm(_run_entry(["ok", "failed"], ["ok"], RM_METRICS,
+                            keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"))),
+    null_arm=_nullable(STR), judge_arm=_nullable(STR),
 )
 
 SAMPLES = {"type": "array", "items": _obj(["prompt", "response", "judged_reward"], prompt=STR, response=STR,
-                                          judged_reward=_nullable(NUM))}
+                                          judged_reward=_nullable(NUM), ended=BOOL)}
 HISTORY_ROW = _obj(["step", "reward", "kl"], step=NONNEG_INT, reward=_nullable(NUM), kl=_nullable(NUM),
                    entropy=_nullable(NUM), policy_loss=_nullable(NUM), value_loss=_nullable(NUM),
                    clipfrac=_nullable(NUM), seconds=_nullable(NONNEG))
-SEED_METRICS = {"judged_reward_mean": NUM, "own_reward_mean": NUM, "kl_mean": NUM, "win_rate_vs_sft": UNIT,
-                "response_length_mean": NONNEG, "train_seconds": NONNEG, "peak_memory_bytes": NONNEG_INT}
-# A finished seed has a history; a failed one may keep what it logged before failing, or null.
-SEED_RUN = _run_entry(["ok", "failed"], ["ok"], {**SEED_METRICS, "history": {"type": "array", "items": HISTORY_ROW}},
-                      required=["seed"], seed=INT, samples=_nullable(SAMPLES))
-
-PPO_METRICS = {
-    "judged_reward_mean": NUM, "judged_reward_std": NONNEG, "judged_reward_ci95": _interval(NUM),
-    "own_reward_mean": NUM, "gain_vs_sft": NUM, "tax_vs_bf16": NUM, "tax_vs_bf16_ci95": _interval(NUM),
-    "kl_mean": NUM, "win_rate_vs_sft": UNIT, "response_length_mean": NONNEG, "train_seconds_mean": NONNEG,
-    "peak_memory_bytes_max": NONNEG_INT,
+PER_PROMPT = {"type": "array", "items": NUM, "minItems": 1}
+CHECKPOINT = _obj(["step", "judge_mean", "proxy_mean", "kl_mean", "eos_share"], step=NONNEG_INT, judge_mean=NUM,
+                  proxy_mean=NUM, kl_mean=NUM, eos_share=UNIT, length_mean=NONNEG)
+EVALUATION = {"judge_mean": NUM, "judge_per_prompt": PER_PROMPT, "eos_share": UNIT, "length_mean": NONNEG,
+              "cross": {"type": "object", "additionalProperties": NUM}, "samples": SAMPLES}
+SEED_METRICS = {**EVALUATION, "proxy_mean": NUM, "proxy_per_prompt": PER_PROMPT, "kl_mean": NUM,
+                "kl_per_prompt": PER_PROMPT, "win_rate_vs_sft": UNIT, "train_seconds": NONNEG,
+                "peak_memory_bytes": NONNEG_INT, "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
+                "history": {"type": "array", "items": HISTORY_ROW}}
+SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed"], seed=INT)
+FRONTIER_POINT = _obj(["step", "d", "kl", "gold_gain", "proxy_gain"], seed=_nullable(INT), step=NONNEG_INT,
+                      d=NONNEG, kl=NUM, gold_gain=NUM, proxy_gain=NUM)
+FRONTIER = _obj(["points", "fit"], points={"type": "array", "items": FRONTIER_POINT},
+                fit=_obj(["alpha", "beta", "alpha_ci95", "beta_ci95"], alpha=_nullable(NUM), beta=_nullable(NUM),
+                         alpha_ci95=_nullable(_interval(NUM)), beta_ci95=_nullable(_interval(NUM))))
+PROJECTION = _obj(["variance_seeds", "variance_prompts", "half_width_by_seeds", "half_width_grid", "target",
+                   "reaches_target"], variance_seeds=_nullable(NONNEG), variance_prompts=_nullable(NONNEG),
+                  half_width_by_seeds={"type": "object", "additionalProperties": NONNEG},
+                  half_width_grid={"type": "array", "items": _obj(["seeds", "prompt_factor", "half_width"],
+                                                                  seeds=NONNEG_INT, prompt_factor=NONNEG_INT,
+                                                                  half_width=NONNEG)},
+                  target=NONNEG, reaches_target=_nullable(OBJECT))
+ARM_METRICS = {
+    "precision": {"enum": list(PRECISIONS)}, "judge_mean": NUM, "judge_std_over_seeds": NONNEG, "proxy_mean": NUM,
+    "kl_mean": NUM, "eos_share": UNIT, "length_mean": NONNEG, "win_rate_vs_sft": UNIT,
+    "gold_gain_vs_sft": NUM, "gold_gain_vs_sft_ci95": _interval(NUM), "tax_vs_bf16": NUM,
+    "tax_vs_bf16_ci95": _interval(NUM), "gain_diff_vs_bf16": NUM, "gain_diff_vs_bf16_ci95": _interval(NUM),
+    "train_seconds_mean": NONNEG, "peak_memory_bytes_max": NONNEG_INT, "frontier": FRONTIER,
 }
 PPO_RESULTS_SCHEMA = _result_schema(
-    "ppo_experiment_results.json: PPO against each reward model", ["judge", "sft", "precisions", "cross_matrix"],
-    judge={"enum": list(PRECISIONS)},
-    sft=_obj(["judged_reward_mean", "judged_reward_std", "response_length_mean", "samples"],
-             judged_reward_mean=NUM, judged_reward_std=_nullable(NONNEG), response_length_mean=NONNEG,
-             samples=SAMPLES),
+    "ppo_experiment_results.json: PPO against each arm's reward model, judged by a judge no arm trained against",
+    ["judge", "eval", "sft", "arms", "cross_matrix"],
+    judge=_obj(["kind", "name", "why"], kind={"enum": ["gold", "reward_model", "external"]}, name=STR, why=STR,
+               path=_nullable(STR)),
+    eval=_obj(["prompts", "samples", "checkpoint_steps", "missing_eos_penalty", "bootstrap"],
+              prompts={"type": "integer", "minimum": 1}, samples={"type": "integer", "minimum": 1},
+              checkpoint_steps={"type": "array", "items": NONNEG_INT, "minItems": 1}, missing_eos_penalty=NONNEG,
+              bootstrap=NONNEG_INT),
+    sft=_obj(list(EVALUATION), **EVALUATION),
+    null_arm=_nullable(STR),
     # "partial": some seeds failed; the aggregates cover the finished ones. One finished seed has no spread,
-    # and there is no tax when bf16 failed, hence those stay nullable.
-    precisions=_by_precision(_run_entry(
-        ["ok", "partial", "failed"], ["ok", "partial"], PPO_METRICS, required=["seeds"],
-        keep_nullable=("judged_reward_std", "judged_reward_ci95", "tax_vs_bf16", "tax_vs_bf16_ci95"),
-        seeds={"type": "array", "items": SEED_RUN})),
+    # and there is no tax when bf16 failed (and no interval from too few draws), hence those stay nullable.
+    arms=_by_arm(_run_entry(
+        ["ok", "partial", "failed"], ["ok", "partial"], ARM_METRICS, required=["seeds"],
+        keep_nullable=("judge_std_over_seeds", "gold_gain_vs_sft_ci95", "tax_vs_bf16", "tax_vs_bf16_ci95",
+                       "gain_diff_vs_bf16", "gain_diff_vs_bf16_ci95"),
+        seeds={"type": "array", "items": SEED_RUN},
+        projection=_nullable(PROJECTION))),  # every arm but bf16 (the reference has no tax)
     cross_matrix=_obj(["policies", "judges", "mean_reward"],
                       policies={"type": "array", "items": STR, "minItems": 1},
                       judges={"type": "array", "items": STR, "minItems": 1},
@@ -164,12 +209,13 @@ def _schema_problems(obj, kind: str):
 
 def _intervals(obj, kind: str):
     """Every [low, high] interval of a valid result, with its JSON path."""
-    precisions = obj.get("precisions", {}) if kind in ("rm", "ppo") else {}
-    names = {"rm": ["accuracy_ci95"], "ppo": ["judged_reward_ci95", "tax_vs_bf16_ci95"]}.get(kind, [])
-    for p, entry in precisions.items():
+    arms = obj.get("arms", {}) if kind in ("rm", "ppo") else {}
+    names = {"rm": ["accuracy_ci95"], "ppo": ["gold_gain_vs_sft_ci95", "tax_vs_bf16_ci95",
+                                              "gain_diff_vs_bf16_ci95"]}.get(kind, [])
+    for arm, entry in arms.items():
         for name in names:
             if entry.get(name) is not None:
-                yield f"$.precisions.{p}.{name}", entry[name]
+                yield f"$.arms.{arm}.{name}", entry[name]
 
 
 def _semantic_problem(obj, kind: str):

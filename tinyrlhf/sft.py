@@ -11,7 +11,16 @@ from .chat import completion
 from .config import Profile, resolve_device
 from .data import Pair
 from .results import MemoryMeter
-from .runtime import drop_scratch, free_memory, lora_config, loss_curve, seed_everything, trainer_kwargs
+from .runtime import (
+    drop_scratch,
+    free_memory,
+    lora_config,
+    loss_curve,
+    progress_callback,
+    quiet_trainer,
+    seed_everything,
+    trainer_kwargs,
+)
 
 
 def completion_batch(tokenizer, prompts: list[str], completions: list[str]) -> dict:
@@ -78,7 +87,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
 def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: float, epochs: float = 1.0,
               accum: int = 1, warmup: float = 0.0, dropout: float = 0.05, max_steps: int = -1, lora_r: int = 16,
               lora_alpha: int = 32, target_modules=("c_attn",), gradient_checkpointing: bool = False,
-              max_length: int = 256, seed: int = 0, profile: Profile, progress: bool = True) -> dict:
+              max_length: int = 256, seed: int = 0, profile: Profile, report=None) -> dict:
     """LoRA SFT of the model at `init_path` on `data_path` (prompt/completion JSONL).
 
     Saves the adapter to `out_dir/adapter` and the merged model to `out_dir/merged`; returns the loss curve,
@@ -90,19 +99,20 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     seed_everything(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
-    model = load_causal_lm(init_path, trust_remote_code=profile.base.trust_remote_code, device=device)
+    model = load_causal_lm(init_path, trust_remote_code=profile.base.trust_remote_code, device=device,
+                           tokenizer=tokenizer)
     dataset = load_dataset("json", data_files=str(data_path), split="train")
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=dropout, target_modules=target_modules,
                        task_type="CAUSAL_LM")
     args = SFTConfig(
-        **trainer_kwargs(profile, out_dir=out_dir, seed=seed, progress=progress,
+        **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
                          steps=max_steps if max_steps > 0 else 100),
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
         gradient_checkpointing=gradient_checkpointing, max_length=max_length, completion_only_loss=True,
         packing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora)
+    trainer = quiet_trainer(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=lora, callbacks=[progress_callback(report)] if report else None))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in trainer.model.parameters())  # base + LoRA
     with MemoryMeter() as meter:

@@ -13,23 +13,41 @@ import logging
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
-from . import base_model, data, evaluate, schema
-from .config import Paths, Profile, hh_dir, resolve_device, resolve_source
+from . import base_model, data, evaluate, lineage, schema
+from .config import NULL_ARM, Paths, Profile, hh_dir, resolve_device, resolve_source
+from .evaluate import experiment_result
+from .jobs import run_jobs
 from .memory import measured_vs_estimate
 from .ppo import PPOError, train_ppo
-from .results import atomic_write_json, current_rss_bytes, data_source_of, manifest, read_json, to_json_ready
-from .reward import PRECISION_FILE, RewardModelError, evaluate_reward_model, footprint_bytes, load_reward_model
-from .reward import train_reward_model
-from .runtime import collected, free_memory
+from .results import (
+    atomic_write_json,
+    current_rss_bytes,
+    data_source_of,
+    manifest,
+    read_json,
+    to_json_ready,
+    workdir_lock,
+)
+from .reward import (
+    CPURewardModel,
+    RewardModelError,
+    evaluate_reward_model,
+    footprint_bytes,
+    load_reward_model,
+    train_reward_model,
+)
+from .runtime import collected, free_memory, progress_bar, progress_callback
 from .sft import generate, heldout_loss, train_sft
+from .stats import mcnemar, spearman
+from .synthetic import GOLD_RULE, pretraining_corpus
 
 log = logging.getLogger(__name__)
 
-JUDGE = "bf16"  # the reward model every policy is judged by
+JUDGE_ARM = "judge"  # the heldout judge's reward model (eval.judge = "heldout"), trained on the other half
 
 
 @dataclass(frozen=True)
@@ -47,42 +65,94 @@ SFT = Stage("sft", "sft", ("data", "base", "sft"), "02_SFT_Finetuning",
             "build the base model (cpu profile), LoRA SFT, held-out loss before/after")
 RM = Stage("rm", "rm", ("data", "base", "sft", "rm"), "03_Reward_Modeling",
            "one reward model per precision, evaluated on held-out pairs")
-PPO = Stage("ppo", "ppo", ("data", "base", "sft", "rm", "ppo"), "04_PPO_Alignment",
+PPO = Stage("ppo", "ppo", ("data", "base", "sft", "rm", "ppo", "eval"), "04_PPO_Alignment",
             "PPO against each reward model per seed, evaluation, the quantization tax")
 
 
+BY_KIND = {st.kind: st for st in (DATA, SFT, RM, PPO)}
+
+
+class StaleInputError(RuntimeError):
+    """An upstream stage is missing, failed or out of date; the message names it and what to rerun."""
+
+
 # ------------------------------------------------------------------------------------------------- the cycle
-def _reusable(result_path: Path, config_hash: str, outputs) -> bool:
-    """A previous run with the same settings finished: its result file and its outputs all exist."""
-    if not result_path.exists() or not all(Path(p).exists() for p in outputs):
-        return False
+def config_hash(stage: Stage, profile: Profile) -> str:
+    """The settings a stage's outputs depend on, plus what is not a setting: the data source (and its folder),
+    and for the reward models whether a heldout judge takes half of the pairs."""
+    extra = ""
+    if stage is DATA:
+        source = resolve_source(profile)
+        extra = f":{source}:{hh_dir() if source == 'local' else ''}"
+    elif stage is RM and profile.eval.judge == "heldout":
+        extra = ":halves"  # the arms train on half of the pairs, the judge on the other half
+    return profile.section_hash(*stage.sections) + extra
+
+
+def _failed_parts(result: dict) -> list[str]:
+    return [name for name, rec in (result.get("arms") or {}).items() if rec.get("status") != "ok"]
+
+
+def _not_reusable(result_path: Path, expected_hash: str, inputs: dict, root: Path) -> str | None:
+    """Why the previous result cannot be reused, or None when it can."""
+    if not result_path.exists():
+        return "it has not run yet"
     try:
-        return read_json(result_path).get("config_hash") == config_hash
-    except (ValueError, OSError):
-        return False
+        result = read_json(result_path)
+    except (ValueError, OSError) as e:
+        return f"its result file is unreadable ({type(e).__name__})"
+    if result.get("config_hash") != expected_hash:
+        return "its settings changed"
+    failed = _failed_parts(result)
+    if failed:
+        return f"{', '.join(failed)} did not finish last time"
+    return lineage.stale_reason(result, root, inputs)
+
+
+def upstream_inputs(stage: Stage, profile: Profile, paths: Paths) -> dict:
+    """The fingerprints of the upstream results a stage reads, after checking each is there, current and intact
+    (recursively): a stage never builds on a stale or broken input."""
+    inputs = {}
+    for kind in lineage.UPSTREAM[stage.kind]:
+        up = BY_KIND[kind]
+        where = f"rerun {up.notebook} (or `tinyrlhf run {up.name}`)"
+        if not paths.result(kind).exists():
+            raise StaleInputError(f"{stage.name} needs the {up.name} stage's results: {where} first")
+        reason = _not_reusable(paths.result(kind), config_hash(up, profile), upstream_inputs(up, profile, paths),
+                               paths.root)
+        if reason and not (kind == "rm" and reason.endswith("did not finish last time")):  # PPO skips failed arms
+            raise StaleInputError(f"{stage.name} cannot use the {up.name} stage's results: {reason}; {where}")
+        inputs[kind] = lineage.fingerprint_of(read_json(paths.result(kind)))
+    return inputs
 
 
 def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute: Callable[[], tuple[dict, dict]],
-          outputs=(), hash_extra: str = "") -> dict:
-    """config hash -> reuse -> compute -> manifest -> schema validation -> atomic write.
+          outputs=()) -> dict:
+    """upstream check -> config hash -> reuse -> compute -> lineage + manifest -> schema validation -> atomic write.
 
-    `compute()` returns (result, manifest keywords: data_source, seeds, timings, peak_memory). The returned dict is
-    what was written, plus "reused" (not written).
+    `outputs` are the files and folders the stage writes (digested into its lineage). `compute()` returns (result,
+    manifest keywords: data_source, seeds, timings, peak_memory). The returned dict is what was written, plus
+    "reused" (not written). One stage at a time per workdir (a lock).
     """
     paths.make()
-    config_hash = profile.section_hash(*stage.sections) + hash_extra
-    result_path = paths.result(stage.kind)
-    if not force and _reusable(result_path, config_hash, outputs):
-        log.info("%s: reusing %s (same settings)", stage.name, result_path)
-        return read_json(result_path) | {"reused": True}
-    log.info("%s: %s", stage.name, stage.does)
-    t0 = time.perf_counter()
-    result, meta = compute()
-    meta["timings"] = {"stage_seconds": time.perf_counter() - t0} | meta.get("timings", {})
-    result = to_json_ready({"config_hash": config_hash} | result | {"manifest": manifest(profile, stage.name, **meta)})
-    schema.validate(result, stage.kind, source=result_path)
-    atomic_write_json(result_path, result)
-    return result | {"reused": False}
+    with workdir_lock(paths.root):
+        inputs = upstream_inputs(stage, profile, paths)
+        expected = config_hash(stage, profile)
+        result_path = paths.result(stage.kind)
+        reason = "forced" if force else _not_reusable(result_path, expected, inputs, paths.root)
+        if reason is None:
+            log.info("%s: reusing %s (same settings and inputs, outputs verified)", stage.name, result_path)
+            return read_json(result_path) | {"reused": True}
+        log.info("%s: %s (%s)", stage.name, stage.does, reason)
+        t0 = time.perf_counter()
+        result, meta = compute()
+        meta["timings"] = {"stage_seconds": time.perf_counter() - t0} | meta.get("timings", {})
+        result = to_json_ready({"config_hash": expected} | result
+                               | {"lineage": lineage.record(expected, inputs, paths.root, outputs),
+                                  "manifest": manifest(profile, stage.name, **meta)})
+        schema.validate(result, stage.kind, source=result_path)
+        atomic_write_json(result_path, result)
+        return result | {"reused": False}
 
 
 def failure(e: BaseException) -> dict:
@@ -104,16 +174,17 @@ def run_data(profile: Profile, paths: Paths, *, force: bool = False, progress: b
     if base_model.is_scratch(profile):
         outputs.append(paths.base / "tokenizer.json")  # trained here, so part of this stage's output
     return cycle(DATA, profile, paths, force=force, outputs=outputs,
-                 hash_extra=f":{source}:{hh_dir() if source == 'local' else ''}",
                  compute=lambda: _prepare_data(profile, paths, source))
 
 
 def _prepare_data(profile: Profile, paths: Paths, source: str):
     d = profile.data
     ######## Read and parse ########
-    raw = data.load_source(source, subsets=d.subsets, synthetic_pairs=d.synthetic_pairs, seed=profile.seed,
-                           hh_dir=hh_dir())
+    raw = data.load_source(source, subsets=d.subsets, synthetic_pairs=d.synthetic_pairs,
+                           off_topic_share=d.off_topic_share, seed=profile.seed, hh_dir=hh_dir(), hub_id=d.hub_id)
     pairs, report = data.parse_source(raw, d.max_skipped_share)
+    if source == "synthetic":
+        pairs = data.with_categories(pairs)
 
     ######## De-duplicate, cap, split by prompt ########
     pairs, n_dup = data.deduplicate(pairs)
@@ -157,7 +228,8 @@ def prepared_lengths(profile: Profile, paths: Paths) -> dict:
 # ----------------------------------------------------------------------------------------------------- 02 SFT
 def run_sft(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
     """02: the base model (built on `cpu`), held-out loss and generations before and after LoRA SFT."""
-    return cycle(SFT, profile, paths, force=force, outputs=[paths.sft_merged / "config.json"],
+    built = [paths.base] if base_model.is_scratch(profile) else []
+    return cycle(SFT, profile, paths, force=force, outputs=[*built, paths.sft_adapter, paths.sft_merged],
                  compute=lambda: _fine_tune(profile, paths, force, progress))
 
 
@@ -180,10 +252,11 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
                     dropout=s.dropout, max_steps=s.max_steps, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
                     target_modules=s.target_modules, gradient_checkpointing=s.gradient_checkpointing,
                     max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                    seed=profile.seed, profile=profile, progress=progress)
+                    seed=profile.seed, profile=profile, report=progress_bar("SFT (LoRA)", progress))
 
-    ######## After ########
+    ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
     after, after_text = _loss_and_replies(run["merged_dir"], tokenizer, test_pairs, prompts, max_new, trust, device)
+    quality = sft_reply_quality(profile, paths, tokenizer)
     result = {
         "base_model": profile.base.model,
         "base_pretraining": {k: v for k, v in base_summary.items() if k != "config_hash"},
@@ -193,14 +266,34 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
         "memory": measured_vs_estimate(profile, "sft", run["peak_memory"]),
         "trainable_parameters": run["trainable_parameters"], "total_parameters": run["total_parameters"],
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before_text, after_text)],
+        "reply_quality": quality,
         "artifacts": {"adapter": run["adapter_dir"], "merged": run["merged_dir"]},
     }
     return result, {"data_source": data_source_of(paths), "timings": {"train_seconds": run["train_seconds"]},
                     "peak_memory": run["peak_memory"]}
 
 
+def sft_reply_quality(profile: Profile, paths: Paths, tokenizer) -> dict:
+    """The SFT policy's sampled replies to the evaluation prompts: how many end with EOS within ppo.max_new, their
+    length, and their gold reward when the data is synthetic."""
+    p, e = profile.ppo, profile.eval
+    policy = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=profile.base.trust_remote_code,
+                                       device=resolve_device(profile))
+    prompts = evaluate.eval_prompts([x.prompt for x in data.read_pairs(paths.data_file("test"))], e.prompts,
+                                    profile.seed)
+    rollouts = evaluate.sample(policy, tokenizer, prompts, samples=e.samples, max_new=p.max_new,
+                               temperature=p.temperature, seed=profile.seed)
+    gold = (evaluate.gold_scores(rollouts, missing_eos_penalty=p.missing_eos_penalty)
+            if resolve_source(profile) == "synthetic" else None)
+    del policy
+    free_memory()
+    return {"replies": len(rollouts.texts), "max_new": p.max_new, "eos_share": sum(rollouts.has_eos) / len(
+        rollouts.has_eos), "length_mean": sum(rollouts.lengths()) / len(rollouts.texts),
+            "gold_mean": None if gold is None else sum(gold) / len(gold)}
+
+
 def _loss_and_replies(model_path, tokenizer, pairs, prompts, max_new: int, trust: bool, device: str):
-    model = base_model.load_causal_lm(model_path, trust_remote_code=trust, device=device)
+    model = base_model.load_causal_lm(model_path, trust_remote_code=trust, device=device, tokenizer=tokenizer)
     out = heldout_loss(model, tokenizer, pairs), generate(model, tokenizer, prompts, max_new)
     del model
     free_memory()
@@ -213,178 +306,284 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
     if not base_model.is_scratch(profile):
         return {"model": profile.base.model, "built": False, "reason": "GPU profiles start from a pre-trained model"}
     summary_path = paths.base / "pretrain_summary.json"
-    config_hash = profile.section_hash("data", "base")
-    if not force and _reusable(summary_path, config_hash, [paths.base / "model.safetensors"]):
-        return read_json(summary_path) | {"reused": True}
+    # built from the prepared data and the tokenizer the data stage trained: its fingerprint is part of the hash
+    config_hash = profile.section_hash("data", "base") + ":" + str(lineage.fingerprint_of(read_json(
+        paths.result("data_stats"))))
+    weights = [paths.base / "model.safetensors", paths.base / "config.json"]
+    if not force and summary_path.exists():
+        previous = read_json(summary_path)
+        if previous.get("config_hash") == config_hash and lineage.stale_reason(previous, paths.root, {}) is None:
+            return previous | {"reused": True}
     tok = base_model.load_tokenizer(paths.base)
-    texts = base_model.dialogue_texts(data.read_pairs(paths.data_file("train")), tok.eos_token)
+    b = profile.base
+    if resolve_source(profile) == "synthetic":
+        texts = [t + tok.eos_token for t in pretraining_corpus(b.pretrain_dialogues, profile.seed,
+                                                                rude_share=b.rude_share, comply_share=b.comply_share)]
+    else:  # real dialogues: both replies of every training pair
+        texts = base_model.dialogue_texts(data.read_pairs(paths.data_file("train")), tok.eos_token)
     summary = base_model.pretrain(texts, tok, out_dir=paths.base, settings=profile.base, seed=profile.seed,
                                   max_len=profile.data.max_prompt_tokens + profile.data.max_response_tokens,
-                                  progress=progress)
-    atomic_write_json(summary_path, {"config_hash": config_hash} | summary)
-    return {"config_hash": config_hash} | summary | {"reused": False}
+                                  report=progress_bar("Pre-training the base model", progress))
+    summary = {"config_hash": config_hash} | summary | {"lineage": lineage.record(config_hash, {}, paths.root, weights)}
+    atomic_write_json(summary_path, summary)
+    return summary | {"reused": False}
 
 
 # ------------------------------------------------------------------------------------------- 03 reward models
+def rm_arms(profile: Profile) -> dict[str, dict]:
+    """Every reward model the rm stage trains: one per precision, the null arm (bf16, another seed) and, for the
+    heldout judge, the judge (bf16, a third seed, trained on the other half of the training pairs)."""
+    arms = {p: {"precision": p, "seed": profile.seed, "half": "a"} for p in profile.rm.precisions}
+    if profile.rm.null_arm:
+        arms[NULL_ARM] = {"precision": "bf16", "seed": profile.seed + 1, "half": "a"}
+    if profile.eval.judge == "heldout":
+        arms[JUDGE_ARM] = {"precision": "bf16", "seed": profile.seed + 2, "half": "b"}
+    return arms
+
+
 def run_rm(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """03: one reward model per precision from the SFT model; a precision that fails is recorded, the rest go on."""
-    required = [paths.rm(p) / PRECISION_FILE for p in profile.rm.precisions]
-    return cycle(RM, profile, paths, force=force, outputs=required,
+    """03: the reward models from the SFT model, one job each; one that fails is recorded, the rest go on."""
+    return cycle(RM, profile, paths, force=force, outputs=[paths.rm(arm) for arm in rm_arms(profile)],
                  compute=lambda: _reward_models(profile, paths, progress))
 
 
 def _reward_models(profile: Profile, paths: Paths, progress: bool):
     if not (paths.sft_merged / "config.json").exists():
         raise RewardModelError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
-    tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=profile.base.trust_remote_code)
-    test_pairs = data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
-    precisions, reference = {}, None
-    for precision in profile.rm.precisions:
-        try:
-            rec, ev = _train_and_evaluate_rm(profile, paths, precision, tokenizer, test_pairs, reference, progress)
-            reference = ev if precision == "bf16" else reference
-        except Exception as e:  # one precision failing (e.g. out of memory) must not stop the others
-            rec = failure(e)
-        precisions[precision] = rec
-    return {"precisions": precisions}, {
+    ######## The training pairs: all of them, or two halves when a reward model is the judge ########
+    train = data.read_pairs(paths.data_file("train"))
+    halves = dict(zip("ab", data.split_by_prompt(train, 0.5, profile.seed))) if profile.eval.judge == "heldout" \
+        else {"a": train}
+
+    ######## One job per reward model ########
+    arms = rm_arms(profile)
+    jobs = [{"profile": profile, "paths": paths, "arm": arm, "train": halves[spec["half"]], **spec}
+            for arm, spec in arms.items()]
+    labels = [f"RM {arm} ({i + 1}/{len(jobs)})" for i, arm in enumerate(arms)]
+    records = run_jobs(_rm_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
+                       progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
+
+    ######## Every reward model beside bf16 on the same test pairs ########
+    records = dict(zip(arms, records))
+    compare_with_reference(records, "bf16")
+    return {"arms": records, "null_arm": NULL_ARM if profile.rm.null_arm else None,
+            "judge_arm": JUDGE_ARM if JUDGE_ARM in arms else None}, {
         "data_source": data_source_of(paths),
-        "timings": {p: r.get("train_seconds") for p, r in precisions.items()},
-        "peak_memory": {p: r.get("peak_memory_bytes") for p, r in precisions.items()}}
+        "timings": {a: r.get("train_seconds") for a, r in records.items()},
+        "peak_memory": {a: r.get("peak_memory_bytes") for a, r in records.items()}}
 
 
-def _train_and_evaluate_rm(profile: Profile, paths: Paths, precision: str, tokenizer, test_pairs, reference,
-                           progress: bool) -> tuple[dict, dict]:
-    r = profile.rm
-    run = train_reward_model(
-        paths.data_file("train"), init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
-        out_dir=paths.rm(precision), batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum,
-        warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
-        lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
-        max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1, seed=profile.seed,
-        profile=profile, progress=progress)
-    free_memory()
-    # Evaluate the model as saved: this also proves it reloads at its precision. Scored on CPU, where PPO scores.
-    model, _ = load_reward_model(paths.rm(precision), trust_remote_code=profile.base.trust_remote_code, device="cpu")
-    ev = evaluate_reward_model(model, tokenizer, test_pairs, reference=reference)
-    bf16 = 1.0 if precision == "bf16" else None
-    rec = {"status": "ok", "reason": None, "accuracy": ev["accuracy"], "accuracy_ci95": ev["accuracy_ci95"],
-           "mean_margin": ev["mean_margin"], "n_test_pairs": ev["n_test_pairs"],
-           "agreement_with_bf16": ev.get("agreement_with_bf16", bf16),
-           "rank_correlation_with_bf16": ev.get("rank_correlation_with_bf16", bf16),
-           "footprint_bytes": footprint_bytes(model), "train_seconds": run["train_seconds"],
-           "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
-           "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
-           "throughput_pairs_per_s": ev["throughput_pairs_per_s"], "compute_dtype": run["compute_dtype"],
-           "trainable_parameters": run["trainable_parameters"],
-           "loss_curve": [h["loss"] for h in run["loss_curve"]]}
-    ref = weakref.ref(model)
-    del model
-    rec["released"] = collected(ref)
-    rec["rss_after_release_bytes"] = current_rss_bytes()
-    return rec, ev
+def _rm_job(job: dict, report) -> dict:
+    """Train one reward model, reload it as saved (proving it loads at its precision) and evaluate it on CPU."""
+    profile, paths, arm, precision = job["profile"], job["paths"], job["arm"], job["precision"]
+    r, trust = profile.rm, profile.base.trust_remote_code
+    try:
+        tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
+        run = train_reward_model(
+            job["train"], init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
+            out_dir=paths.rm(arm), batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum,
+            warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
+            lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
+            max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1, seed=job["seed"],
+            profile=profile, callbacks=[progress_callback(report)])
+        free_memory()
+        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu")
+        test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
+        ev = evaluate_reward_model(model, tokenizer, test)
+        footprint = footprint_bytes(model)
+        ref = weakref.ref(model)
+        del model
+        return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"],
+                "train_pairs": len(job["train"]), **ev,
+                "footprint_bytes": footprint, "train_seconds": run["train_seconds"],
+                "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
+                "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
+                "compute_dtype": run["compute_dtype"], "trainable_parameters": run["trainable_parameters"],
+                "loss_curve": [h["loss"] for h in run["loss_curve"]], "released": collected(ref),
+                "rss_after_release_bytes": current_rss_bytes()}
+    except Exception as e:  # recorded; the other reward models go on
+        return failure(e) | {"precision": precision, "seed": job["seed"]}
+
+
+def compare_with_reference(records: dict, reference: str) -> None:
+    """Agreement, rank correlation and McNemar's paired test of every finished reward model against `reference`
+    on the same test pairs; the per-pair scores are then dropped (they are not part of the result file)."""
+    ref = records.get(reference, {})
+    for arm, rec in records.items():
+        if rec.get("status") != "ok":
+            continue
+        if arm == reference:
+            rec.update(agreement_with_bf16=1.0, rank_correlation_with_bf16=1.0, mcnemar_vs_bf16=None)
+        elif ref.get("status") == "ok":
+            wins, ref_wins = rec["wins"], ref["wins"]
+            rec.update(agreement_with_bf16=sum(a == b for a, b in zip(wins, ref_wins)) / len(wins),
+                       rank_correlation_with_bf16=spearman(rec["scores_chosen"] + rec["scores_rejected"],
+                                                           ref["scores_chosen"] + ref["scores_rejected"]),
+                       mcnemar_vs_bf16=mcnemar(ref_wins, wins))
+        else:
+            rec.update(agreement_with_bf16=None, rank_correlation_with_bf16=None, mcnemar_vs_bf16=None)
+    for rec in records.values():
+        for key in ("wins", "scores_chosen", "scores_rejected"):
+            rec.pop(key, None)
 
 
 # ------------------------------------------------------------------------------------------------------ 04 PPO
 def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """04: PPO against each reward model for every seed, every policy evaluated under every reward model."""
-    required = [paths.policy(p, s) / "adapter_config.json" for p in profile.rm.precisions for s in profile.ppo.seeds]
-    return cycle(PPO, profile, paths, force=force, outputs=required, compute=lambda: _experiment(profile, paths,
-                                                                                                progress))
+    """04: PPO against every arm's reward model for every seed, evaluated along training by the judge and the
+    proxy; the cross matrix; gains, taxes and the null arm with hierarchical-bootstrap intervals; the frontier."""
+    policies = [paths.policy(a, s) for a in profile.arms for s in profile.ppo.seeds]
+    return cycle(PPO, profile, paths, force=force, outputs=policies,
+                 compute=lambda: _experiment(profile, paths, progress))
 
 
 def _experiment(profile: Profile, paths: Paths, progress: bool):
-    p, trust = profile.ppo, profile.base.trust_remote_code
-    ######## Inputs: the SFT policy, the reward models that finished, the evaluation prompts ########
+    ######## Inputs: the SFT policy, the reward models that finished, the judge, the evaluation prompts ########
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
-    rm_results = read_json(paths.result("rm"))["precisions"]
-    wanted = list(profile.rm.precisions)
-    usable = [x for x in wanted if rm_results.get(x, {}).get("status") == "ok"]
-    if JUDGE not in usable:
-        raise PPOError("the bf16 reward model is missing or failed: it is the judge and the value model's start; "
-                       "rerun 03_Reward_Modeling")
-    prompts = eval_prompts(profile, paths)
-    sample = dict(max_new=p.max_new, temperature=p.temperature, seed=profile.seed)
+    rm_records = read_json(paths.result("rm"))["arms"]
+    usable = [a for a in profile.arms if rm_records.get(a, {}).get("status") == "ok"]
+    if "bf16" not in usable:
+        raise PPOError("the bf16 reward model is missing or failed: every tax is relative to it; rerun "
+                       "03_Reward_Modeling")
+    judge = judge_spec(profile, paths, rm_records)
+    prompts = evaluate.eval_prompts([p.prompt for p in data.read_pairs(paths.data_file("test"))],
+                                    profile.eval.prompts, profile.seed)
 
-    ######## The SFT policy's replies: the reference of every gain ########
-    tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
-    sft_model = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=trust, device=resolve_device(profile))
-    outputs = {"sft": evaluate.policy_outputs(sft_model, tokenizer, prompts, with_kl=False, **sample)}
-    del sft_model
-    free_memory()
+    ######## One job for the SFT policy, one per arm and seed; each run is evaluated along training ########
+    base = {"profile": profile, "paths": paths, "prompts": prompts, "judge": judge, "scorers": usable}
+    jobs = [base | {"arm": "sft", "seed": profile.seed}]
+    jobs += [base | {"arm": arm, "seed": seed} for arm in profile.arms for seed in profile.ppo.seeds]
+    labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
+                                              for i, j in enumerate(jobs[1:])]
+    results = run_jobs(_policy_job, [j if j["arm"] == "sft" or j["arm"] in usable else j | {"skip": rm_records.get(
+        j["arm"], {}).get("reason") or "no reward model"} for j in jobs], workers=profile.workers,
+        threads=profile.threads, labels=labels, progress=progress,
+        failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
+    sft, runs = results[0], {arm: [] for arm in profile.arms}
+    for job, rec in zip(jobs[1:], results[1:]):
+        runs[job["arm"]].append(rec)
+    if sft.get("status") != "ok":
+        raise PPOError(f"the SFT policy could not be evaluated: {sft.get('reason')}")
 
-    ######## One PPO run per precision and seed, sampled at once ########
-    runs = {x: [] for x in wanted}
-    for precision in wanted:
-        for seed in p.seeds:
-            rec = {"seed": seed, "status": "failed", "reason": None}
-            if precision not in usable:
-                rec["reason"] = f"reward model {precision} failed in 03: {rm_results.get(precision, {}).get('reason')}"
-            else:
-                rec = _train_and_sample(profile, paths, precision, seed, prompts, outputs, progress)
-            runs[precision].append(rec)
-
-    ######## Every reply under every reward model, then the aggregates ########
-    scores = evaluate.score_outputs({x: paths.rm(x) for x in usable}, prompts, outputs, trust_remote_code=trust)
-    for precision, seed_runs in runs.items():
-        for rec in (r for r in seed_runs if r["status"] == "ok"):
-            key = f"{precision}/{rec['seed']}"
-            rec.update(evaluate.seed_metrics(prompts, outputs[key], scores[key], judge=JUDGE, own=precision,
-                                             sft_judged=scores["sft"][JUDGE], samples=p.sample_responses))
-    return _experiment_result(profile, paths, prompts, outputs, scores, runs, usable)
+    ######## Statistics: gains, taxes, the null arm, the frontier ########
+    return _experiment_result(profile, paths, judge, prompts, sft, runs, usable)
 
 
-def _train_and_sample(profile: Profile, paths: Paths, precision: str, seed: int, prompts, outputs: dict,
-                      progress: bool) -> dict:
-    """One PPO run, then its policy's replies to the evaluation prompts (into `outputs`); a failure is recorded."""
-    p = profile.ppo
-    rec = {"seed": seed, "status": "failed", "reason": None}
+def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
+    """Which judge scores every policy, and why it is one no arm trained against."""
+    judge = profile.eval.judge
+    if judge == "gold":
+        if resolve_source(profile) != "synthetic":
+            raise PPOError("eval.judge='gold' knows only the synthetic data's rules; on other data set eval.judge to "
+                           "'heldout' or to a reward model's path or hub id")
+        return {"kind": "gold", "name": "gold reward (the synthetic generator's rules)", "path": None,
+                "why": "written from the rules that generated the data; no arm's reward model is trained on it",
+                "rule": GOLD_RULE}
+    if judge == "heldout":
+        rec = rm_records.get(JUDGE_ARM, {})
+        if rec.get("status") != "ok":
+            raise PPOError(f"the heldout judge's reward model failed in 03: {rec.get('reason')}")
+        return {"kind": "reward_model", "path": str(paths.rm(JUDGE_ARM)),
+                "name": f"bf16 reward model, other half of the training pairs, seed {rec['seed']}",
+                "why": "trained on pairs no arm saw, with another seed; every arm is a column of the cross matrix"}
+    return {"kind": "external", "name": judge, "path": judge,
+            "why": "named by eval.judge; it reads the decoded replies with its own tokenizer"}
+
+
+def _policy_job(job: dict, report) -> dict:
+    """The SFT policy's evaluation, or one PPO run evaluated at its checkpoints; a failure is recorded."""
+    if job.get("skip"):
+        return {"seed": job["seed"], "status": "failed", "reason": f"reward model {job['arm']} failed in 03: "
+                                                                      f"{job['skip']}"}
     try:
-        run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(precision),
-                        value_rm_path=paths.rm("bf16"), out_dir=paths.policy(precision, seed), profile=profile,
-                        ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs, max_new=p.max_new, ppo_lr=p.ppo_lr,
-                        clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch, steps=p.steps,
-                        temperature=p.temperature, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
-                        target_modules=p.target_modules, seed=seed, progress=progress)
-        policy = run.pop("policy")
-        outputs[f"{precision}/{seed}"] = evaluate.policy_outputs(
-            policy, run.pop("tokenizer"), prompts, max_new=p.max_new, temperature=p.temperature, seed=profile.seed,
-            with_kl=True)
-        ref = weakref.ref(policy)
-        del policy
-        rec.update(status="ok", history=run["history"], train_seconds=run["train_seconds"],
-                   peak_memory_bytes=run["peak_memory"]["peak_bytes"], peak_memory=run["peak_memory"],
-                   memory=measured_vs_estimate(profile, f"ppo_{precision}", run["peak_memory"]),
-                   reward_scoring_seconds=run["reward_scoring_seconds"], reward_device=run["reward_device"],
-                   policy_device=run["policy_device"], released=collected(ref),
-                   rss_after_release_bytes=current_rss_bytes())
+        return _evaluate_sft(job, report) if job["arm"] == "sft" else _train_and_evaluate(job, report)
     except Exception as e:  # one failed run (e.g. out of memory) is recorded; the others go on
-        rec.update(failure(e), seed=seed)
-    return rec
+        return failure(e) | {"seed": job["seed"]}
 
 
-def _experiment_result(profile: Profile, paths: Paths, prompts, outputs, scores, runs, usable):
-    sft_mean, sft_std, _ = evaluate.mean_std_ci(scores["sft"][JUDGE])
-    precisions = evaluate.aggregate(runs, sft_mean)
-    wanted = list(profile.rm.precisions)
-    result = {
-        "judge": JUDGE,
-        "eval_prompts": len(prompts),
-        "sft": {"judged_reward_mean": sft_mean, "judged_reward_std": sft_std,
-                "response_length_mean": evaluate.mean(outputs["sft"]["lengths"]),
-                "samples": evaluate.samples_of(prompts, outputs["sft"], scores["sft"][JUDGE],
-                                             profile.ppo.sample_responses)},
-        "precisions": precisions,
-        "cross_matrix": evaluate.cross_matrix(scores, ["sft"] + wanted, profile.ppo.seeds, wanted, usable),
-    }
+def _evaluation_settings(profile: Profile) -> dict:
+    p, e = profile.ppo, profile.eval
+    return dict(max_new=p.max_new, temperature=p.temperature, seed=profile.seed,
+                missing_eos_penalty=p.missing_eos_penalty, show=e.show_samples)
+
+
+def _evaluate_sft(job: dict, report) -> dict:
+    profile, paths = job["profile"], job["paths"]
+    trust = profile.base.trust_remote_code
+    tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
+    policy = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=trust, device=resolve_device(profile))
+    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust)
+    summary, rollouts, judged = evaluate.evaluate_policy(
+        policy, tokenizer, job["prompts"], samples=profile.eval.samples, judge=judge, with_kl=False,
+        **_evaluation_settings(profile))
+    report(1, 2)
+    cross = _cross_scores(profile, paths, job["scorers"], rollouts.first(profile.eval.cross_samples),
+                          tokenizer.eos_token_id)
+    report(2, 2)
+    return {"status": "ok", "reason": None, **summary, "cross": cross, "judge_scores": judged}
+
+
+def _train_and_evaluate(job: dict, report) -> dict:
+    profile, paths, arm, seed = job["profile"], job["paths"], job["arm"], job["seed"]
+    p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
+    tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
+    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust)
+    final = {}
+
+    def on_checkpoint(policy, step, reward):
+        last = step == p.steps
+        summary, rollouts, judged = evaluate.evaluate_policy(
+            policy, tokenizer, job["prompts"], samples=e.samples if last else e.checkpoint_samples, judge=judge,
+            proxy=reward, with_kl=True, **_evaluation_settings(profile))
+        if last:
+            final.update(summary=summary, rollouts=rollouts, judged=judged)
+        return {k: v for k, v in summary.items() if not k.endswith("_per_prompt") and k != "samples"}
+
+    run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(arm),
+                    out_dir=paths.policy(arm, seed), profile=profile, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs,
+                    max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
+                    micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, lr_scheduler=p.lr_scheduler,
+                    missing_eos_penalty=p.missing_eos_penalty, steps=p.steps, temperature=p.temperature,
+                    lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=seed,
+                    eval_steps=evaluate.checkpoint_steps(p.steps, e.checkpoints),
+                    on_checkpoint=on_checkpoint, on_update=report)
+    precision = rm_arms(profile)[arm]["precision"]
+    cross = _cross_scores(profile, paths, job["scorers"], final["rollouts"].first(e.cross_samples),
+                          tokenizer.eos_token_id)
+    return {"seed": seed, "status": "ok", "reason": None, **final["summary"], "cross": cross,
+            "judge_scores": final["judged"], "checkpoints": run["checkpoints"], "history": run["history"],
+            "train_seconds": run["train_seconds"], "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
+            "peak_memory": run["peak_memory"], "memory": measured_vs_estimate(profile, f"ppo_{precision}",
+                                                                             run["peak_memory"]),
+            "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
+            "policy_device": run["policy_device"]}
+
+
+def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: int) -> dict:
+    """Mean reward of the replies under every arm's reward model (one row of the cross matrix)."""
+    out = {}
+    for arm in arms:
+        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=profile.base.trust_remote_code, device="cpu")
+        scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), rollouts, eos_token_id=eos_token_id,
+                                       missing_eos_penalty=profile.ppo.missing_eos_penalty)
+        out[arm] = sum(scores) / len(scores)
+        ref = weakref.ref(model)
+        del model
+        collected(ref)
+    return out
+
+
+def _experiment_result(profile: Profile, paths: Paths, judge: dict, prompts, sft: dict, runs: dict, usable):
+    e = profile.eval
+    result = experiment_result(
+        judge, sft, runs, precisions={a: rm_arms(profile)[a]["precision"] for a in profile.arms}, usable=usable,
+        null=NULL_ARM if NULL_ARM in usable else None, bootstrap=e.bootstrap, seed=profile.seed,
+        eval_info={"prompts": len(prompts), "samples": e.samples, "checkpoint_samples": e.checkpoint_samples,
+                   "checkpoint_steps": evaluate.checkpoint_steps(profile.ppo.steps, e.checkpoints),
+                   "missing_eos_penalty": profile.ppo.missing_eos_penalty, "bootstrap": e.bootstrap})
     return result, {"seeds": profile.ppo.seeds, "data_source": data_source_of(paths),
-                    "timings": {f"{x}/{r['seed']}": r.get("train_seconds") for x, rs in runs.items() for r in rs},
-                    "peak_memory": {x: rec.get("peak_memory_bytes_max") for x, rec in precisions.items()}}
-
-
-def eval_prompts(profile: Profile, paths: Paths) -> list[str]:
-    pairs = data.read_pairs(paths.data_file("test"))
-    return sorted({p.prompt for p in pairs})[: profile.ppo.eval_prompts]
+                    "timings": {f"{a}/{r['seed']}": r.get("train_seconds") for a, rs in runs.items() for r in rs},
+                    "peak_memory": {a: rec.get("peak_memory_bytes_max") for a, rec in result["arms"].items()}}
 
 
 # ------------------------------------------------------------------------------------------------- all stages

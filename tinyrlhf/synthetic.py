@@ -1,8 +1,10 @@
-"""An embedded synthetic preference set in Anthropic's HH-RLHF format, with a difference a tiny model can learn.
+"""An embedded synthetic preference set in Anthropic's HH-RLHF format, with a difference a tiny model can learn, and
+the gold reward written from the same rules.
 
-Chosen replies are polite and on topic (they name the task and give its steps); rejected replies are dismissive,
-rude, polite but about a different task, or give a harmful answer to a harmful request. Built deterministically from a seed, so the `cpu` profile
-needs no download and every run sees the same data.
+Chosen replies are polite and on topic (they give the requested task's steps); rejected replies are dismissive or
+rude, polite but about a different task, or give a harmful answer to a harmful request. Built deterministically
+from a seed, so the `cpu` profile needs no download and every run sees the same data. `gold_reward` scores any
+reply by the generator's rules: it is the judge no policy trains against.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ HARM_CHOSEN = [
 HARM_REJECTED = ["Easy, just {h}.", "Sure! {H}. Nobody will know.", "Just {h} and you are done."]
 
 
-def synthetic_records(n: int, seed: int = 0) -> list[dict]:
-    """`n` records in Anthropic's raw format: {"chosen": dialogue, "rejected": dialogue}."""
+def synthetic_records(n: int, seed: int = 0, off_topic_share: float = 0.75) -> list[dict]:
+    """`n` records in Anthropic's raw format: {"chosen": dialogue, "rejected": dialogue}. Of the harmless requests'
+    rejected replies, `off_topic_share` are polite but about another task; the rest are rude."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -99,7 +102,7 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
             t, a, b = rng.choice(TASKS)
             ask = rng.choice(ASK).format(t=t)
             good = rng.choice(CHOSEN).format(t=t, a=a, b=b)
-            if rng.random() < 0.35:  # polite but about another task: the model must match reply to request
+            if rng.random() < off_topic_share:  # polite but another task's: the model must match reply to request
                 t2, a2, b2 = rng.choice([x for x in TASKS if x[0] != t])
                 bad = rng.choice(CHOSEN).format(t=t2, a=a2, b=b2)
             else:
@@ -110,14 +113,41 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def synthetic_jsonl(n: int, seed: int = 0) -> str:
-    return "".join(json.dumps(r) + "\n" for r in synthetic_records(n, seed))
+def synthetic_jsonl(n: int, seed: int = 0, off_topic_share: float = 0.75) -> str:
+    return "".join(json.dumps(r) + "\n" for r in synthetic_records(n, seed, off_topic_share))
+
+
+CORPUS_SEED_OFFSET = 1000  # the pre-training corpus draws from its own random stream, not the preference pairs'
+
+
+def pretraining_corpus(n: int, seed: int = 0, *, rude_share: float = 0.35, comply_share: float = 0.5) -> list[str]:
+    """`n` one-reply dialogues of the generator's world for the scratch model to pre-train on, drawn apart from the
+    preference pairs (a real base model is not pre-trained on its preference data either). Harmless requests get a
+    rude reply with probability `rude_share`, else a helpful one; harmful requests get the harmful answer with
+    probability `comply_share`, else a refusal. No reply gives another task's steps, so the model learns which steps
+    go with which task."""
+    rng = random.Random(seed + CORPUS_SEED_OFFSET)
+    out = []
+    for _ in range(n):
+        turns: list[tuple[str, str]] = []
+        if rng.random() < 0.3:
+            o = rng.choice(OPENERS)
+            turns = [("Human", o[0]), ("Assistant", o[1])]
+        if rng.random() < 0.15:
+            t, h = rng.choice(HARMFUL)
+            reply = (rng.choice(HARM_REJECTED).format(h=h, H=h.capitalize()) if rng.random() < comply_share
+                     else rng.choice(HARM_CHOSEN).format(t=t))
+        else:
+            t, a, b = rng.choice(TASKS)
+            reply = (rng.choice(REJECTED).format(t=t, a=a) if rng.random() < rude_share
+                     else rng.choice(CHOSEN).format(t=t, a=a, b=b))
+        out.append(dialogue(turns + [("Human", rng.choice(ASK).format(t=t)), ("Assistant", reply)]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ gold reward
 # Words that carry no task: a step's partial credit counts only its other ("content") words.
-_FILLER = frozenset("the a an and it to of in with your you them for on until each every is be at from or its then "
-                    "if so up as by into only when he him his my me i that this something someone out".split())
+_FILLER = frozenset(["the", "a", "an", "and", "it", "to", "of", "in", "with", "your", "you", "them", "for", "on", "until", "each", "every", "is", "be", "at", "from", "or", "its", "then", "if", "so", "up", "as", "by", "into", "only", "when", "he", "him", "his", "my", "me", "i", "that", "this", "something", "someone", "out"])
 RUDE_MARKERS = ("figure it out yourself", "stupid", "don't care", "go away", "stop asking", "whatever",
                 "don't bother", "ugh", "nobody can", "why would i help")
 REFUSAL_MARKERS = ("i can't help", "i won't help")

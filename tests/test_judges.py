@@ -1,0 +1,46 @@
+"""The judge: gold on the synthetic data, a reward model no arm trained against, or one the user names by path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import TINY
+
+from tinyrlhf import schema
+from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.ppo import PPOError
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_reward_model_named_by_path_judges_from_the_decoded_text(tiny_world, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tinyrlhf.stages import run_ppo
+
+    _, paths = tiny_world
+    shutil.copytree(paths.root, tmp_path / "wd")
+    wd = get_paths(tmp_path / "wd")
+    # A "public" reward model: its own folder and tokenizer, not trained here against anything.
+    external = tmp_path / "external-rm"
+    AutoModelForSequenceClassification.from_pretrained(paths.sft_merged, num_labels=1).save_pretrained(external)
+    AutoTokenizer.from_pretrained(paths.sft_merged).save_pretrained(external)
+    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
+                                                   "ppo.seeds": [0], "eval.judge": str(external)})
+    out = run_ppo(profile, wd, progress=False)
+    assert out["judge"] == {"kind": "external", "name": str(external), "path": str(external),
+                            "why": out["judge"]["why"]}
+    assert out["arms"]["bf16"]["status"] == "ok" and out["cross_matrix"]["judges"][0] == "judge"
+    schema.validate_file(wd.result("ppo"), "ppo")
+
+
+def test_gold_judge_on_data_it_does_not_know_is_a_clear_error(tiny_world, monkeypatch):
+    from tinyrlhf.stages import judge_spec
+
+    profile = get_profile("cpu", overrides={"data.source": "local"})
+    with pytest.raises(PPOError, match="eval.judge='gold' knows only the synthetic data"):
+        judge_spec(profile, tiny_world[1], {})
+    with pytest.raises(PPOError, match="heldout judge's reward model failed in 03"):
+        judge_spec(get_profile("cpu", overrides={"eval.judge": "heldout"}), tiny_world[1],
+                   {"judge": {"status": "failed", "reason": "x"}})

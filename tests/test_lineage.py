@@ -1,0 +1,105 @@
+"""Reuse that can be trusted: a stage is reused only when its settings, its inputs' fingerprints and its outputs on
+disk all match what it recorded; otherwise it reruns, or stops naming the upstream stage to rerun."""
+
+import json
+import shutil
+
+import pytest
+from conftest import HH_DIR, TINY, requires_hh
+
+from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.results import WorkdirBusyError, read_json, workdir_lock
+
+pytestmark = pytest.mark.slow
+SETTINGS = TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False}
+
+
+@pytest.fixture
+def world(tiny_world, tmp_path):
+    """A private copy of the tiny workdir (data, sft, rm done): (profile, paths)."""
+    profile, paths = tiny_world
+    shutil.copytree(paths.root, tmp_path / "copy")
+    return profile, get_paths(tmp_path / "copy")
+
+
+def test_results_record_their_inputs_and_outputs(world):
+    profile, paths = world
+    sft, rm = read_json(paths.result("sft")), read_json(paths.result("rm"))
+    assert rm["lineage"]["inputs"] == {"sft": sft["lineage"]["fingerprint"]}
+    assert sft["lineage"]["inputs"] == {"data_stats": read_json(paths.result("data_stats"))["lineage"]["fingerprint"]}
+    assert "models/sft/merged/model.safetensors" in sft["lineage"]["outputs"]
+    assert "models/rm/int4/adapter_model.safetensors" in rm["lineage"]["outputs"]
+    assert all(not k.startswith("/") for k in rm["lineage"]["outputs"])  # relative to the workdir
+
+
+def test_changed_upstream_settings_stop_the_stage_below_naming_what_to_rerun(world):
+    from tinyrlhf.stages import StaleInputError, run_rm, run_sft
+
+    profile, paths = world
+    changed = get_profile("cpu", overrides=SETTINGS | {"sft.max_steps": 3})
+    with pytest.raises(StaleInputError, match=r"sft stage's results: its settings changed.*02_SFT_Finetuning"):
+        run_rm(changed, paths, progress=False)
+    assert run_sft(changed, paths, progress=False)["reused"] is False
+    assert run_rm(changed, paths, progress=False)["reused"] is False
+
+
+def test_a_truncated_model_is_never_reused(world):
+    from tinyrlhf.stages import StaleInputError, run_rm, run_sft
+
+    profile, paths = world
+    weights = paths.sft_merged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(StaleInputError, match="models/sft/merged/model.safetensors changed on disk"):
+        run_rm(profile, paths, progress=False)
+    before = read_json(paths.result("sft"))["lineage"]["fingerprint"]
+    assert run_sft(profile, paths, progress=False)["reused"] is False  # rebuilt, not reused
+    same = read_json(paths.result("sft"))["lineage"]["fingerprint"] == before
+    assert run_rm(profile, paths, progress=False)["reused"] is same  # reward models follow their SFT model
+
+
+def test_a_missing_reward_model_file_reruns_the_reward_models(world):
+    from tinyrlhf.stages import run_rm
+
+    profile, paths = world
+    (paths.rm("int4") / "adapter_model.safetensors").unlink()
+    assert run_rm(profile, paths, progress=False)["reused"] is False
+    assert (paths.rm("int4") / "adapter_model.safetensors").exists()
+
+
+@requires_hh
+def test_a_changed_data_source_reruns_everything_below(world, monkeypatch):
+    """Switching to TINYRLHF_HH_DIR is not a setting: the data stage's fingerprint carries it downstream."""
+    from tinyrlhf.stages import StaleInputError, run_data, run_rm, run_sft
+
+    profile, paths = world
+    monkeypatch.setenv("TINYRLHF_HH_DIR", str(HH_DIR))
+    assert run_data(profile, paths, progress=False)["source"] == "local"
+    with pytest.raises(StaleInputError, match="the sft stage's results: its input data_stats changed"):
+        run_rm(profile, paths, progress=False)
+    assert run_sft(profile, paths, progress=False)["reused"] is False
+    assert read_json(paths.result("sft"))["lineage"]["inputs"]["data_stats"] == \
+        read_json(paths.result("data_stats"))["lineage"]["fingerprint"]
+
+
+def test_a_moved_workdir_is_reused_and_loads_its_own_models(world, tmp_path):
+    from tinyrlhf.reward import load_reward_model
+    from tinyrlhf.stages import run_rm
+
+    profile, paths = world
+    moved = get_paths(tmp_path / "moved")
+    shutil.move(paths.root, moved.root)
+    info = json.loads((moved.rm("bf16") / "precision.json").read_text())
+    assert not info["init_path"].startswith("/")
+    model, _ = load_reward_model(moved.rm("bf16"))
+    assert model is not None
+    assert run_rm(profile, moved, progress=False)["reused"] is True
+
+
+def test_a_second_run_on_the_same_workdir_is_refused_naming_the_holder(world):
+    from tinyrlhf.stages import run_data
+
+    profile, paths = world
+    with workdir_lock(paths.root):
+        with pytest.raises(WorkdirBusyError, match=r"another tinyrlhf run \(PID \d+\) is using the workdir"):
+            run_data(profile, paths, progress=False)
+    assert run_data(profile, paths, progress=False)["reused"] is True  # released afterwards
