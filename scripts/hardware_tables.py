@@ -68,7 +68,7 @@ def ppo_batch_table(profile: config.Profile) -> str:
                 cells.append("")
                 continue
             e = memory.estimate_ppo(memory.spec_for_profile(profile), rm_precision="bf16", batch=batch,
-                                    mini_batch=p.mini_batch, rollout_chunk=chunk,
+                                    mini_batch=p.micro_batch, rollout_chunk=chunk, value_from_rm=False,
                                     query_len=profile.data.max_prompt_tokens, response_len=p.max_new,
                                     lora_r=p.lora_r, target_modules=p.target_modules,
                                     gradient_checkpointing=profile.sft.gradient_checkpointing)
@@ -120,10 +120,12 @@ Batch {s.batch_size}, sequence {seq}, gradient checkpointing {ckpt}, LoRA on the
 
 ## PPO: rollout batch and rollout chunk on {CARD_GIB} GiB
 
-TRL's PPOTrainer keeps the fp32 generation scores of every rollout in the batch (ppo_batch x response x vocab x 4
-bytes, plus a padded copy) and computes the reference's full logits per rollout chunk
-(`local_rollout_forward_batch_size`); with Qwen's {memory.KNOWN_MODELS['Qwen/Qwen2.5-0.5B'].vocab}-token vocabulary
-both dominate. GPU GiB of ppo_bf16, other settings as in the profile:
+TRL 1.12's PPOTrainer keeps the fp32 generation scores of every rollout in the batch (ppo_batch x response x vocab
+x 4 bytes, plus a padded copy); `ppo.rollout_logprobs_per_chunk` turns each chunk's scores into per-token log-probs
+as soon as the chunk is generated (same numbers, tested), so only one rollout chunk's scores
+(`local_rollout_forward_batch_size`) and the reference's full logits for that chunk are alive at a time; with
+Qwen's {memory.KNOWN_MODELS['Qwen/Qwen2.5-0.5B'].vocab}-token vocabulary both dominate. GPU GiB of ppo_bf16, other
+settings as in the profile:
 
 {ppo_batch_table(rtx)}
 

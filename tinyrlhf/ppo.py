@@ -150,6 +150,63 @@ def accumulate_per_mini_batch(trainer, micro_batches: int) -> None:
     trainer.args.gradient_accumulation_steps = micro_batches  # the shape of TRL's per-update stats
 
 
+# ------------------------------------------------------------------------- rollout memory: a patch of TRL 1.12
+class RolloutLogProbs:
+    """Per-token log-probs of a rollout batch standing in for TRL's full-vocabulary logits: sliced like the logits
+    tensor, and turned back into those log-probs by the patched selective_log_softmax."""
+
+    def __init__(self, logprobs: torch.Tensor, response: torch.Tensor):
+        self.logprobs, self.response = logprobs, response
+
+    def __getitem__(self, rows):
+        return RolloutLogProbs(self.logprobs[rows], self.response[rows])
+
+
+@contextlib.contextmanager
+def rollout_logprobs_per_chunk():
+    """TRL 1.12's rollout (`batch_generation`) keeps the float32 generation scores of the whole rollout batch,
+    rollouts x response length x vocabulary (64 x 128 x 151,936 x 4 bytes = 5 GB for Qwen2.5 at the rtx4060
+    settings), and pads them into a second copy, only to take one log-prob per generated token from them later.
+    Within this context each chunk's scores become per-token log-probs as soon as the chunk is generated, through
+    TRL's own `generate` and `selective_log_softmax`, so one chunk's scores exist at a time. Same numbers as TRL
+    (tests/test_rollout_patch.py). PPO left TRL after 1.12, so this will not be fixed upstream."""
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    original_batch_generation, original_log_softmax = trl_ppo.batch_generation, trl_ppo.selective_log_softmax
+
+    def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
+        context_length = queries.shape[1]
+        query_responses, logprobs, vocab = [], [], None
+        for i in range(0, queries.shape[0], local_rollout_forward_batch_size):
+            query_response, logits = trl_ppo.generate(model, queries[i: i + local_rollout_forward_batch_size],
+                                                      pad_token_id, generation_config)
+            vocab = logits.shape[-1]
+            logprobs.append(original_log_softmax(logits, query_response[:, context_length:]))
+            query_responses.append(query_response)
+            del logits
+        # TRL pads the logits with zeros; the log-prob it then takes there is log_softmax(0)[pad] = -log(vocab).
+        fill = original_log_softmax(torch.zeros(1, 1, vocab, device=queries.device),
+                                    torch.zeros(1, 1, dtype=torch.long, device=queries.device)).item()
+        padded = trl_ppo.pad(query_responses, padding_value=pad_token_id, padding_side="right")
+        padded = padded.view(-1, padded.shape[-1])[: queries.shape[0]]
+        lp = trl_ppo.pad(logprobs, padding_value=fill, padding_side="right")
+        lp = lp.view(-1, lp.shape[-1])[: queries.shape[0]]
+        return padded, RolloutLogProbs(lp, padded[:, context_length:])
+
+    def selective_log_softmax(logits, index):
+        if isinstance(logits, RolloutLogProbs):
+            if logits.response.shape != index.shape or not torch.equal(logits.response, index):
+                raise RuntimeError("rollout log-probs asked for another response than they were taken for")
+            return logits.logprobs
+        return original_log_softmax(logits, index)
+
+    trl_ppo.batch_generation, trl_ppo.selective_log_softmax = batch_generation, selective_log_softmax
+    try:
+        yield
+    finally:
+        trl_ppo.batch_generation, trl_ppo.selective_log_softmax = original_batch_generation, original_log_softmax
+
+
 def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_update=None, **kwargs) -> dict:
     """One PPO run (keywords as `build_ppo_trainer`); saves the policy adapter to `out_dir`.
 
@@ -163,7 +220,7 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
                                                             **kwargs)
     callback.reward = reward
     # TRL prints "===training policy===" to stdout on every run; keep it (and any other print) out of the notebook.
-    with MemoryMeter() as meter, contextlib.redirect_stdout(io.StringIO()) as printed:
+    with MemoryMeter() as meter, contextlib.redirect_stdout(io.StringIO()) as printed, rollout_logprobs_per_chunk():
         trainer.train()
     log.debug("TRL printed: %s", printed.getvalue().strip())
     trained = trainer.accelerator.unwrap_model(trainer.model).policy

@@ -1,0 +1,77 @@
+"""ppo.rollout_logprobs_per_chunk, the narrow patch of TRL 1.12's rollout that keeps per-token log-probs instead of
+the whole batch's full-vocabulary scores, gives TRL's own numbers: the same rollouts and log-probs as TRL's
+batch_generation followed by its selective_log_softmax, and the same PPO statistics over a whole run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from tinyrlhf.config import get_profile
+from tinyrlhf.ppo import RolloutLogProbs, rollout_logprobs_per_chunk
+
+pytestmark = pytest.mark.slow
+
+
+def _rollout(policy, queries, chunk, pad, config):
+    """What TRL 1.12's PPOTrainer does with a rollout batch: batch_generation, then per chunk the log-probs."""
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    torch.manual_seed(0)
+    query_responses, logitss = trl_ppo.batch_generation(policy, queries, chunk, pad, config)
+    context = queries.shape[1]
+    logprobs = [trl_ppo.selective_log_softmax(logitss[i: i + chunk], query_responses[i: i + chunk, context:])
+                for i in range(0, queries.shape[0], chunk)]
+    return query_responses, torch.cat(logprobs), logitss
+
+
+def test_the_patched_rollout_gives_trls_rollouts_and_log_probs(tiny_world):
+    from transformers import GenerationConfig
+
+    from tinyrlhf.base_model import load_causal_lm, load_tokenizer
+
+    _, paths = tiny_world
+    tok = load_tokenizer(paths.sft_merged)
+    policy = load_causal_lm(paths.sft_merged, tokenizer=tok).eval()
+    prompts = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: Help me fix a bike.\n\nAssistant:"] * 4
+    queries = tok(prompts[:7], padding=True, return_tensors="pt")["input_ids"]  # 7 rows: the last chunk is short
+    config = GenerationConfig(max_new_tokens=12, temperature=0.7, top_k=0, top_p=1.0, do_sample=True,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    want_ids, want_logprobs, logits = _rollout(policy, queries, 3, tok.pad_token_id, config)
+    with rollout_logprobs_per_chunk():
+        got_ids, got_logprobs, stand_in = _rollout(policy, queries, 3, tok.pad_token_id, config)
+    assert isinstance(stand_in, RolloutLogProbs) and stand_in.logprobs.shape == want_logprobs.shape
+    assert logits.shape[-1] == len(tok)  # TRL kept the full vocabulary for every rollout
+    assert torch.equal(got_ids, want_ids)
+    torch.testing.assert_close(got_logprobs, want_logprobs, rtol=0, atol=1e-6)
+
+
+def test_a_ppo_run_gives_the_same_statistics_with_and_without_the_patch(tiny_world, tmp_path, monkeypatch):
+    import contextlib
+
+    from tinyrlhf import ppo
+    from tinyrlhf.config import resolve_device
+
+    _, paths = tiny_world
+    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
+                                                   "ppo.rollout_chunk": 4})  # two chunks per rollout batch
+    p = profile.ppo
+
+    def run(out):
+        return ppo.train_ppo(paths.data_file("train"), out_dir=out, sft_path=paths.sft_merged, rm_path=paths.rm("bf16"),
+                             profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
+                             micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, ppo_epochs=p.ppo_epochs,
+                             ppo_lr=p.ppo_lr, max_new=p.max_new, clip=p.clip, kl_coef=p.kl_coef, steps=p.steps,
+                             lr_scheduler=p.lr_scheduler, missing_eos_penalty=p.missing_eos_penalty,
+                             temperature=p.temperature, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
+                             target_modules=p.target_modules, seed=0)
+
+    patched = run(tmp_path / "patched")
+    monkeypatch.setattr(ppo, "rollout_logprobs_per_chunk", contextlib.nullcontext)
+    plain = run(tmp_path / "plain")
+    assert resolve_device(profile) == "cpu"
+    keys = ["reward", "kl", "entropy", "policy_loss", "value_loss", "approxkl"]
+    for a, b in zip(patched["history"], plain["history"], strict=True):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], abs=1e-5), (a["step"], k)
