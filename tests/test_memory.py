@@ -264,7 +264,7 @@ def test_estimate_profile_for_every_profile():
 def test_cpu_profile_spec_is_built_from_the_profile():
     profile = config.PROFILES["cpu"]
     spec = m.spec_for_profile(profile)
-    b, d = profile.base, profile.data
+    b = profile.base
     assert (spec.n_layer, spec.hidden, spec.n_head, spec.n_kv_head, spec.vocab, spec.intermediate) == (
         b.num_layers, b.hidden_size, b.num_heads, b.num_kv_heads, b.vocab_size, b.intermediate_size)
     assert spec.arch == "llama" and spec.tie_embeddings  # a Qwen2, as base_model.scratch_config builds it

@@ -87,7 +87,11 @@ def kernel_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> 
 
 def _error_message(exc: BaseException) -> str:
     """The error's type and text, without nbclient's copy of the cell source and traceback."""
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from nbclient.exceptions import (
+        CellExecutionError,
+        CellTimeoutError,
+        DeadKernelError,
+    )
 
     if isinstance(exc, CellExecutionError) and getattr(exc, "ename", None):
         text = (exc.evalue or "").strip()
