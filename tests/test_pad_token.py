@@ -58,3 +58,22 @@ def test_a_distinct_pad_is_kept(tmp_path):
     _tokenizer_folder(tmp_path, "a")
     tok = load_tokenizer(tmp_path)
     assert tok.pad_token == "a"
+
+
+def test_a_reply_limit_beyond_the_models_positions_is_a_clear_error(tmp_path):
+    """ppo.max_new past a model's positions used to die in the embedding ("index out of range") after training."""
+    from tinyrlhf.base_model import ModelLoadError, check_context
+
+    n = _tokenizer_folder(tmp_path, None)
+    GPT2LMHeadModel(GPT2Config(vocab_size=n, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(tmp_path)
+    check_context(tmp_path, 64)
+    with pytest.raises(ModelLoadError, match="= 65 tokens, but .* has 64 positions: lower ppo.max_new"):
+        check_context(tmp_path, 65)
+
+
+def test_the_scratch_model_is_built_with_the_positions_the_profile_needs():
+    from tinyrlhf.config import get_profile
+    from tinyrlhf.stages import context_needed
+
+    assert context_needed(get_profile("cpu", ppo__max_new=1000)) == 96 + 1000
+    assert context_needed(get_profile("cpu")) == 96 + 48

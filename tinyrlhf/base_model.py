@@ -86,6 +86,21 @@ def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, dtype=N
     return model.to(device)
 
 
+def check_context(path: str | Path, needed: int, *, trust_remote_code: bool = False) -> None:
+    """Fail before any training when a prompt plus `ppo.max_new` tokens would not fit the model's positions
+    (generation would otherwise die deep in the embedding with "index out of range")."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported where it is loaded
+        return
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if limit and needed > limit:
+        raise ModelLoadError(f"data.max_prompt_tokens + ppo.max_new = {needed} tokens, but {path} has "
+                             f"{limit} positions: lower ppo.max_new or data.max_prompt_tokens")
+
+
 def fit_embeddings(model, tokenizer) -> None:
     """Grow the embeddings when the tokenizer has more tokens than the model has rows (a pad token added to GPT-2),
     never shrink them (Qwen2.5 pads its 151,665 tokens to 151,936 rows), and record the pad id in the config."""
@@ -115,7 +130,7 @@ def scratch_config(settings: BaseSettings, tokenizer, max_len: int):
 
 
 def pretrain(texts: list[str], tokenizer, *, out_dir: Path, settings: BaseSettings, max_len: int, seed: int,
-             report=None) -> dict:
+             context: int = 0, report=None) -> dict:
     """Pre-train the `cpu` profile's small Qwen2 on `texts` with transformers' Trainer, bounded by
     settings.pretrain_steps; save the model to `out_dir` (beside its tokenizer). Returns a summary (steps, losses, seconds)."""
     import torch
@@ -129,7 +144,7 @@ def pretrain(texts: list[str], tokenizer, *, out_dir: Path, settings: BaseSettin
 
     b, tok = settings, tokenizer
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(scratch_config(b, tok, max_len))
+    model = AutoModelForCausalLM.from_config(scratch_config(b, tok, max(max_len, context)))
     ds = Dataset.from_dict({"text": texts}).map(
         lambda x: tok(x["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
     args = TrainingArguments(

@@ -161,6 +161,11 @@ def failure(e: BaseException) -> dict:
     return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
 
 
+def context_needed(profile: Profile) -> int:
+    """Positions a prompt and its longest reply take: generation runs to ppo.max_new."""
+    return profile.data.max_prompt_tokens + max(profile.ppo.max_new, profile.data.max_response_tokens)
+
+
 def tokenizer_path(profile: Profile, paths: Paths) -> str:
     """The base tokenizer: trained by the data stage on `cpu`, else the base model's own."""
     return str(paths.base) if base_model.is_scratch(profile) else profile.base.model
@@ -238,6 +243,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
     ######## Base model (pre-trained here on the cpu profile) ########
     base_summary = build_base_model(profile, paths, force=force, progress=progress)
     init_path = base_model.base_model_path(profile, paths)
+    base_model.check_context(init_path, context_needed(profile), trust_remote_code=trust)
     tokenizer = base_model.load_tokenizer(tokenizer_path(profile, paths), trust_remote_code=trust)
     test_pairs = data.read_pairs(paths.data_file("test"))[: s.eval_pairs]
     prompts = [p.prompt for p in test_pairs[: s.sample_prompts]]
@@ -323,6 +329,7 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
         texts = base_model.dialogue_texts(data.read_pairs(paths.data_file("train")), tok.eos_token)
     summary = base_model.pretrain(texts, tok, out_dir=paths.base, settings=profile.base, seed=profile.seed,
                                   max_len=profile.data.max_prompt_tokens + profile.data.max_response_tokens,
+                                  context=context_needed(profile),
                                   report=progress_bar("Pre-training the base model", progress))
     summary = {"config_hash": config_hash} | summary | {"lineage": lineage.record(config_hash, {}, paths.root, weights)}
     atomic_write_json(summary_path, summary)
@@ -440,6 +447,8 @@ def _experiment(profile: Profile, paths: Paths, progress: bool):
     ######## Inputs: the SFT policy, the reward models that finished, the judge, the evaluation prompts ########
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
+    base_model.check_context(paths.sft_merged, context_needed(profile),
+                             trust_remote_code=profile.base.trust_remote_code)
     rm_records = read_json(paths.result("rm"))["arms"]
     usable = [a for a in profile.arms if rm_records.get(a, {}).get("status") == "ok"]
     if "bf16" not in usable:
