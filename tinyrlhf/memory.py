@@ -369,12 +369,10 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
     model's at rm_precision when value_from_rm, else the policy's, + LoRA + fp32 head); the reward model
     (weights + one layer's inference activations) on the host when rm_on_cpu, counted in cpu_bytes.
     Peak: static + the larger of two phases.
-      rollout: `batch` rollouts per update, generated in chunks of `rollout_chunk` sequences
-        (PPOConfig.local_rollout_forward_batch_size, default min(batch, 64)). Per chunk: generate()'s fp32 scores
-        (chunk * response_len * vocab * 4) and TRL's stacked copy of them, which ppo.rollout_logprobs_per_chunk
-        turns into per-token log-probs at once (TRL 1.12 alone keeps the whole batch's scores and pads them into a
-        second copy: 2 * batch * response_len * vocab * 4); the KV cache, the reference forward's full logits and
-        one layer's working set (also what the reward model needs). Plus the batch's per-token log-probs.
+      rollout: per chunk of `rollout_chunk` sequences (local_rollout_forward_batch_size): generate()'s fp32 scores
+        and their stacked copy, made per-token log-probs at once by ppo.rollout_logprobs_per_chunk (TRL 1.12 alone
+        keeps 2 * batch * response_len * vocab * 4 bytes), the KV cache, the reference's full logits, one layer's
+        working set (also the reward model's); plus the batch's per-token log-probs.
       training: `mini_batch` sequences per forward/backward (TRL's per_device_train_batch_size) through the
         policy and the value backbone, plus the policy's training logits.
     """
@@ -399,9 +397,8 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
     host = {"reward model weights": rm_weights, "reward model forward (one layer)": rm_forward} if rm_on_host else {}
     if not rm_on_host:
         static["reward model weights"] = rm_weights
-    rollout = {"rollout: generation scores of one chunk (+ stacked copy)":
-               2 * chunk * response_len * policy_spec.vocab * GENERATION_SCORE_BYTES,
-               "rollout: per-token log-probs": batch * response_len * GENERATION_SCORE_BYTES,
+    scores = (2 * chunk + batch / policy_spec.vocab) * response_len * policy_spec.vocab * GENERATION_SCORE_BYTES
+    rollout = {"rollout: one chunk's generation scores (+ copy), the batch's log-probs": int(scores),
                "rollout: KV cache":
                2 * policy_spec.n_layer * chunk * seq * policy_spec.n_kv_head * policy_spec.head_dim * act,
                "rollout: reference logits": chunk * seq * policy_spec.vocab * act,
