@@ -78,3 +78,9 @@ def test_hh_dir_switches_auto_source(monkeypatch, tmp_path):
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path))
     assert resolve_source(p) == "local"
     assert resolve_source(get_profile("cpu", data__source="synthetic")) == "synthetic"
+
+
+def test_a_workdir_that_is_a_file_is_one_sentence(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot hold the pipeline's folders.*writable folder"):
+        get_paths(tmp_path / "file").make()

@@ -103,3 +103,18 @@ def test_a_second_run_on_the_same_workdir_is_refused_naming_the_holder(world):
         with pytest.raises(WorkdirBusyError, match=r"another tinyrlhf run \(PID \d+\) is using the workdir"):
             run_data(profile, paths, progress=False)
     assert run_data(profile, paths, progress=False)["reused"] is True  # released afterwards
+
+
+def test_a_full_disk_is_one_sentence(world, monkeypatch):
+    import errno
+
+    from tinyrlhf import stages
+
+    profile, paths = world
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stages, "_prepare_data", no_space)
+    with pytest.raises(stages.DiskFullError, match="is full: free space"):
+        stages.run_data(profile, paths, force=True, progress=False)

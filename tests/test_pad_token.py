@@ -77,3 +77,12 @@ def test_the_scratch_model_is_built_with_the_positions_the_profile_needs():
 
     assert context_needed(get_profile("cpu", ppo__max_new=1000)) == 96 + 1000
     assert context_needed(get_profile("cpu")) == 96 + 48
+
+
+def test_one_giant_word_does_not_stall_tokenizer_training():
+    """A record holding one multi-million-character token used to run for minutes; only its head is learned from."""
+    from tinyrlhf.base_model import MAX_TOKENIZER_CHARS, train_tokenizer
+
+    texts = ["x" * (100 * MAX_TOKENIZER_CHARS)] + ["how do I bake bread? mix flour and water."] * 50
+    tok = train_tokenizer(texts, vocab_size=300)
+    assert tok.decode(tok("bake bread")["input_ids"]) == "bake bread"

@@ -15,6 +15,7 @@ from .runtime import drop_scratch, progress_callback, quiet_trainer, scratch_dir
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+MAX_TOKENIZER_CHARS = 20_000
 
 
 class ModelLoadError(RuntimeError):
@@ -35,7 +36,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
+    # BPE training is superlinear in the length of one pre-token: a single 5-million-character "word" in a record
+    # ran for minutes. Only the first MAX_TOKENIZER_CHARS of a record teach the tokenizer (the record is kept).
+    tok.train_from_iterator((t[:MAX_TOKENIZER_CHARS] for t in texts), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
                                    padding_side="right", model_max_length=1024)
 

@@ -452,8 +452,14 @@ class Paths:
         return self.results / RESULT_FILES[kind]
 
     def make(self) -> Paths:
-        for p in (self.data, self.models, self.results, self.figures):
-            p.mkdir(parents=True, exist_ok=True)
+        try:
+            for p in (self.data, self.models, self.results, self.figures):
+                p.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                raise PermissionError("not writable")
+        except OSError as e:
+            raise ConfigError(f"the workdir {self.root} cannot hold the pipeline's folders ({e.strerror or e}): set "
+                              "TINYRLHF_WORKDIR (or --workdir) to a writable folder") from None
         return self
 
 

@@ -9,6 +9,8 @@ never import this module.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import time
 import traceback
@@ -145,7 +147,8 @@ def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute:
             return read_json(result_path) | {"reused": True}
         log.info("%s: %s (%s)", stage.name, stage.does, reason)
         t0 = time.perf_counter()
-        result, meta = compute()
+        with disk_full_said_plainly(paths.root):
+            result, meta = compute()
         meta["timings"] = {"stage_seconds": time.perf_counter() - t0} | meta.get("timings", {})
         result = to_json_ready({"config_hash": expected} | result
                                | {"lineage": lineage.record(expected, inputs, paths.root, outputs),
@@ -153,6 +156,22 @@ def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute:
         schema.validate(result, stage.kind, source=result_path)
         atomic_write_json(result_path, result)
         return result | {"reused": False}
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while a stage wrote; nothing half-written is reused (outputs are verified)."""
+
+
+@contextlib.contextmanager
+def disk_full_said_plainly(root: Path):
+    """A full disk reaches us as OSError 28 or as safetensors' "os error 28": one sentence instead of either."""
+    try:
+        yield
+    except Exception as e:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "os error 28" in str(e).lower():
+            raise DiskFullError(f"the disk holding {root} is full: free space (or set TINYRLHF_WORKDIR to another "
+                                "disk) and rerun; nothing half-written will be reused") from None
+        raise
 
 
 def failure(e: BaseException) -> dict:
