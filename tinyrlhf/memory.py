@@ -397,8 +397,8 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
     host = {"reward model weights": rm_weights, "reward model forward (one layer)": rm_forward} if rm_on_host else {}
     if not rm_on_host:
         static["reward model weights"] = rm_weights
-    scores = (2 * chunk + batch / policy_spec.vocab) * response_len * policy_spec.vocab * GENERATION_SCORE_BYTES
-    rollout = {"rollout: one chunk's generation scores (+ copy), the batch's log-probs": int(scores),
+    rollout = {"rollout: one chunk's generation scores (+ copy), the batch's log-probs":
+               (2 * chunk * policy_spec.vocab + batch) * response_len * GENERATION_SCORE_BYTES,
                "rollout: KV cache":
                2 * policy_spec.n_layer * chunk * seq * policy_spec.n_kv_head * policy_spec.head_dim * act,
                "rollout: reference logits": chunk * seq * policy_spec.vocab * act,

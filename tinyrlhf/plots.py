@@ -234,6 +234,19 @@ def _ppo_arms(ppo: dict) -> list[str]:
     return [a for a in _arms(ppo) if a != "judge"]
 
 
+def _point_with_interval(ax, i, arm: str, entry: dict, key: str, *, fmt: str, missing: str, scale: float = 1.0):
+    """One arm's `key` with its `key`_ci95 as an error bar at x = i, or an annotated gap when it has none (a failed
+    arm says why). Returns the value, or None for a gap."""
+    value = _value(entry, key)
+    if value is None:
+        _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else missing)
+        return None
+    ci = _value(entry, f"{key}_ci95")
+    ax.errorbar(i, value * scale, yerr=_yerr(value * scale, None if ci is None else [c * scale for c in ci]),
+                fmt=fmt, ms=8, capsize=5, color=precision_color(arm), gid=_gid(arm), zorder=3)
+    return value
+
+
 def plot_gold_gain(ppo: dict) -> Figure:
     """The judge's gain over the SFT policy per arm: bootstrap 95% interval, seeds as open dots."""
     fig = Figure(figsize=(5.2, 3.6), layout="constrained")
@@ -242,13 +255,9 @@ def plot_gold_gain(ppo: dict) -> Figure:
     sft = ppo["sft"]["judge_mean"]
     for i, arm in enumerate(arms):
         entry = ppo["arms"][arm]
-        gain = _value(entry, "gold_gain_vs_sft")
-        if gain is None:
-            _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else "gain: n/a")
+        if _point_with_interval(ax, i, arm, entry, "gold_gain_vs_sft", fmt="o", missing="gain: n/a") is None:
             continue
         color = precision_color(arm)
-        ax.errorbar(i, gain, yerr=_yerr(gain, _value(entry, "gold_gain_vs_sft_ci95")), fmt="o", ms=8, capsize=5,
-                    color=color, gid=_gid(arm), zorder=3)
         seeds = [s["judge_mean"] - sft for s in _seed_runs(entry)]
         jitter = np.linspace(-0.1, 0.1, len(seeds)) if len(seeds) > 1 else [0.0] * len(seeds)
         ax.scatter(np.add(i + 0.25, jitter), seeds, s=14, facecolors="none", edgecolors=color, lw=1, zorder=2)
@@ -272,14 +281,7 @@ def plot_tax(ppo: dict) -> Figure:
         ax.axhspan(band[0] * 100, band[1] * 100, color=precision_color("null"), alpha=0.15, lw=0,
                    label="null arm's 95% interval")
     for i, arm in enumerate(arms):
-        entry = ppo["arms"][arm]
-        tax = _value(entry, "tax_vs_bf16")
-        if tax is None:
-            _mark_gap(ax, i, _failure_label(entry) if not _done(entry) else "tax: n/a")
-            continue
-        ci = _value(entry, "tax_vs_bf16_ci95")
-        ax.errorbar(i, tax * 100, yerr=_yerr(tax * 100, None if ci is None else [c * 100 for c in ci]), fmt="s",
-                    ms=8, capsize=5, color=precision_color(arm), gid=_gid(arm), zorder=3)
+        _point_with_interval(ax, i, arm, ppo["arms"][arm], "tax_vs_bf16", fmt="s", scale=100, missing="tax: n/a")
     ax.axhline(0, color="black", lw=0.8)
     _categorical(ax, arms)
     ax.set_ylabel("tax vs bf16 (% of bf16's gain lost)")
