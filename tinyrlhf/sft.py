@@ -86,8 +86,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
 
 def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: float, epochs: float = 1.0,
               accum: int = 1, warmup: float = 0.0, dropout: float = 0.05, max_steps: int = -1, lora_r: int = 16,
-              lora_alpha: int = 32, target_modules=("c_attn",), gradient_checkpointing: bool = False,
-              max_length: int = 256, seed: int = 0, profile: Profile, report=None) -> dict:
+              lora_alpha: int = 32, target_modules=("c_attn",), max_length: int = 256, seed: int = 0,
+              profile: Profile, report=None) -> dict:
     """LoRA SFT of the model at `init_path` on `data_path` (prompt/completion JSONL).
 
     Saves the adapter to `out_dir/adapter` and the merged model to `out_dir/merged`; returns the loss curve,
@@ -109,7 +109,7 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
                          steps=max_steps if max_steps > 0 else 100),
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
         num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
-        gradient_checkpointing=gradient_checkpointing, max_length=max_length, completion_only_loss=True,
+        max_length=max_length, completion_only_loss=True,
         packing=False)
     trainer = quiet_trainer(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                        peft_config=lora, callbacks=[progress_callback(report)] if report else None))

@@ -275,8 +275,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
     run = train_sft(paths.data_file("sft"), out_dir=paths.sft, init_path=init_path, tokenizer=tokenizer,
                     batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, accum=s.accum, warmup=s.warmup,
                     dropout=s.dropout, max_steps=s.max_steps, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-                    target_modules=s.target_modules, gradient_checkpointing=s.gradient_checkpointing,
-                    max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                    target_modules=s.target_modules, max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                     seed=profile.seed, profile=profile, report=progress_bar("SFT (LoRA)", progress))
 
     ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
