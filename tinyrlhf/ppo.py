@@ -134,7 +134,20 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                          peft_config=peft_config, callbacks=list(callbacks))
     quiet_trainer(trainer)
     accumulate_per_mini_batch(trainer, mini_batch // micro_batch)
+    if args.activation_checkpointing:
+        checkpoint_policy_and_value(trainer)
     return trainer, reward, tokenizer, rm_info
+
+
+def checkpoint_policy_and_value(trainer) -> None:
+    """Gradient checkpointing for PPO's training passes. TRL 1.12's PPOConfig defaults it on, but PPOTrainer runs
+    its own loop and never enables it, so the policy and value model kept every layer's activations: at the rtx4060
+    settings 15.4 GiB estimated instead of 5.7 (tinyrlhf.memory). Non-reentrant, as TRL sets it elsewhere. TRL
+    samples rollouts in train mode, where a checkpointed layer drops the KV cache; the rollout patch therefore
+    generates in eval mode (TRL has disabled dropout in both models, so the numbers are the same)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for module in (model.policy, model.value_model):
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def accumulate_per_mini_batch(trainer, micro_batches: int) -> None:
@@ -178,6 +191,8 @@ def rollout_logprobs_per_chunk():
     def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
         context_length = queries.shape[1]
         query_responses, logprobs, vocab = [], [], None
+        was_training = model.training
+        model.eval()  # keeps the KV cache under gradient checkpointing (see checkpoint_policy_and_value)
         for i in range(0, queries.shape[0], local_rollout_forward_batch_size):
             query_response, logits = trl_ppo.generate(model, queries[i: i + local_rollout_forward_batch_size],
                                                       pad_token_id, generation_config)
@@ -185,6 +200,7 @@ def rollout_logprobs_per_chunk():
             logprobs.append(original_log_softmax(logits, query_response[:, context_length:]))
             query_responses.append(query_response)
             del logits
+        model.train(was_training)
         # TRL pads the logits with zeros; the log-prob it then takes there is log_softmax(0)[pad] = -log(vocab).
         fill = original_log_softmax(torch.zeros(1, 1, vocab, device=queries.device),
                                     torch.zeros(1, 1, dtype=torch.long, device=queries.device)).item()

@@ -49,7 +49,7 @@ def trainer_kwargs(profile: Profile, *, out_dir, seed: int, steps: int) -> dict:
     return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu",
                 bf16=bf16_ok(device), report_to=[] if profile.report_to == "none" else [profile.report_to],
                 save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0,
-                gradient_checkpointing=profile.sft.gradient_checkpointing)
+                activation_checkpointing=profile.sft.gradient_checkpointing)  # transformers 5's name for it
 
 
 def quiet_trainer(trainer):

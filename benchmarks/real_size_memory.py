@@ -1,0 +1,110 @@
+"""The memory estimator checked at the real size, without a GPU: the rtx4060 profile's stages run on CPU with the
+Qwen2.5-0.5B architecture (its published configuration, random weights: no hub), at a reduced batch and length,
+each stage in its own process through the command line a user runs. Prints each stage's measured peak (process RSS)
+beside the estimator's CPU figure for the same shape, and the ratio; the goal is within +-20%.
+
+    .venv/bin/python benchmarks/real_size_memory.py [--workdir DIR] [--markdown]
+
+About 10-15 minutes on 2 cores; run it alone (measured peaks, not timings, but two jobs at once crawl).
+What it shows: the estimator's bookkeeping of weights, adapters, optimizer state, activations and the
+151,936-token logits at Qwen2.5-0.5B's real shapes, and that the GPU profile's code path (Qwen2 modules, LoRA on
+q/k/v/o_proj, bitsandbytes int8/NF4 layers, a pad token in a spare embedding row) runs at that size. What it does
+not: CUDA memory (the GPU figures add bf16 weights, the CUDA context and fragmentation by the same formulas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Qwen/Qwen2.5-0.5B's config.json as published on the hub (the values that shape memory).
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643)
+
+# The rtx4060 profile, shrunk in batch, length and steps only (model, LoRA ranks, targets, precisions unchanged).
+SETTINGS = {"device": "cpu", "data.source": "synthetic", "data.synthetic_pairs": 300, "data.max_prompt_tokens": 64,
+            "data.max_response_tokens": 32, "sft.batch_size": 2, "sft.accum": 1, "sft.max_steps": 3,
+            "sft.eval_pairs": 4, "sft.sample_prompts": 1, "rm.precisions": ["bf16", "int8", "int4"],
+            "rm.null_arm": False, "rm.batch_size": 2, "rm.accum": 1, "rm.max_steps": 2, "rm.eval_pairs": 4,
+            "ppo.seeds": [0], "ppo.ppo_batch": 4, "ppo.mini_batch": 2, "ppo.micro_batch": 2,
+            "ppo.rollout_chunk": 2, "ppo.ppo_epochs": 1, "ppo.max_new": 32, "ppo.steps": 1, "eval.judge": "gold",
+            "eval.prompts": 2, "eval.samples": 1, "eval.checkpoints": 1, "eval.cross_samples": 1,
+            "eval.bootstrap": 20}
+
+
+def build_model_folder(folder: Path) -> None:
+    """Random-weight Qwen2.5-0.5B architecture (bf16 on disk, as released) with a small BPE tokenizer that, like
+    Qwen2.5 base, has no distinct pad token; its tokens use the first rows of the 151,936-row embedding."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tinyrlhf.base_model import train_tokenizer
+    from tinyrlhf.synthetic import pretraining_corpus
+
+    tok = train_tokenizer(pretraining_corpus(500, 0), vocab_size=2000)
+    tok.pad_token = None  # Qwen2.5 base pads with EOS; load_tokenizer adds a distinct pad in a spare row
+    tok.save_pretrained(folder)
+    config = Qwen2Config(**QWEN25_05B | {"bos_token_id": tok.eos_token_id, "eos_token_id": tok.eos_token_id})
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+
+
+def run_stage(stage: str, folder: Path, workdir: Path) -> None:
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in SETTINGS.items()] + [f"--set=base.model={folder}"]
+    cmd = [sys.executable, "-m", "tinyrlhf", "run", stage, "--profile", "rtx4060", "--workdir", str(workdir), *sets]
+    print(f"running {stage} ...", flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def measured_rows(workdir: Path) -> list[dict]:
+    results = workdir / "results"
+    rows = [json.loads((results / "sft_results.json").read_text())["memory"]]
+    rm = json.loads((results / "rm_results.json").read_text())["arms"]
+    rows += [rm[p]["memory"] for p in SETTINGS["rm.precisions"]]
+    ppo = json.loads((results / "ppo_experiment_results.json").read_text())["arms"]
+    rows += [ppo[p]["seeds"][0]["memory"] for p in SETTINGS["rm.precisions"]]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    gib = 2**30
+    lines = ["| stage | measured (process peak RSS) | estimate (CPU) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['measured_bytes'] / gib:.2f} GiB | {r['estimate_bytes'] / gib:.2f} GiB | "
+              f"{r['ratio']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", help="where the model folder and the stages' artifacts go (default: a temp dir)")
+    ap.add_argument("--markdown", action="store_true", help="print the table with date and versions for docs/")
+    args = ap.parse_args(argv)
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="real-size-"))
+    folder = root / "qwen2.5-0.5b-architecture"
+    if not (folder / "config.json").exists():
+        print(f"building the Qwen2.5-0.5B architecture (random weights) in {folder} ...", flush=True)
+        build_model_folder(folder)
+    for stage in ("data", "sft", "rm", "ppo"):
+        run_stage(stage, folder, root / "work")
+    rows = measured_rows(root / "work")
+    print(table(rows))
+    worst = max(abs(r["ratio"] - 1) for r in rows)
+    print(f"largest deviation from the estimate: {worst:.0%} (goal: within 20%)")
+    if args.markdown:
+        import torch
+        import transformers
+        import trl
+
+        print(f"\n{datetime.date.today()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+              f"trl {trl.__version__}; settings: {json.dumps(SETTINGS)}")
+    return 0 if worst <= 0.2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
