@@ -3,7 +3,7 @@ Qwen2.5-0.5B architecture (its published configuration, random weights: no hub),
 each stage in its own process through the command line a user runs. Prints each stage's measured peak (process RSS)
 beside the estimator's CPU figure for the same shape, and the ratio; the goal is within +-20%.
 
-    .venv/bin/python benchmarks/real_size_memory.py [--workdir DIR] [--markdown]
+    .venv/bin/python benchmarks/real_size_memory.py [--workdir DIR] [--write-json docs/real-size-memory.json]
 
 About 10-15 minutes on 2 cores; run it alone (measured peaks, not timings, but two jobs at once crawl).
 What it shows: the estimator's bookkeeping of weights, adapters, optimizer state, activations and the
@@ -62,14 +62,15 @@ def run_stage(stage: str, folder: Path, workdir: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
-def measured_rows(workdir: Path) -> list[dict]:
+def measured(workdir: Path) -> list[dict]:
+    """Each stage's measured peak, as its result recorded it (process peak RSS on CPU)."""
     results = workdir / "results"
-    rows = [json.loads((results / "sft_results.json").read_text())["memory"]]
+    records = [json.loads((results / "sft_results.json").read_text())["memory"]]
     rm = json.loads((results / "rm_results.json").read_text())["arms"]
-    rows += [rm[p]["memory"] for p in SETTINGS["rm.precisions"]]
+    records += [rm[p]["memory"] for p in SETTINGS["rm.precisions"]]
     ppo = json.loads((results / "ppo_experiment_results.json").read_text())["arms"]
-    rows += [ppo[p]["seeds"][0]["memory"] for p in SETTINGS["rm.precisions"]]
-    return rows
+    records += [ppo[p]["seeds"][0]["memory"] for p in SETTINGS["rm.precisions"]]
+    return [{"stage": r["stage"], "measured_bytes": r["measured_bytes"], "measured": r["measured"]} for r in records]
 
 
 def table(rows: list[dict]) -> str:
@@ -82,8 +83,10 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", help="where the model folder and the stages' artifacts go (default: a temp dir)")
-    ap.add_argument("--markdown", action="store_true", help="print the table with date and versions for docs/")
+    ap.add_argument("--workdir", help="where the model folder and the stages' artifacts go (default: a temp dir; "
+                                      "finished stages there are reused)")
+    ap.add_argument("--write-json", metavar="PATH", help="record the measurements (e.g. docs/real-size-memory.json, "
+                                                         "which docs/hardware.md and a test read)")
     args = ap.parse_args(argv)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="real-size-"))
     folder = root / "qwen2.5-0.5b-architecture"
@@ -92,17 +95,28 @@ def main(argv=None) -> int:
         build_model_folder(folder)
     for stage in ("data", "sft", "rm", "ppo"):
         run_stage(stage, folder, root / "work")
-    rows = measured_rows(root / "work")
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    from tinyrlhf import memory
+
+    record = {"date": str(datetime.date.today()), "machine": f"{platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} torch threads", "versions": {"torch": torch.__version__,
+              "transformers": transformers.__version__, "trl": trl.__version__},
+              "profile": "rtx4060", "model": "Qwen/Qwen2.5-0.5B", "weights": "random",
+              "settings": SETTINGS, "measured": measured(root / "work")}
+    rows = memory.validation_rows(record)
     print(table(rows))
     worst = max(abs(r["ratio"] - 1) for r in rows)
     print(f"largest deviation from the estimate: {worst:.0%} (goal: within 20%)")
-    if args.markdown:
-        import torch
-        import transformers
-        import trl
+    if args.write_json:
+        from tinyrlhf.results import atomic_write_json
 
-        print(f"\n{datetime.date.today()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-              f"trl {trl.__version__}; settings: {json.dumps(SETTINGS)}")
+        atomic_write_json(args.write_json, record)
+        print(f"wrote {args.write_json}")
     return 0 if worst <= 0.2 else 1
 
 

@@ -12,6 +12,7 @@ from .config import Profile, resolve_device
 from .data import Pair
 from .results import MemoryMeter
 from .runtime import (
+    bf16_ok,
     drop_scratch,
     free_memory,
     lora_config,
@@ -93,14 +94,17 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     Saves the adapter to `out_dir/adapter` and the merged model to `out_dir/merged`; returns the loss curve,
     seconds, peak memory and parameter counts.
     """
+    import torch
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
     seed_everything(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
+    # The dtype the trainer computes in (as PPO loads its policy): a bf16 checkpoint would otherwise stay bf16 on a
+    # CPU, where training is float32 and the memory estimate counts float32 weights.
     model = load_causal_lm(init_path, trust_remote_code=profile.base.trust_remote_code, device=device,
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, dtype=torch.bfloat16 if bf16_ok(device) else torch.float32)
     dataset = load_dataset("json", data_files=str(data_path), split="train")
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=dropout, target_modules=target_modules,
                        task_type="CAUSAL_LM")
