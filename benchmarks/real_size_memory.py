@@ -4,6 +4,7 @@ each stage in its own process through the command line a user runs. Prints each 
 beside the estimator's CPU figure for the same shape, and the ratio; the goal is within +-20%.
 
     .venv/bin/python benchmarks/real_size_memory.py [--workdir DIR] [--write-json docs/real-size-memory.json]
+    .venv/bin/python benchmarks/real_size_memory.py --device cuda   # on a GPU: CUDA max allocated vs the estimate
 
 About 10-15 minutes on 2 cores; run it alone (measured peaks, not timings, but two jobs at once crawl).
 What it shows: the estimator's bookkeeping of weights, adapters, optimizer state, activations and the
@@ -28,7 +29,7 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643)
 
 # The rtx4060 profile, shrunk in batch, length and steps only (model, LoRA ranks, targets, precisions unchanged).
-SETTINGS = {"device": "cpu", "data.source": "synthetic", "data.synthetic_pairs": 300, "data.max_prompt_tokens": 64,
+SETTINGS = {"data.source": "synthetic", "data.synthetic_pairs": 300, "data.max_prompt_tokens": 64,
             "data.max_response_tokens": 32, "sft.batch_size": 2, "sft.accum": 1, "sft.max_steps": 3,
             "sft.eval_pairs": 4, "sft.sample_prompts": 1, "rm.precisions": ["bf16", "int8", "int4"],
             "rm.null_arm": False, "rm.batch_size": 2, "rm.accum": 1, "rm.max_steps": 2, "rm.eval_pairs": 4,
@@ -55,8 +56,9 @@ def build_model_folder(folder: Path) -> None:
     Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
 
 
-def run_stage(stage: str, folder: Path, workdir: Path) -> None:
-    sets = [f"--set={k}={json.dumps(v)}" for k, v in SETTINGS.items()] + [f"--set=base.model={folder}"]
+def run_stage(stage: str, folder: Path, workdir: Path, device: str) -> None:
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in SETTINGS.items()]
+    sets += [f"--set=base.model={folder}", f"--set=device={json.dumps(device)}"]
     cmd = [sys.executable, "-m", "tinyrlhf", "run", stage, "--profile", "rtx4060", "--workdir", str(workdir), *sets]
     print(f"running {stage} ...", flush=True)
     subprocess.run(cmd, check=True)
@@ -75,7 +77,7 @@ def measured(workdir: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     gib = 2**30
-    lines = ["| stage | measured (process peak RSS) | estimate (CPU) | ratio |", "|---|---|---|---|"]
+    lines = ["| stage | measured peak | estimate | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['stage']} | {r['measured_bytes'] / gib:.2f} GiB | {r['estimate_bytes'] / gib:.2f} GiB | "
               f"{r['ratio']:.2f} |" for r in rows]
     return "\n".join(lines)
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", help="where the model folder and the stages' artifacts go (default: a temp dir; "
                                       "finished stages there are reused)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: run the stages on a GPU and compare CUDA max allocated with the GPU estimate")
     ap.add_argument("--write-json", metavar="PATH", help="record the measurements (e.g. docs/real-size-memory.json, "
                                                          "which docs/hardware.md and a test read)")
     args = ap.parse_args(argv)
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
         print(f"building the Qwen2.5-0.5B architecture (random weights) in {folder} ...", flush=True)
         build_model_folder(folder)
     for stage in ("data", "sft", "rm", "ppo"):
-        run_stage(stage, folder, root / "work")
+        run_stage(stage, folder, root / "work", args.device)
     import platform
 
     import torch
@@ -106,7 +110,7 @@ def main(argv=None) -> int:
     record = {"date": str(datetime.date.today()), "machine": f"{platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} torch threads", "versions": {"torch": torch.__version__,
               "transformers": transformers.__version__, "trl": trl.__version__},
-              "profile": "rtx4060", "model": "Qwen/Qwen2.5-0.5B", "weights": "random",
+              "device": args.device, "profile": "rtx4060", "model": "Qwen/Qwen2.5-0.5B", "weights": "random",
               "settings": SETTINGS, "measured": measured(root / "work")}
     rows = memory.validation_rows(record)
     print(table(rows))

@@ -560,9 +560,11 @@ def measured_vs_estimate(profile: Profile, stage: str, meter_result: dict) -> di
 def validation_rows(record: dict) -> list[dict]:
     """Measured peaks at a real size (the JSON benchmarks/real_size_memory.py writes) beside this estimator's CPU
     figures for the same profile, model and settings: stage, measured_bytes, estimate_bytes, ratio."""
+    device = record.get("device", "cpu")
     profile = get_profile(record["profile"], overrides=record["settings"] | {"base.model": record["model"]})
-    estimates = estimate_profile(profile, device="cpu")
-    return [{"stage": m["stage"], "measured_bytes": m["measured_bytes"],
-             "estimate_bytes": estimates[m["stage"]].total,
-             "ratio": m["measured_bytes"] / estimates[m["stage"]].total} for m in record["measured"]]
+    estimates = estimate_profile(profile, device=device)
+    # what the measurement sees: CUDA max allocated on a GPU, the whole process RSS on the CPU
+    comparable = {k: e.device_bytes if device == "cuda" else e.total for k, e in estimates.items()}
+    return [{"stage": m["stage"], "measured_bytes": m["measured_bytes"], "estimate_bytes": comparable[m["stage"]],
+             "ratio": m["measured_bytes"] / comparable[m["stage"]]} for m in record["measured"]]
 
