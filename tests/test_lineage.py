@@ -118,3 +118,80 @@ def test_a_full_disk_is_one_sentence(world, monkeypatch):
     monkeypatch.setattr(stages, "_prepare_data", no_space)
     with pytest.raises(stages.DiskFullError, match="is full: free space"):
         stages.run_data(profile, paths, force=True, progress=False)
+
+
+def test_a_model_write_killed_midway_leaves_the_previous_folder(tmp_path):
+    """The write of a model folder, killed with SIGKILL halfway: the final name still holds the previous model, and
+    the next write clears what the killed one left behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from tinyrlhf.results import PARTIAL, atomic_folder
+
+    final = tmp_path / "models" / "rm" / "int4"
+    final.mkdir(parents=True)
+    (final / "adapter_model.safetensors").write_text("previous")
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom tinyrlhf.results import atomic_folder\n"
+        f"with atomic_folder({str(final)!r}) as d:\n"
+        "    (d / 'adapter_model.safetensors').write_text('half')\n"
+        "    print('writing', flush=True)\n    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert (final / "adapter_model.safetensors").read_text() == "previous"
+    assert list(final.parent.glob(f".int4{PARTIAL}*"))  # the killed writer's leftovers
+    with atomic_folder(final) as d:
+        (d / "adapter_model.safetensors").write_text("new")
+    assert (final / "adapter_model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["int4"]
+
+
+def test_a_failed_model_write_keeps_the_previous_folder(tmp_path):
+    from tinyrlhf.results import atomic_folder
+
+    final = tmp_path / "merged"
+    final.mkdir()
+    (final / "model.safetensors").write_text("previous")
+    with pytest.raises(OSError, match="No space"):
+        with atomic_folder(final) as d:
+            (d / "model.safetensors").write_text("half")
+            raise OSError(28, "No space left on device")
+    assert (final / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_a_broken_reward_model_is_that_arms_failure_and_the_others_run(world):
+    from tinyrlhf.ppo import PPOError
+    from tinyrlhf.stages import run_ppo
+
+    profile, paths = world
+    (paths.rm("int4") / "adapter_model.safetensors").unlink()
+    result = run_ppo(profile, paths, progress=False)
+    assert [r["status"] for r in result["arms"]["bf16"]["seeds"]] == ["ok"] * len(profile.ppo.seeds)
+    reasons = [r["reason"] for r in result["arms"]["int4"]["seeds"]]
+    assert all("models/rm/int4/adapter_model.safetensors is missing" in r and "03_Reward_Modeling" in r
+               for r in reasons), reasons
+    (paths.rm("bf16") / "adapter_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(PPOError, match="bf16 reward model"):
+        run_ppo(profile, paths, progress=False)
+
+
+def test_an_interrupted_ppo_stage_keeps_the_runs_it_finished(world, monkeypatch):
+    from tinyrlhf import stages
+
+    profile, paths = world
+    first = stages.run_ppo(profile, paths, progress=False)
+    paths.result("ppo").unlink()  # killed after the runs, before the stage's result was written
+    trained = []
+    original = stages._train_and_evaluate
+    monkeypatch.setattr(stages, "_train_and_evaluate", lambda job, report: trained.append(job["arm"]) or original(
+        job, report))
+    (paths.policy("int4", profile.ppo.seeds[-1]) / stages.RUN_FILE).unlink()  # this run was not finished
+    again = stages.run_ppo(profile, paths, progress=False)
+    assert trained == ["int4"]
+    for arm in ("bf16", "int4"):
+        assert again["arms"][arm]["gold_gain_vs_sft"] == first["arms"][arm]["gold_gain_vs_sft"]
+    forced = stages.run_ppo(get_profile("cpu", overrides=SETTINGS | {"ppo.kl_coef": 0.1}), paths, progress=False)
+    assert forced["reused"] is False and len(trained) == 1 + 2 * len(profile.ppo.seeds)  # new settings: all retrained

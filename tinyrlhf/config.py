@@ -451,6 +451,10 @@ class Paths:
         """A stage's result file: kind "data_stats", "sft", "rm", "ppo" or "environment"."""
         return self.results / RESULT_FILES[kind]
 
+    def relative(self, path) -> str:
+        """`path` relative to the workdir (as results record artifacts, so a moved workdir still finds them)."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
     def make(self) -> Paths:
         try:
             for p in (self.data, self.models, self.results, self.figures):

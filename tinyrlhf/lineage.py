@@ -56,8 +56,16 @@ def stale_reason(result: dict, root: Path, inputs: dict) -> str | None:
     changed = sorted(k for k in set(inputs) | set(lineage["inputs"]) if inputs.get(k) != lineage["inputs"].get(k))
     if changed:
         return f"its input{'s' if len(changed) > 1 else ''} {', '.join(changed)} changed since it ran"
+    return output_problem(result, root)
+
+
+def output_problem(result: dict, root: Path, under: str = "") -> str | None:
+    """The first recorded output (below the workdir-relative folder `under`, when given) that is missing or no
+    longer what was written, as one sentence; None when all verify."""
     root = Path(root)
-    for rel, want in lineage["outputs"].items():
+    for rel, want in (result.get("lineage") or {}).get("outputs", {}).items():
+        if under and not rel.startswith(under.rstrip("/") + "/"):
+            continue
         f = root / rel
         if not f.is_file():
             return f"its output {rel} is missing"

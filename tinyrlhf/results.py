@@ -65,6 +65,35 @@ def atomic_file(path: str | os.PathLike, mode: str = "w"):
         raise
 
 
+PARTIAL = ".partial-"  # infix of a model folder being written (atomic_folder)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yields a temporary sibling folder of `path` to write a model into; when the block succeeds it replaces `path`
+    (renamed into place), when it fails it is removed. A kill or a full disk mid-write leaves the previous folder
+    (or none), never a half-written one under the final name; what a killed run left behind is cleared here on the
+    next write (one run per workdir holds the lock, so no other writer owns it)."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}{PARTIAL}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}{PARTIAL}{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.parent / f".{path.name}{PARTIAL}old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_file(path) as f:
         f.write(text)

@@ -26,6 +26,7 @@ from .jobs import run_jobs
 from .memory import measured_vs_estimate
 from .ppo import PPOError, train_ppo
 from .results import (
+    atomic_folder,
     atomic_write_json,
     current_rss_bytes,
     data_source_of,
@@ -122,7 +123,9 @@ def upstream_inputs(stage: Stage, profile: Profile, paths: Paths) -> dict:
             raise StaleInputError(f"{stage.name} needs the {up.name} stage's results: {where} first")
         reason = _not_reusable(paths.result(kind), config_hash(up, profile), upstream_inputs(up, profile, paths),
                                paths.root)
-        if reason and not (kind == "rm" and reason.endswith("did not finish last time")):  # PPO skips failed arms
+        # PPO records a failed, missing or broken reward model as that arm's failure and runs the others
+        if reason and not (kind == "rm" and (reason.endswith("did not finish last time")
+                                             or reason.startswith("its output "))):
             raise StaleInputError(f"{stage.name} cannot use the {up.name} stage's results: {reason}; {where}")
         inputs[kind] = lineage.fingerprint_of(read_json(paths.result(kind)))
     return inputs
@@ -272,14 +275,16 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
     before, before_text = _loss_and_replies(init_path, tokenizer, test_pairs, prompts, max_new, trust, device)
 
     ######## LoRA SFT on prompt + chosen reply ########
-    run = train_sft(paths.data_file("sft"), out_dir=paths.sft, init_path=init_path, tokenizer=tokenizer,
-                    batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, accum=s.accum, warmup=s.warmup,
-                    dropout=s.dropout, max_steps=s.max_steps, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-                    target_modules=s.target_modules, max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                    seed=profile.seed, profile=profile, report=progress_bar("SFT (LoRA)", progress))
+    with atomic_folder(paths.sft) as written:  # renamed into place only when complete
+        run = train_sft(paths.data_file("sft"), out_dir=written, init_path=init_path, tokenizer=tokenizer,
+                        batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, accum=s.accum, warmup=s.warmup,
+                        dropout=s.dropout, max_steps=s.max_steps, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
+                        target_modules=s.target_modules,
+                        max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                        seed=profile.seed, profile=profile, report=progress_bar("SFT (LoRA)", progress))
 
     ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
-    after, after_text = _loss_and_replies(run["merged_dir"], tokenizer, test_pairs, prompts, max_new, trust, device)
+    after, after_text = _loss_and_replies(paths.sft_merged, tokenizer, test_pairs, prompts, max_new, trust, device)
     quality = sft_reply_quality(profile, paths, tokenizer)
     result = {
         "base_model": profile.base.model,
@@ -291,7 +296,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
         "trainable_parameters": run["trainable_parameters"], "total_parameters": run["total_parameters"],
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before_text, after_text)],
         "reply_quality": quality,
-        "artifacts": {"adapter": run["adapter_dir"], "merged": run["merged_dir"]},
+        "artifacts": {"adapter": paths.relative(paths.sft_adapter), "merged": paths.relative(paths.sft_merged)},
     }
     return result, {"data_source": data_source_of(paths), "timings": {"train_seconds": run["train_seconds"]},
                     "peak_memory": run["peak_memory"]}
@@ -404,13 +409,14 @@ def _rm_job(job: dict, report) -> dict:
     r, trust = profile.rm, profile.base.trust_remote_code
     try:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
-        run = train_reward_model(
-            job["train"], init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
-            out_dir=paths.rm(arm), batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum,
-            warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
-            lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
-            max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1, seed=job["seed"],
-            profile=profile, callbacks=[progress_callback(report)])
+        with atomic_folder(paths.rm(arm)) as written:
+            run = train_reward_model(
+                job["train"], init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
+                out_dir=written, batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum,
+                warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
+                lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
+                max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                seed=job["seed"], profile=profile, callbacks=[progress_callback(report)])
         free_memory()
         model, _ = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu")
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
@@ -467,7 +473,7 @@ def _experiment(profile: Profile, paths: Paths, progress: bool):
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     base_model.check_context(paths.sft_merged, context_needed(profile),
                              trust_remote_code=profile.base.trust_remote_code)
-    rm_records = read_json(paths.result("rm"))["arms"]
+    rm_records = intact_rm_records(paths, read_json(paths.result("rm")))
     usable = [a for a in profile.arms if rm_records.get(a, {}).get("status") == "ok"]
     if "bf16" not in usable:
         raise PPOError("the bf16 reward model is missing or failed: every tax is relative to it; rerun "
@@ -477,15 +483,13 @@ def _experiment(profile: Profile, paths: Paths, progress: bool):
                                     profile.eval.prompts, profile.seed)
 
     ######## One job for the SFT policy, one per arm and seed; each run is evaluated along training ########
-    base = {"profile": profile, "paths": paths, "prompts": prompts, "judge": judge, "scorers": usable}
-    jobs = [base | {"arm": "sft", "seed": profile.seed}]
-    jobs += [base | {"arm": arm, "seed": seed} for arm in profile.arms for seed in profile.ppo.seeds]
+    jobs = _policy_jobs(profile, paths, {"profile": profile, "paths": paths, "prompts": prompts, "judge": judge,
+                                         "scorers": usable}, rm_records)
     labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
                                               for i, j in enumerate(jobs[1:])]
-    results = run_jobs(_policy_job, [j if j["arm"] == "sft" or j["arm"] in usable else j | {"skip": rm_records.get(
-        j["arm"], {}).get("reason") or "no reward model"} for j in jobs], workers=profile.workers,
-        threads=profile.threads, labels=labels, progress=progress,
-        failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
+    results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
+                       progress=progress,
+                       failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
     sft, runs = results[0], {arm: [] for arm in profile.arms}
     for job, rec in zip(jobs[1:], results[1:]):
         runs[job["arm"]].append(rec)
@@ -494,6 +498,17 @@ def _experiment(profile: Profile, paths: Paths, progress: bool):
 
     ######## Statistics: gains, taxes, the null arm, the frontier ########
     return _experiment_result(profile, paths, judge, prompts, sft, runs, usable)
+
+
+def intact_rm_records(paths: Paths, rm_result: dict) -> dict:
+    """The rm stage's records per arm, an arm whose files are missing or changed since 03 wrote them marked failed
+    (that arm's failure, not the stage's)."""
+    records = {}
+    for arm, rec in rm_result["arms"].items():
+        problem = rec.get("status") == "ok" and lineage.output_problem(rm_result, paths.root, paths.relative(
+            paths.rm(arm)))
+        records[arm] = rec | {"status": "failed", "reason": f"{problem}; rerun 03_Reward_Modeling"} if problem else rec
+    return records
 
 
 def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
@@ -517,8 +532,44 @@ def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
             "why": "named by eval.judge; it reads the decoded replies with its own tokenizer"}
 
 
+RUN_FILE = "run.json"  # a finished PPO run's record, beside its adapter
+
+
+def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict) -> list[dict]:
+    """The SFT policy's evaluation, then one job per arm and seed: skipped when its reward model failed, and
+    carrying its record when an interrupted earlier attempt finished it with the same settings and inputs."""
+    ups = [lineage.fingerprint_of(read_json(paths.result(kind))) for kind in ("sft", "rm")]
+    key = ":".join(map(str, [config_hash(PPO, profile), *ups, *base["scorers"]]))
+    jobs = [base | {"arm": "sft", "seed": profile.seed}]
+    for arm in profile.arms:
+        for seed in profile.ppo.seeds:
+            job = base | {"arm": arm, "seed": seed, "key": key}
+            if arm not in base["scorers"]:
+                job["skip"] = rm_records.get(arm, {}).get("reason") or "no reward model"
+            elif (done := finished_run(paths.policy(arm, seed), key)) is not None:
+                job["finished"] = done
+            jobs.append(job)
+    kept = sum("finished" in j for j in jobs)
+    if kept:
+        log.info("ppo: %d run(s) finished by an earlier, interrupted attempt are kept", kept)
+    return jobs
+
+
+def finished_run(folder: Path, key: str) -> dict | None:
+    """The record of a run in `folder` finished with the same `key` (settings, upstream results, scorers)."""
+    try:
+        saved = read_json(folder / RUN_FILE)
+    except (FileNotFoundError, ValueError):
+        return None
+    record = saved.get("record") or {}
+    ok = saved.get("key") == key and record.get("status") == "ok"
+    return record if ok and (folder / "adapter_model.safetensors").is_file() else None
+
+
 def _policy_job(job: dict, report) -> dict:
     """The SFT policy's evaluation, or one PPO run evaluated at its checkpoints; a failure is recorded."""
+    if "finished" in job:
+        return job["finished"]
     if job.get("skip"):
         return {"seed": job["seed"], "status": "failed", "reason": f"reward model {job['arm']} failed in 03: "
                                                                       f"{job['skip']}"}
@@ -566,24 +617,29 @@ def _train_and_evaluate(job: dict, report) -> dict:
             final.update(summary=summary, rollouts=rollouts, judged=judged)
         return {k: v for k, v in summary.items() if not k.endswith("_per_prompt") and k != "samples"}
 
-    run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(arm),
-                    out_dir=paths.policy(arm, seed), profile=profile, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs,
-                    max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
-                    micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, lr_scheduler=p.lr_scheduler,
-                    missing_eos_penalty=p.missing_eos_penalty, steps=p.steps, temperature=p.temperature,
-                    lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=seed,
-                    eval_steps=evaluate.checkpoint_steps(p.steps, e.checkpoints),
-                    on_checkpoint=on_checkpoint, on_update=report)
+    with atomic_folder(paths.policy(arm, seed)) as written:
+        run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(arm),
+                        out_dir=written, profile=profile, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs,
+                        max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
+                        micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, lr_scheduler=p.lr_scheduler,
+                        missing_eos_penalty=p.missing_eos_penalty, steps=p.steps, temperature=p.temperature,
+                        lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=seed,
+                        eval_steps=evaluate.checkpoint_steps(p.steps, e.checkpoints),
+                        on_checkpoint=on_checkpoint, on_update=report)
     precision = rm_arms(profile)[arm]["precision"]
     cross = _cross_scores(profile, paths, job["scorers"], final["rollouts"].first(e.cross_samples),
                           tokenizer.eos_token_id)
-    return {"seed": seed, "status": "ok", "reason": None, **final["summary"], "cross": cross,
-            "judge_scores": final["judged"], "checkpoints": run["checkpoints"], "history": run["history"],
-            "train_seconds": run["train_seconds"], "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
-            "peak_memory": run["peak_memory"], "memory": measured_vs_estimate(profile, f"ppo_{precision}",
-                                                                             run["peak_memory"]),
-            "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
-            "policy_device": run["policy_device"]}
+    record = to_json_ready({
+        "seed": seed, "status": "ok", "reason": None, **final["summary"], "cross": cross,
+        "judge_scores": final["judged"], "checkpoints": run["checkpoints"], "history": run["history"],
+        "train_seconds": run["train_seconds"], "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
+        "peak_memory": run["peak_memory"], "memory": measured_vs_estimate(profile, f"ppo_{precision}",
+                                                                         run["peak_memory"]),
+        "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
+        "policy_device": run["policy_device"]})
+    # kept beside the adapter, so a rerun after an interruption does not train this run again (_policy_jobs)
+    atomic_write_json(paths.policy(arm, seed) / RUN_FILE, {"key": job["key"], "record": record})
+    return record
 
 
 def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: int) -> dict:
