@@ -193,5 +193,7 @@ def test_an_interrupted_ppo_stage_keeps_the_runs_it_finished(world, monkeypatch)
     assert trained == ["int4"]
     for arm in ("bf16", "int4"):
         assert again["arms"][arm]["gold_gain_vs_sft"] == first["arms"][arm]["gold_gain_vs_sft"]
-    forced = stages.run_ppo(get_profile("cpu", overrides=SETTINGS | {"ppo.kl_coef": 0.1}), paths, progress=False)
-    assert forced["reused"] is False and len(trained) == 1 + 2 * len(profile.ppo.seeds)  # new settings: all retrained
+    seed = profile.ppo.seeds[0]
+    assert stages.finished_run(paths.policy("bf16", seed), "other settings") is None  # kept only for the same key
+    assert stages.finished_run(paths.policy("bf16", seed), json.loads(
+        (paths.policy("bf16", seed) / stages.RUN_FILE).read_text())["key"]) is not None

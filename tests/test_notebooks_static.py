@@ -190,6 +190,16 @@ def test_main_stops_at_a_failure_and_names_it(tmp_path, monkeypatch, capsys):
     assert rows == {"00_A.ipynb": "ok", "01_B.ipynb": "failed", "02_C.ipynb": "not", "03_D.ipynb": "not"}
 
 
+def test_main_on_a_workdir_that_is_a_file_is_one_sentence(tmp_path, monkeypatch, capsys):
+    fake_notebooks(tmp_path)
+    (tmp_path / "work").write_text("a file, not a folder")
+    monkeypatch.setenv("TINYRLHF_WORKDIR", str(tmp_path / "work"))
+    execute, calls = recorder()
+    assert rn.main(["--root", str(tmp_path)], execute_fn=execute) == 2
+    err = capsys.readouterr().err
+    assert calls == [] and "cannot hold the pipeline's folders" in err and "Traceback" not in err
+
+
 def test_main_unknown_prefix_exits_2(tmp_path, capsys):
     fake_notebooks(tmp_path)
     execute, calls = recorder()

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, repo_root
+from .config import PROFILES, ConfigError, get_paths, repo_root
 from .results import atomic_write_text
 
 PATTERN = "0*.ipynb"
@@ -234,6 +234,12 @@ def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
         return 2
     env = kernel_env(args)
     out_dir = Path(env["TINYRLHF_WORKDIR"]) / EXECUTED
+    try:  # an unusable workdir is one sentence here, not a failure of the first notebook or of writing its copy
+        get_paths(env["TINYRLHF_WORKDIR"]).make()
+        out_dir.mkdir(exist_ok=True)
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"Running {len(notebooks)} notebook(s) from {root}; profile "
           f"{env.get('TINYRLHF_PROFILE') or 'default (TINYRLHF_PROFILE not set)'}; artifacts under "
           f"{env['TINYRLHF_WORKDIR']}; executed copies in {out_dir}", flush=True)
