@@ -193,6 +193,8 @@ def test_an_interrupted_ppo_stage_keeps_the_runs_it_finished(world, monkeypatch)
     assert trained == ["int4"]
     for arm in ("bf16", "int4"):
         assert again["arms"][arm]["gold_gain_vs_sft"] == first["arms"][arm]["gold_gain_vs_sft"]
+    stages.run_ppo(profile, paths, force=True, progress=False)
+    assert len(trained) == 1 + 2 * len(profile.ppo.seeds)  # forced: every run trained again
     seed = profile.ppo.seeds[0]
     assert stages.finished_run(paths.policy("bf16", seed), "other settings") is None  # kept only for the same key
     assert stages.finished_run(paths.policy("bf16", seed), json.loads(

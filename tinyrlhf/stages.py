@@ -464,10 +464,10 @@ def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bo
     proxy; the cross matrix; gains, taxes and the null arm with hierarchical-bootstrap intervals; the frontier."""
     policies = [paths.policy(a, s) for a in profile.arms for s in profile.ppo.seeds]
     return cycle(PPO, profile, paths, force=force, outputs=policies,
-                 compute=lambda: _experiment(profile, paths, progress))
+                 compute=lambda: _experiment(profile, paths, progress, keep_finished=not force))
 
 
-def _experiment(profile: Profile, paths: Paths, progress: bool):
+def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True):
     ######## Inputs: the SFT policy, the reward models that finished, the judge, the evaluation prompts ########
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
@@ -484,7 +484,7 @@ def _experiment(profile: Profile, paths: Paths, progress: bool):
 
     ######## One job for the SFT policy, one per arm and seed; each run is evaluated along training ########
     jobs = _policy_jobs(profile, paths, {"profile": profile, "paths": paths, "prompts": prompts, "judge": judge,
-                                         "scorers": usable}, rm_records)
+                                         "scorers": usable}, rm_records, keep_finished)
     labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
                                               for i, j in enumerate(jobs[1:])]
     results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
@@ -535,9 +535,10 @@ def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
 RUN_FILE = "run.json"  # a finished PPO run's record, beside its adapter
 
 
-def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict) -> list[dict]:
+def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict, keep_finished: bool) -> list[dict]:
     """The SFT policy's evaluation, then one job per arm and seed: skipped when its reward model failed, and
-    carrying its record when an interrupted earlier attempt finished it with the same settings and inputs."""
+    (unless forced) carrying its record when an interrupted earlier attempt finished it with the same settings and
+    inputs."""
     ups = [lineage.fingerprint_of(read_json(paths.result(kind))) for kind in ("sft", "rm")]
     key = ":".join(map(str, [config_hash(PPO, profile), *ups, *base["scorers"]]))
     jobs = [base | {"arm": "sft", "seed": profile.seed}]
@@ -546,7 +547,7 @@ def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict) -
             job = base | {"arm": arm, "seed": seed, "key": key}
             if arm not in base["scorers"]:
                 job["skip"] = rm_records.get(arm, {}).get("reason") or "no reward model"
-            elif (done := finished_run(paths.policy(arm, seed), key)) is not None:
+            elif keep_finished and (done := finished_run(paths.policy(arm, seed), key)) is not None:
                 job["finished"] = done
             jobs.append(job)
     kept = sum("finished" in j for j in jobs)
