@@ -15,9 +15,12 @@ MAX_OUTPUTS = 20  # JupyterLab folds a cell's outputs past 50; stay well under
 # stderr lines a user may see. Empty on purpose: a known harmless library message is handled at its source
 # (tinyrlhf/quiet.py); anything else on stderr is news and fails here.
 STDERR_ALLOWED: tuple[str, ...] = ()
+# A bar per job running at once, relabelled as the next job starts, and one counting finished jobs: the first
+# jobs' labels are in the outputs as displayed, the last ones in the widgets' saved state.
 BARS = {"02_SFT_Finetuning.ipynb": ["Pre-training the base model", "SFT (LoRA)"],
-        "03_Reward_Modeling.ipynb": ["RM bf16 (1/4)", "RM int8 (2/4)", "RM int4 (3/4)", "RM null (4/4)"],
-        "04_PPO_Alignment.ipynb": ["Evaluating the SFT policy", "PPO bf16 · seed 0 (1/12)", "PPO null · seed 2 (12/12)"]}
+        "03_Reward_Modeling.ipynb": ["Reward models finished", "RM bf16 (1/4)", "RM int8 (2/4)", "RM null (4/4)"],
+        "04_PPO_Alignment.ipynb": ["Policies finished", "Evaluating the SFT policy", "PPO bf16 · seed 0 (1/12)",
+                                   "PPO null · seed 2 (12/12)"]}
 
 
 def _executed(pipeline):
@@ -46,10 +49,16 @@ def test_nothing_on_stderr_outside_the_allow_list(pipeline):
     assert not unexpected, "\n".join(unexpected[:20])
 
 
+def _widget_texts(nb) -> list[str]:
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    return [m["state"]["value"] for m in state.values() if isinstance(m.get("state", {}).get("value"), str)]
+
+
 def test_every_long_step_has_a_labelled_progress_bar(pipeline):
     for name, labels in BARS.items():
         nb = _executed(pipeline)[name]
-        shown = " ".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"
-                         for o in c.outputs)
+        shown = " ".join([o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"
+                          for o in c.outputs] + _widget_texts(nb))
+        shown = shown.replace("\u2007", " ").replace("\xa0", " ")  # tqdm pads widget labels with figure spaces
         for label in labels:
             assert label in shown, f"{name}: no progress bar labelled {label!r}"

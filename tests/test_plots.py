@@ -186,3 +186,23 @@ def test_import_keeps_a_chosen_backend_and_stays_light():
     env = {**os.environ, "MPLBACKEND": "svg"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["svg", "False"]
+
+
+def test_saved_figures_are_shown_at_their_inline_size(tmp_path, monkeypatch):
+    """draw_all's 150-dpi PNGs are shown at the width the same figure has inline (100 dpi), not one fixed width."""
+    import IPython.display
+
+    from tinyrlhf import display as show
+
+    ppo = make_ppo_results()
+    written = plots.draw_all(write_results(tmp_path, make_rm_results(), ppo), tmp_path / "figures")
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    show.show_pngs(written)
+    images = [o for o in shown if isinstance(o, IPython.display.Image)]
+    assert len(images) == len(written)
+    fig = plots.plot_frontier(ppo)
+    inline = round(fig.get_figwidth() * 100)
+    # saved with a tight bounding box, as the inline backend draws it: within a few percent of the figure width
+    assert any(abs(img.width - inline) <= 0.05 * inline for img in images), ([i.width for i in images], inline)
+    assert max(i.width for i in images) < 720 * 1.5  # not the 150-dpi pixels

@@ -1,8 +1,8 @@
 """Small display helpers for the notebooks: result dicts as pandas tables, a few figures, byte and time formatting.
 
 The notebooks call one package function per section and show its result with these helpers, so that a notebook
-holds no logic of its own. Tables are plain ``pandas.DataFrame`` objects; `wrap` turns a text-heavy one into a
-left-aligned, line-wrapping Styler for JupyterLab. Figures are ``matplotlib.figure.Figure`` objects that are not
+holds no logic of its own. Tables are plain ``pandas.DataFrame`` objects; `wrap` shows every one of them in one
+style (no index, text wrapped, numbers right-aligned and unwrapped). Figures are ``matplotlib.figure.Figure`` objects that are not
 registered with pyplot (as in plots.py): show them with ``display(fig)``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -44,13 +45,26 @@ def _num(v, spec: str) -> str:
     return format(v, spec)
 
 
+# a number, optionally signed, with a unit and an interval: "0.79 [0.71, 0.85]", "+26% [-11%, +77%]", "4.0 MiB"
+_NUMBER = re.compile(r"^[+\-\u2212]?\d[\d,.]*\s*(%|s|x|B|KiB|MiB|GiB)?(\s*\[[^\]]*\])?$")
+
+
+def _number_cell(value) -> str:
+    numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if numeric or (isinstance(value, str) and _NUMBER.match(value.strip())):
+        return "text-align: right; white-space: nowrap"
+    return ""
+
+
 def wrap(df: pd.DataFrame, width: str = "48em"):
-    """A text-heavy table as a Styler: left-aligned, newlines kept, long cells wrapped, no index column."""
+    """Every table the notebooks show, in one style: no index column, text left-aligned with newlines kept and long
+    cells wrapped at `width`, numbers (with their units and intervals) right-aligned and never wrapped."""
     cells = [{"selector": "td", "props": [("text-align", "left"), ("white-space", "pre-wrap"),
                                           ("vertical-align", "top"), ("max-width", width)]},
              {"selector": "th", "props": [("text-align", "left")]}]
     # escape: dialogue text may hold "<" or "&", which must show as text, not as HTML.
-    return df.style.format(escape="html").set_table_styles(cells).hide(axis="index")
+    return (df.style.format(escape="html").set_table_styles(cells).map(_number_cell)
+            .hide(axis="index"))
 
 
 def table(rows, columns=("item", "value")) -> pd.DataFrame:
@@ -399,15 +413,20 @@ def samples_table(result: dict, n: int = 3, width: int = 300) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["policy", "prompt", "reply", "ended", "judge"])
 
 
-def show_pngs(written: dict, width: int = 720) -> None:
-    """Display the PNG of each figure that plots.draw_all wrote, under its name, all at one width."""
+def show_pngs(written: dict, save_dpi: int = 150, screen_dpi: int = 100) -> None:
+    """Display the PNG of each figure that plots.draw_all wrote, under its name, at the size the same figure has
+    inline (the PNGs are saved at 150 dpi, inline figures drawn at 100)."""
+    import struct
+
     from IPython.display import Image, Markdown, display
 
     for name, files in written.items():
         png = next((f for f in files if str(f).endswith(".png")), None)
         if png is not None:
+            with open(png, "rb") as f:
+                pixels = struct.unpack(">I", f.read(24)[16:20])[0]  # IHDR width
             display(Markdown(f"**{name}** (`{png}`)"))
-            display(Image(filename=str(png), width=width))
+            display(Image(filename=str(png), width=round(pixels * screen_dpi / save_dpi)))
 
 
 def sft_quality_line(result: dict) -> str:

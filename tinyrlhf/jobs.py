@@ -75,46 +75,77 @@ def _call(fn: Callable, job: dict, index: int):
 
 
 class _Bars:
-    """One labelled progress bar per running job (tqdm.auto: widgets in a notebook, text in a terminal)."""
+    """Labelled progress bars (tqdm.auto: widgets in a notebook, text in a terminal): one per job running at once,
+    relabelled as the next job starts ("PPO int4 · seed 1 (12/20)"), plus one bar counting finished jobs when there
+    are more jobs than run at once. A cell then holds a few bars, not one per job (JupyterLab folds a cell's outputs
+    past 50, and 20 PPO runs would fill it)."""
 
-    def __init__(self, labels: list[str], enabled: bool):
-        self.labels, self.enabled, self.bars, self.closed = labels, enabled, {}, set()
+    def __init__(self, labels: list[str], enabled: bool, overall: str | None = None):
+        self.labels, self.enabled, self.overall_label = labels, enabled, overall
+        self.bars: list = []  # one per slot
+        self.owner: dict[int, int] = {}  # job index -> slot
+        self.free: list[int] = []
+        self.closed: set[int] = set()
+        self.overall = None
 
     def update(self, index: int, done: int, total: int) -> None:
         if not self.enabled or index in self.closed:
             return
         from tqdm.auto import tqdm
 
-        bar = self.bars.get(index)
-        if bar is None:
-            bar = self.bars[index] = tqdm(total=total, desc=self.labels[index], leave=True, dynamic_ncols=True)
-        bar.total = total
-        bar.n = done
+        if self.overall_label and self.overall is None:
+            self.overall = tqdm(total=len(self.labels), initial=len(self.closed), desc=self.overall_label,
+                                leave=True, dynamic_ncols=True)
+        slot = self.owner.get(index)
+        if slot is None:
+            if self.free:
+                slot = self.free.pop(0)
+                self.bars[slot].reset(total=total)
+                self.bars[slot].set_description_str(self.labels[index], refresh=False)
+            else:
+                slot = len(self.bars)
+                self.bars.append(tqdm(total=total, desc=self.labels[index], leave=True, dynamic_ncols=True))
+            self.owner[index] = slot
+        bar = self.bars[slot]
+        bar.total, bar.n = total, done
         bar.refresh()
 
     def close(self, index: int) -> None:
+        """Job `index` finished (or was skipped): its slot takes the next job."""
         self.closed.add(index)
-        bar = self.bars.pop(index, None)
-        if bar is not None:
-            bar.close()
+        slot = self.owner.pop(index, None)
+        if slot is not None:
+            self.free.append(slot)
+        if self.overall is not None:
+            self.overall.update(1)
+
+    def finish(self) -> None:
+        for bar in [*self.bars, self.overall]:
+            if bar is not None:
+                bar.close()
 
 
 def run_jobs(fn: Callable, jobs: list[dict], *, workers: int, threads: int, labels: list[str],
-             progress: bool = True, on_result: Callable | None = None, failed: Callable) -> list:
+             progress: bool = True, on_result: Callable | None = None, failed: Callable,
+             overall: str | None = None) -> list:
     """fn(job, report) for every job, in `workers` processes (in this one when workers is 1); results in job order.
     `on_result(index, result)` runs as each finishes (e.g. to save it); `failed(job, reason)` makes the record of a
-    job whose worker died."""
-    bars = _Bars(labels, progress)
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for i, job in enumerate(jobs):
-            with torch_threads(threads):
-                results.append(fn(job, lambda done, total, i=i: bars.update(i, done, total)))
-            bars.close(i)
-            if on_result:
-                on_result(i, results[-1])
-        return results
-    return _in_workers(fn, jobs, workers=workers, threads=threads, bars=bars, on_result=on_result, failed=failed)
+    job whose worker died; `overall` labels the bar counting finished jobs (shown when more jobs than workers)."""
+    bars = _Bars(labels, progress, overall if len(jobs) > max(workers, 1) else None)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            results = []
+            for i, job in enumerate(jobs):
+                with torch_threads(threads):
+                    results.append(fn(job, lambda done, total, i=i: bars.update(i, done, total)))
+                bars.close(i)
+                if on_result:
+                    on_result(i, results[-1])
+            return results
+        return _in_workers(fn, jobs, workers=workers, threads=threads, bars=bars, on_result=on_result,
+                           failed=failed)
+    finally:
+        bars.finish()
 
 
 def _in_workers(fn, jobs, *, workers, threads, bars, on_result, failed) -> list:

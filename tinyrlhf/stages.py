@@ -391,6 +391,7 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
             for arm, spec in arms.items()]
     labels = [f"RM {arm} ({i + 1}/{len(jobs)})" for i, arm in enumerate(arms)]
     records = run_jobs(_rm_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
+                       overall="Reward models finished",
                        progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
 
     ######## Every reward model beside bf16 on the same test pairs ########
@@ -488,6 +489,7 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
                                               for i, j in enumerate(jobs[1:])]
     results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
+                       overall="Policies finished (the SFT policy's evaluation and every PPO run)",
                        progress=progress,
                        failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
     sft, runs = results[0], {arm: [] for arm in profile.arms}
