@@ -17,7 +17,7 @@ MAX_OUTPUTS = 20  # JupyterLab folds a cell's outputs past 50; stay well under
 STDERR_ALLOWED: tuple[str, ...] = ()
 # A bar per job running at once, relabelled as the next job starts, and one counting finished jobs: the first
 # jobs' labels are in the outputs as displayed, the last ones in the widgets' saved state.
-BARS = {"02_SFT_Finetuning.ipynb": ["Pre-training the base model", "SFT (LoRA)"],
+BARS = {"02_SFT_Finetuning.ipynb": ["Pre-training the base model", "SFT (LoRA)", "Sampling the SFT policy"],
         "03_Reward_Modeling.ipynb": ["Reward models finished", "RM bf16 (1/4)", "RM int8 (2/4)", "RM null (4/4)"],
         "04_PPO_Alignment.ipynb": ["Policies finished", "Evaluating the SFT policy", "PPO bf16 · seed 0 (1/12)",
                                    "PPO null · seed 2 (12/12)"]}

@@ -80,9 +80,9 @@ def queries_of(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def sample(policy, tokenizer, prompts: list[str], *, samples: int, max_new: int, temperature: float, seed: int,
-           chunk: int = 64) -> Rollouts:
+           chunk: int = 64, report=None) -> Rollouts:
     """`samples` replies per prompt with TRL's rollout settings (temperature + 1e-7, top_k 0, top_p 1), seeded and
-    without touching the caller's random state."""
+    without touching the caller's random state. `report(done, total)` follows the replies generated."""
     from transformers import GenerationConfig
     from trl.experimental.ppo.ppo_trainer import truncate_response
 
@@ -102,6 +102,8 @@ def sample(policy, tokenizer, prompts: list[str], *, samples: int, max_new: int,
             gen = policy.generate(input_ids=torch.masked_fill(q, ~mask, 0), attention_mask=mask,
                                   generation_config=config)
             out.append((q.cpu(), truncate_response(eos, pad, gen[:, q.shape[1]:]).cpu()))
+            if report:
+                report(min(i + chunk, len(rows)), len(rows))
     policy.train(was_training)
     queries = _stack([q for q, _ in out], pad, left=True)
     responses = _stack([r for _, r in out], pad, left=False)

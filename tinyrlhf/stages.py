@@ -285,7 +285,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
 
     ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
     after, after_text = _loss_and_replies(paths.sft_merged, tokenizer, test_pairs, prompts, max_new, trust, device)
-    quality = sft_reply_quality(profile, paths, tokenizer)
+    quality = sft_reply_quality(profile, paths, tokenizer, progress)
     result = {
         "base_model": profile.base.model,
         "base_pretraining": {k: v for k, v in base_summary.items() if k != "config_hash"},
@@ -302,7 +302,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
                     "peak_memory": run["peak_memory"]}
 
 
-def sft_reply_quality(profile: Profile, paths: Paths, tokenizer) -> dict:
+def sft_reply_quality(profile: Profile, paths: Paths, tokenizer, progress: bool = False) -> dict:
     """The SFT policy's sampled replies to the evaluation prompts: how many end with EOS within ppo.max_new, their
     length, and their gold reward when the data is synthetic."""
     p, e = profile.ppo, profile.eval
@@ -311,7 +311,8 @@ def sft_reply_quality(profile: Profile, paths: Paths, tokenizer) -> dict:
     prompts = evaluate.eval_prompts([x.prompt for x in data.read_pairs(paths.data_file("test"))], e.prompts,
                                     profile.seed)
     rollouts = evaluate.sample(policy, tokenizer, prompts, samples=e.samples, max_new=p.max_new,
-                               temperature=p.temperature, seed=profile.seed)
+                               temperature=p.temperature, seed=profile.seed, report=progress_bar(
+                                   f"Sampling the SFT policy ({len(prompts)} prompts x {e.samples})", progress))
     gold = (evaluate.gold_scores(rollouts, missing_eos_penalty=p.missing_eos_penalty)
             if resolve_source(profile) == "synthetic" else None)
     del policy
