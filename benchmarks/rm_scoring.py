@@ -1,61 +1,118 @@
-"""CPU scoring throughput of the trained reward models, per precision, as ratios to bf16.
+"""CPU scoring throughput of reward models per precision, as tokens per second and ratios to bf16, alone and with a
+second process competing for the cores.
 
-PPO scores every rollout on the CPU-resident reward model, so this is the number that decides whether a quantized
-reward model slows PPO down. Run after 03_Reward_Modeling (or `make run`):
+PPO scores every rollout on the CPU-resident reward model, so this number decides whether a quantized reward model
+slows PPO down. Two sizes:
 
-    .venv/bin/python benchmarks/rm_scoring.py [--workdir DIR] [--pairs 256] [--repeats 3] [--batch 32]
+    .venv/bin/python benchmarks/rm_scoring.py --size cpu [--workdir DIR]   # the cpu profile's trained reward models
+    .venv/bin/python benchmarks/rm_scoring.py --size real                   # Qwen2.5-0.5B's architecture, random weights
 
-Prints pairs per second (best of the repeats, after one warm-up pass) and the ratio to bf16.
+Each precision scores the same batch of random token ids (`--batch` sequences of `--tokens` tokens, no padding) in
+eval mode without gradients; best of `--repeats` after one warm-up pass. `--threads` sets torch's threads for the
+scoring (0: torch's default); `--contend` repeats the measurement beside a process that multiplies matrices on
+`--contend-threads` threads, as the GPU process's own threads would. Run it alone otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import sys
 import time
+from pathlib import Path
 
-from tinyrlhf.config import get_paths, get_profile
-from tinyrlhf.data import data_files, read_pairs
-from tinyrlhf.reward import PRECISION_FILE, load_reward_model, rm_dir, score_texts
+import torch
+
+PRECISIONS = ("bf16", "int8", "int4")
 
 
-def throughput(model, tokenizer, pairs, repeats: int, batch: int) -> float:
-    prompts = [p.prompt for p in pairs] * 2
-    replies = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    score_texts(model, tokenizer, prompts[:batch], replies[:batch], batch_size=batch)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        score_texts(model, tokenizer, prompts, replies, batch_size=batch)
-        best = min(best, time.perf_counter() - t0)
-    return len(pairs) / best
+def _compete(threads: int, stop) -> None:
+    torch.set_num_threads(threads)
+    a = torch.randn(512, 512)
+    while not stop.is_set():
+        a = torch.tanh(a @ a)
+
+
+def tokens_per_second(model, batch: int, tokens: int, vocab: int, repeats: int) -> float:
+    ids = torch.randint(0, vocab, (batch, tokens), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            best = min(best, time.perf_counter() - t0)
+    return batch * tokens / best
+
+
+def models(size: str, workdir: str | None):
+    """(precision, model, vocab) for each precision: the trained cpu-profile reward models, or the real
+    architecture's backbone at each precision (random weights, built like a reward model from its SFT model)."""
+    from tinyrlhf.config import get_paths
+    from tinyrlhf.reward import load_backbone, load_reward_model
+
+    if size == "cpu":
+        paths = get_paths(workdir)
+        for precision in PRECISIONS:
+            if not (paths.rm(precision) / "adapter_config.json").exists():
+                print(f"{precision}: no trained reward model in {paths.rm(precision)}; run 03_Reward_Modeling first")
+                continue
+            model, _ = load_reward_model(paths.rm(precision), device="cpu")
+            yield precision, model, model.config.vocab_size
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_size_memory import build_model_folder
+
+    folder = Path(workdir or "/tmp/real-size-scoring") / "qwen2.5-0.5b-architecture"
+    if not (folder / "config.json").exists():
+        print(f"building the Qwen2.5-0.5B architecture (random weights) in {folder} ...", flush=True)
+        build_model_folder(folder)
+    for precision in PRECISIONS:
+        model, _ = load_backbone(str(folder), precision, pad_token_id=0, device="cpu")
+        yield precision, model, 2000  # the folder's tokenizer has 2,000 tokens
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", help="artifacts folder (default: TINYRLHF_WORKDIR or the repository root)")
-    ap.add_argument("--pairs", type=int, default=256)
+    ap.add_argument("--size", choices=("cpu", "real"), default="cpu")
+    ap.add_argument("--workdir", help="cpu: the pipeline's artifacts; real: where the model folder goes")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for scoring (0: torch's default)")
+    ap.add_argument("--contend", action="store_true", help="also measure beside a competing process")
+    ap.add_argument("--contend-threads", type=int, default=2)
     args = ap.parse_args(argv)
-    profile, paths = get_profile(), get_paths(args.workdir)
-    pairs = read_pairs(data_files(paths)["test"])
-    pairs = (pairs * (args.pairs // max(len(pairs), 1) + 1))[: args.pairs]
-    rates = {}
-    for precision in profile.rm.precisions:
-        if not (rm_dir(paths, precision) / PRECISION_FILE).exists():
-            print(f"{precision}: no trained model in {rm_dir(paths, precision)}; run 03_Reward_Modeling first")
-            continue
-        model, info = load_reward_model(rm_dir(paths, precision), profile=profile, device="cpu")
-        rates[precision] = throughput(model, info["tokenizer"], pairs, args.repeats, args.batch)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for precision, model, vocab in models(args.size, args.workdir):
+        alone = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
+        contended = None
+        if args.contend:
+            stop = mp.get_context("spawn").Event()
+            rival = mp.get_context("spawn").Process(target=_compete, args=(args.contend_threads, stop))
+            rival.start()
+            time.sleep(2.0)  # let it start multiplying
+            contended = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
+            stop.set()
+            rival.join()
+        rows.append((precision, alone, contended))
         del model
-    if not rates:
+    if not rows:
         return 1
-    ref = rates.get("bf16")
-    print(f"\nCPU reward scoring, {args.pairs} pairs, batch {args.batch}, best of {args.repeats}")
-    print(f"{'precision':<10} {'pairs/s':>10} {'vs bf16':>8}")
-    for precision, rate in rates.items():
-        ratio = f"{rate / ref:.2f}x" if ref else "-"
-        print(f"{precision:<10} {rate:>10.1f} {ratio:>8}")
+    ref = dict((p, a) for p, a, _ in rows).get("bf16")
+    print(f"\nCPU reward scoring ({args.size}), batch {args.batch} x {args.tokens} tokens, best of {args.repeats}, "
+          f"{torch.get_num_threads()} torch threads")
+    print(f"{'precision':<10} {'tokens/s':>10} {'vs bf16':>8}" + (f" {'contended':>10} {'slowdown':>9}"
+                                                                 if args.contend else ""))
+    for precision, alone, contended in rows:
+        line = f"{precision:<10} {alone:>10.0f} {(f'{alone / ref:.2f}x' if ref else '-'):>8}"
+        if contended is not None:
+            line += f" {contended:>10.0f} {alone / contended:>8.1f}x"
+        print(line)
     return 0
 
 

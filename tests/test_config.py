@@ -40,6 +40,8 @@ def test_unknown_profile_lists_allowed():
     ({"sft.lr": float("nan")}, "sft.lr must be a finite number"),
     ({"rm.lr": float("inf")}, "rm.lr must be a finite number"),
     ({"ppo.max_new": 8}, "must be >= data.max_response_tokens"),
+    ({"ppo.rm_device": "tpu"}, "ppo.rm_device must be cpu or cuda"),
+    ({"ppo.rm_device": "cuda"}, "needs the policy on a GPU"),
 ])
 def test_bad_values_fail_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError, match=message):

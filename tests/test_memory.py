@@ -341,3 +341,11 @@ def test_the_estimator_agrees_with_the_real_size_measurements():
     assert record["settings"]["rm.precisions"] == ["bf16", "int8", "int4"]
     off = {r["stage"]: round(r["ratio"], 2) for r in rows if not 0.8 <= r["ratio"] <= 1.2}
     assert not off, off
+
+
+def test_a_reward_model_on_the_card_is_counted_on_the_card():
+    """ppo.rm_device='cuda' trades the design (reward model on the CPU) for speed: the estimate moves it."""
+    host = m.estimate_profile(config.PROFILES["rtx4060"])["ppo_int8"]
+    card = m.estimate_profile(config.get_profile("rtx4060", ppo__rm_device="cuda"))["ppo_int8"]
+    assert "reward model weights" in card.parts and "cpu: reward model weights" not in card.parts
+    assert card.device_bytes > host.device_bytes and card.cpu_bytes < host.cpu_bytes

@@ -165,6 +165,9 @@ class PPOSettings:
     # TRL's missing_eos_penalty: subtracted from every score (proxy and judge alike, in PPO and in evaluation)
     # of a reply that reaches max_new without the end-of-sequence token.
     missing_eos_penalty: float = 1.0
+    # Where PPO's reward model scores rollouts: "cpu" (the design: the card keeps its memory for policy and value
+    # model) or "cuda" (faster at the real size, if it fits; the memory estimate then counts it on the card).
+    rm_device: str = "cpu"
     value_init: str = "sft"  # every arm's value model: the SFT model with a fresh head, the same for all arms
     lora_r: int = 16
     lora_alpha: int = 32
@@ -334,6 +337,10 @@ def _validate(p: Profile) -> None:
     if p.ppo.max_new < p.data.max_response_tokens:
         raise ConfigError(f"ppo.max_new ({p.ppo.max_new}) must be >= data.max_response_tokens "
                           f"({p.data.max_response_tokens}): shorter limits cut replies no reward model was trained on")
+    if p.ppo.rm_device not in ("cpu", "cuda"):
+        raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
+    if p.ppo.rm_device == "cuda" and p.device == "cpu":
+        raise ConfigError("ppo.rm_device='cuda' needs the policy on a GPU; with device='cpu' set ppo.rm_device='cpu'")
     if p.ppo.value_init not in VALUE_INITS:
         raise ConfigError(f"ppo.value_init must be one of {', '.join(VALUE_INITS)}; got {p.ppo.value_init!r}")
     if p.eval.checkpoints > p.ppo.steps:

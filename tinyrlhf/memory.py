@@ -471,8 +471,9 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
                                         checkpoint_precision=train_precision)
     for prec in r.precisions:
         out[f"ppo_{prec}"] = estimate_ppo(
-            spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=True, batch=p.ppo_batch,
-            mini_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, value_from_rm=False, query_len=d.max_prompt_tokens, response_len=p.max_new,
+            spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=p.rm_device == "cpu",
+            batch=p.ppo_batch, mini_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, value_from_rm=False,
+            query_len=d.max_prompt_tokens, response_len=p.max_new,
             lora_r=p.lora_r, target_modules=_targets(spec, p.target_modules), gradient_checkpointing=ckpt,
             device=device, double_quant=r.double_quant, stage=f"ppo_{prec}", rm_checkpoint_precision=train_precision)
     return out

@@ -118,8 +118,11 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                               task_type="CAUSAL_LM")
     value = load_value_model(sft_path, lora_r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules,
                              device=device, dtype=dtype, pad_token_id=tokenizer.pad_token_id, trust_remote_code=trust)
-    rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device="cpu")
-    reward = CPURewardModel(rm, "cpu")
+    rm_device = profile.ppo.rm_device
+    if rm_device == "cuda" and device != "cuda":
+        raise PPOError("ppo.rm_device='cuda' but no CUDA device is visible: set ppo.rm_device='cpu'")
+    rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device)
+    reward = CPURewardModel(rm, rm_device)
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
     args = PPOConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, steps=20),
