@@ -490,7 +490,7 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
                                               for i, j in enumerate(jobs[1:])]
     results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
-                       overall="Policies finished (the SFT policy's evaluation and every PPO run)",
+                       overall="Policies finished (SFT evaluation and every PPO run)",
                        progress=progress,
                        failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
     sft, runs = results[0], {arm: [] for arm in profile.arms}
