@@ -33,18 +33,31 @@ def _compete(threads: int, stop) -> None:
         a = torch.tanh(a @ a)
 
 
-def tokens_per_second(model, batch: int, tokens: int, vocab: int, repeats: int) -> float:
+def int8_dequantized(model, on: bool) -> None:
+    """bitsandbytes 0.50 on the CPU multiplies an int8 layer in train mode through its dequantized weights
+    (MatMul8bitFp: the forward an int8 reward model trained with on the CPU) and in eval mode through LLM.int8
+    (MatMul8bitLt: activations quantized too). Put only the int8 layers in train mode (the reward models have no
+    dropout), to measure the first path."""
+    import bitsandbytes as bnb
+
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            module.train(on)
+
+
+def tokens_per_second(model, batch: int, tokens: int, vocab: int, repeats: int) -> tuple[float, torch.Tensor]:
+    """Tokens per second (best of `repeats` after a warm-up) and the scores, in the mode the model is in."""
     ids = torch.randint(0, vocab, (batch, tokens), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
-    model.eval()
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)  # warm-up
+        scores = model(input_ids=ids, attention_mask=mask).logits.float().squeeze(-1)  # warm-up
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(input_ids=ids, attention_mask=mask)
             best = min(best, time.perf_counter() - t0)
-    return batch * tokens / best
+    return batch * tokens / best, scores
 
 
 def models(size: str, workdir: str | None):
@@ -89,27 +102,37 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     for precision, model, vocab in models(args.size, args.workdir):
-        alone = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
-        contended = None
-        if args.contend:
-            stop = mp.get_context("spawn").Event()
-            rival = mp.get_context("spawn").Process(target=_compete, args=(args.contend_threads, stop))
-            rival.start()
-            time.sleep(2.0)  # let it start multiplying
-            contended = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
-            stop.set()
-            rival.join()
-        rows.append((precision, alone, contended))
+        paths = [(precision, False)] + ([("int8, dequantized weights", True)] if precision == "int8" else [])
+        for name, dequantized in paths:
+            if precision == "int8":
+                int8_dequantized(model, dequantized)
+            else:
+                model.eval()
+            alone, scores = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
+            contended = None
+            if args.contend:
+                stop = mp.get_context("spawn").Event()
+                rival = mp.get_context("spawn").Process(target=_compete, args=(args.contend_threads, stop))
+                rival.start()
+                time.sleep(2.0)  # let it start multiplying
+                contended = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)[0]
+                stop.set()
+                rival.join()
+            if dequantized:
+                print(f"int8: dequantized-weight scores differ from LLM.int8's by at most "
+                      f"{(scores - rows[-1][3]).abs().max().item():.4f} (scores span "
+                      f"{rows[-1][3].min().item():.3f} to {rows[-1][3].max().item():.3f})")
+            rows.append((name, alone, contended, scores))
         del model
     if not rows:
         return 1
-    ref = dict((p, a) for p, a, _ in rows).get("bf16")
+    ref = {p: a for p, a, _, _ in rows}.get("bf16")
     print(f"\nCPU reward scoring ({args.size}), batch {args.batch} x {args.tokens} tokens, best of {args.repeats}, "
           f"{torch.get_num_threads()} torch threads")
-    print(f"{'precision':<10} {'tokens/s':>10} {'vs bf16':>8}" + (f" {'contended':>10} {'slowdown':>9}"
+    print(f"{'precision':<26} {'tokens/s':>10} {'vs bf16':>8}" + (f" {'contended':>10} {'slowdown':>9}"
                                                                  if args.contend else ""))
-    for precision, alone, contended in rows:
-        line = f"{precision:<10} {alone:>10.0f} {(f'{alone / ref:.2f}x' if ref else '-'):>8}"
+    for precision, alone, contended, _ in rows:
+        line = f"{precision:<26} {alone:>10.0f} {(f'{alone / ref:.2f}x' if ref else '-'):>8}"
         if contended is not None:
             line += f" {contended:>10.0f} {alone / contended:>8.1f}x"
         print(line)
