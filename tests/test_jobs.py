@@ -36,3 +36,15 @@ def test_run_jobs_returns_results_in_order_and_reports_progress():
     results = run_jobs(fn, [{"x": i} for i in range(4)], workers=1, threads=0, labels=[str(i) for i in range(4)],
                        progress=True, failed=lambda job, reason: None, overall="done")
     assert results == [0, 10, 20, 30] and seen == [0, 1, 2, 3]
+
+
+def test_a_jobs_bar_keeps_a_step_for_the_evaluation_after_training():
+    from tinyrlhf.stages import TrainThenEvaluate
+
+    seen = []
+    progress = TrainThenEvaluate(lambda done, total: seen.append((done, total)))
+    progress(1, 8)
+    progress(8, 8)
+    assert seen[-1] == (8, 9)  # training done, its evaluation still running
+    progress.evaluated()
+    assert seen[-1] == (9, 9)

@@ -405,10 +405,25 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
         "peak_memory": {a: r.get("peak_memory_bytes") for a, r in records.items()}}
 
 
+class TrainThenEvaluate:
+    """A job's progress: its training steps, then one more for the evaluation after training (scoring on the CPU
+    takes as long as a good part of training at the real size, and the bar should not sit at 100% meanwhile)."""
+
+    def __init__(self, report):
+        self.report, self.total = report, 1
+
+    def __call__(self, done: int, total: int) -> None:
+        self.total = total + 1
+        self.report(done, self.total)
+
+    def evaluated(self) -> None:
+        self.report(self.total, self.total)
+
+
 def _rm_job(job: dict, report) -> dict:
     """Train one reward model, reload it as saved (proving it loads at its precision) and evaluate it on CPU."""
     profile, paths, arm, precision = job["profile"], job["paths"], job["arm"], job["precision"]
-    r, trust = profile.rm, profile.base.trust_remote_code
+    r, trust, progress = profile.rm, profile.base.trust_remote_code, TrainThenEvaluate(report)
     try:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
         with atomic_folder(paths.rm(arm)) as written:
@@ -418,11 +433,12 @@ def _rm_job(job: dict, report) -> dict:
                 warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
                 lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
                 max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                seed=job["seed"], profile=profile, callbacks=[progress_callback(report)])
+                seed=job["seed"], profile=profile, callbacks=[progress_callback(progress)])
         free_memory()
         model, _ = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu")
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test)
+        progress.evaluated()
         footprint = footprint_bytes(model)
         ref = weakref.ref(model)
         del model
@@ -610,7 +626,7 @@ def _train_and_evaluate(job: dict, report) -> dict:
     p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
     tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
     judge = evaluate.load_judge(job["judge"], trust_remote_code=trust)
-    final = {}
+    final, progress = {}, TrainThenEvaluate(report)
 
     def on_checkpoint(policy, step, reward):
         last = step == p.steps
@@ -629,10 +645,11 @@ def _train_and_evaluate(job: dict, report) -> dict:
                         missing_eos_penalty=p.missing_eos_penalty, steps=p.steps, temperature=p.temperature,
                         lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=seed,
                         eval_steps=evaluate.checkpoint_steps(p.steps, e.checkpoints),
-                        on_checkpoint=on_checkpoint, on_update=report)
+                        on_checkpoint=on_checkpoint, on_update=progress)
     precision = rm_arms(profile)[arm]["precision"]
     cross = _cross_scores(profile, paths, job["scorers"], final["rollouts"].first(e.cross_samples),
                           tokenizer.eos_token_id)
+    progress.evaluated()
     record = to_json_ready({
         "seed": seed, "status": "ok", "reason": None, **final["summary"], "cross": cross,
         "judge_scores": final["judged"], "checkpoints": run["checkpoints"], "history": run["history"],
