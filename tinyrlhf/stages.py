@@ -112,23 +112,27 @@ def _not_reusable(result_path: Path, expected_hash: str, inputs: dict, root: Pat
     return lineage.stale_reason(result, root, inputs)
 
 
-def upstream_inputs(stage: Stage, profile: Profile, paths: Paths) -> dict:
+def upstream_inputs(stage: Stage, profile: Profile, paths: Paths, verified: dict | None = None) -> dict:
     """The fingerprints of the upstream results a stage reads, after checking each is there, current and intact
-    (recursively): a stage never builds on a stale or broken input."""
-    inputs = {}
+    (recursively): a stage never builds on a stale or broken input. `verified` (kind -> fingerprint) holds the
+    results already checked in this walk, so a result two stages below (the SFT model under PPO and under the reward
+    models) is hashed once."""
+    verified = {} if verified is None else verified
     for kind in lineage.UPSTREAM[stage.kind]:
+        if kind in verified:
+            continue
         up = BY_KIND[kind]
         where = f"rerun {up.notebook} (or `tinyrlhf run {up.name}`)"
         if not paths.result(kind).exists():
             raise StaleInputError(f"{stage.name} needs the {up.name} stage's results: {where} first")
-        reason = _not_reusable(paths.result(kind), config_hash(up, profile), upstream_inputs(up, profile, paths),
-                               paths.root)
+        reason = _not_reusable(paths.result(kind), config_hash(up, profile),
+                               upstream_inputs(up, profile, paths, verified), paths.root)
         # PPO records a failed, missing or broken reward model as that arm's failure and runs the others
         if reason and not (kind == "rm" and (reason.endswith("did not finish last time")
                                              or reason.startswith("its output "))):
             raise StaleInputError(f"{stage.name} cannot use the {up.name} stage's results: {reason}; {where}")
-        inputs[kind] = lineage.fingerprint_of(read_json(paths.result(kind)))
-    return inputs
+        verified[kind] = lineage.fingerprint_of(read_json(paths.result(kind)))
+    return {kind: verified[kind] for kind in lineage.UPSTREAM[stage.kind]}
 
 
 def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute: Callable[[], tuple[dict, dict]],
