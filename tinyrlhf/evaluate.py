@@ -48,9 +48,9 @@ class Rollouts:
 
     def first(self, k: int) -> Rollouts:
         """The first `k` replies to each prompt."""
-        rows = [i for i in range(len(self.texts)) if i % self.samples < k]
         if k >= self.samples:
             return self
+        rows = [i for i in range(len(self.texts)) if i % self.samples < k]
         return Rollouts(self.prompts, k, self.queries[rows], self.responses[rows], [self.has_eos[i] for i in rows],
                         [self.texts[i] for i in rows], self.pad_token_id)
 
