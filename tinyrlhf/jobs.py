@@ -1,5 +1,5 @@
 """Independent jobs (one reward model, one PPO run) run one after another or in worker processes, with a labelled
-progress bar per job.
+progress bar per job running and one counting finished jobs.
 
 On the 2-core machines of the `cpu` profile two single-threaded jobs at once finish about 1.85 times as fast as one
 job on both cores (tiny matrices do not parallelise inside torch), while two jobs with the default threads each
