@@ -8,9 +8,13 @@ slows PPO down. Two sizes:
     .venv/bin/python benchmarks/rm_scoring.py --size real                   # Qwen2.5-0.5B's architecture, random weights
 
 Each precision scores the same batch of random token ids (`--batch` sequences of `--tokens` tokens, no padding) in
-eval mode without gradients; best of `--repeats` after one warm-up pass. `--threads` sets torch's threads for the
-scoring (0: torch's default); `--contend` repeats the measurement beside a process that multiplies matrices on
-`--contend-threads` threads, as the GPU process's own threads would. Run it alone otherwise.
+eval mode without gradients; best of `--repeats` after one warm-up pass. int8 is measured through both CPU matmuls
+(reward.pin_int8_matmul: "dequantized", the pipeline's default, and bitsandbytes' eval-mode LLM.int8), with the
+largest score difference between them. `--threads` sets torch's threads for the scoring (0: torch's default);
+`--contend` repeats the measurement beside a process that multiplies matrices on `--contend-threads` threads, as
+the GPU process's own threads would. `--rollouts` also scores a rollout-shaped batch (left-padded queries of
+random length up to `--tokens` minus 128, right-padded replies up to 128 tokens) through the PPO wrapper, as one padded
+batch and in length-sorted padding-free groups (reward.CPURewardModel), counting real tokens only. Run it alone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tinyrlhf.reward import pin_int8_matmul
+
 PRECISIONS = ("bf16", "int8", "int4")
 
 
@@ -31,19 +37,6 @@ def _compete(threads: int, stop) -> None:
     a = torch.randn(512, 512)
     while not stop.is_set():
         a = torch.tanh(a @ a)
-
-
-def int8_dequantized(model, on: bool) -> None:
-    """bitsandbytes 0.50 on the CPU multiplies an int8 layer in train mode through its dequantized weights
-    (MatMul8bitFp: the forward an int8 reward model trained with on the CPU) and in eval mode through LLM.int8
-    (MatMul8bitLt: activations quantized too). Put only the int8 layers in train mode (the reward models have no
-    dropout), to measure the first path."""
-    import bitsandbytes as bnb
-
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear8bitLt):
-            module.train(on)
 
 
 def tokens_per_second(model, batch: int, tokens: int, vocab: int, repeats: int) -> tuple[float, torch.Tensor]:
@@ -84,7 +77,43 @@ def models(size: str, workdir: str | None):
         build_model_folder(folder)
     for precision in PRECISIONS:
         model, _ = load_backbone(str(folder), precision, pad_token_id=0, device="cpu")
+        model.eval()
         yield precision, model, 2000  # the folder's tokenizer has 2,000 tokens
+
+
+def rollout_batch(batch: int, tokens: int, vocab: int, pad: int) -> tuple[torch.Tensor, int]:
+    """Left-padded queries and right-padded replies of random lengths, as TRL's rollouts hand them to the RM."""
+    g = torch.Generator().manual_seed(1)
+    reply = min(128, tokens // 4)
+    context = tokens - reply
+    ids = torch.randint(1, vocab, (batch, tokens), generator=g)
+    for i in range(batch):
+        q = int(torch.randint(context // 4, context + 1, (1,), generator=g))
+        r = int(torch.randint(8, reply + 1, (1,), generator=g))
+        ids[i, : context - q] = pad
+        ids[i, context + r:] = pad
+    return ids, context
+
+
+def rollout_tokens_per_second(model, ids, context: int, pad: int, repeats: int) -> tuple[float, float, float]:
+    """Real tokens per second of a rollout batch scored whole and in padding-free groups, and the largest score
+    difference between the two."""
+    from trl.experimental.utils import get_reward
+
+    from tinyrlhf.reward import CPURewardModel
+
+    real = int((ids != pad).sum())
+    out = []
+    for tokens_per_batch in (0, CPURewardModel(model).tokens_per_batch):
+        wrapper = CPURewardModel(model, "cpu", tokens_per_batch=tokens_per_batch)
+        scores = get_reward(wrapper, ids, pad, context)[1]
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            get_reward(wrapper, ids, pad, context)
+            best = min(best, time.perf_counter() - t0)
+        out.append((real / best, scores))
+    return out[0][0], out[1][0], (out[0][1] - out[1][1]).abs().max().item()
 
 
 def main(argv=None) -> int:
@@ -97,32 +126,28 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads for scoring (0: torch's default)")
     ap.add_argument("--contend", action="store_true", help="also measure beside a competing process")
     ap.add_argument("--contend-threads", type=int, default=2)
+    ap.add_argument("--rollouts", action="store_true", help="also score a rollout-shaped padded batch")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
+    rows, padding = [], []
     for precision, model, vocab in models(args.size, args.workdir):
-        paths = [(precision, False)] + ([("int8, dequantized weights", True)] if precision == "int8" else [])
-        for name, dequantized in paths:
-            if precision == "int8":
-                int8_dequantized(model, dequantized)
-            else:
-                model.eval()
+        matmuls = ("dequantized", "llm.int8") if precision == "int8" else (None,)
+        for matmul in matmuls:
+            name = f"int8 ({matmul})" if matmul else precision
+            if matmul:
+                pin_int8_matmul(model, matmul)
             alone, scores = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
-            contended = None
-            if args.contend:
-                stop = mp.get_context("spawn").Event()
-                rival = mp.get_context("spawn").Process(target=_compete, args=(args.contend_threads, stop))
-                rival.start()
-                time.sleep(2.0)  # let it start multiplying
-                contended = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)[0]
-                stop.set()
-                rival.join()
-            if dequantized:
-                print(f"int8: dequantized-weight scores differ from LLM.int8's by at most "
+            contended = measure_contended(model, args, vocab) if args.contend else None
+            if matmul == "llm.int8":
+                print(f"int8: LLM.int8 scores differ from the dequantized matmul's by at most "
                       f"{(scores - rows[-1][3]).abs().max().item():.4f} (scores span "
                       f"{rows[-1][3].min().item():.3f} to {rows[-1][3].max().item():.3f})")
             rows.append((name, alone, contended, scores))
+            if args.rollouts:
+                padding.append((name, *rollout_tokens_per_second(model, *rollout_batch(
+                    args.batch * 2, args.tokens, vocab, model.config.pad_token_id), model.config.pad_token_id,
+                    repeats=args.repeats)))
         del model
     if not rows:
         return 1
@@ -136,7 +161,25 @@ def main(argv=None) -> int:
         if contended is not None:
             line += f" {contended:>10.0f} {alone / contended:>8.1f}x"
         print(line)
+    for name, whole, grouped, diff in padding:
+        if name == padding[0][0]:
+            print(f"\nrollout-shaped batch ({args.batch * 2} rows), real tokens/s: {'precision':<18} "
+                  f"{'padded':>8} {'grouped':>8} {'speed-up':>9} {'max |score diff|':>17}")
+        print(f"{'':<50}{name:<18} {whole:>8.0f} {grouped:>8.0f} {grouped / whole:>8.2f}x {diff:>17.2g}")
     return 0
+
+
+def measure_contended(model, args, vocab: int) -> float:
+    """Tokens per second beside a process multiplying matrices on --contend-threads threads."""
+    stop = mp.get_context("spawn").Event()
+    rival = mp.get_context("spawn").Process(target=_compete, args=(args.contend_threads, stop))
+    rival.start()
+    time.sleep(2.0)  # let it start multiplying
+    try:
+        return tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)[0]
+    finally:
+        stop.set()
+        rival.join()
 
 
 if __name__ == "__main__":

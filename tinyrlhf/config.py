@@ -67,6 +67,7 @@ _RULES = {
     "hidden_size": (lambda v: v > 0 and v % 64 == 0, "a positive multiple of 64 (bitsandbytes 4-bit blocks)"),
     "intermediate_size": (lambda v: v > 0 and v % 64 == 0, "a positive multiple of 64 (bitsandbytes 4-bit blocks)"),
     "threads": (_nonneg, "an integer >= 0 (0: torch's default)"),
+    "rm_threads": (_nonneg, "an integer >= 0 (0: chosen from the cores, see PPOSettings)"),
     "max_pairs": (_nonneg, "an integer >= 0 (0: keep all)"),
 }
 
@@ -145,6 +146,10 @@ class RMSettings:
     target_modules: tuple = ALL_LINEAR
     double_quant: bool = True
     eval_pairs: int = 300
+    # How an int8 reward model multiplies on the CPU: "dequantized" (bitsandbytes' CPU training forward, the same
+    # int8 weights; 0.9x bf16's speed at the real size) or "llm.int8" (its eval-mode path, 0.6x). 03 records how
+    # far the two agree on the test pairs (reward.compare_int8_matmuls).
+    int8_cpu_matmul: str = "dequantized"
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,10 @@ class PPOSettings:
     # Where PPO's reward model scores rollouts: "cpu" (the design: the card keeps its memory for policy and value
     # model) or "cuda" (faster at the real size, if it fits; the memory estimate then counts it on the card).
     rm_device: str = "cpu"
+    # torch threads while the reward model scores on the CPU. 0: with the policy on a GPU, the physical cores less
+    # one (the process driving the GPU keeps a core: sharing it slowed scoring 2.1-2.6x, measured); with the
+    # policy on the CPU, the job's threads (scoring and training take turns there).
+    rm_threads: int = 0
     value_init: str = "sft"  # every arm's value model: the SFT model with a fresh head, the same for all arms
     lora_r: int = 16
     lora_alpha: int = 32
@@ -341,6 +350,8 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
     if p.ppo.rm_device == "cuda" and p.device == "cpu":
         raise ConfigError("ppo.rm_device='cuda' needs the policy on a GPU; with device='cpu' set ppo.rm_device='cpu'")
+    if p.rm.int8_cpu_matmul not in ("dequantized", "llm.int8"):
+        raise ConfigError(f"rm.int8_cpu_matmul must be dequantized or llm.int8; got {p.rm.int8_cpu_matmul!r}")
     if p.ppo.value_init not in VALUE_INITS:
         raise ConfigError(f"ppo.value_init must be one of {', '.join(VALUE_INITS)}; got {p.ppo.value_init!r}")
     if p.eval.checkpoints > p.ppo.steps:

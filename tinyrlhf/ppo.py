@@ -13,8 +13,10 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import time
 
+import psutil
 import torch
 
 from .base_model import load_tokenizer
@@ -121,8 +123,9 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     rm_device = profile.ppo.rm_device
     if rm_device == "cuda" and device != "cuda":
         raise PPOError("ppo.rm_device='cuda' but no CUDA device is visible: set ppo.rm_device='cpu'")
-    rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device)
-    reward = CPURewardModel(rm, rm_device)
+    rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device,
+                                    int8_cpu_matmul=profile.rm.int8_cpu_matmul)
+    reward = CPURewardModel(rm, rm_device, threads=reward_threads(profile, device))
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
     args = PPOConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, steps=20),
@@ -140,6 +143,16 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     if args.activation_checkpointing:
         checkpoint_policy_and_value(trainer)
     return trainer, reward, tokenizer, rm_info
+
+
+def reward_threads(profile: Profile, policy_device: str) -> int:
+    """Torch threads for CPU reward scoring (PPOSettings.rm_threads; 0 there: see its comment). 0 here: leave
+    the threads as they are."""
+    if profile.ppo.rm_threads or profile.ppo.rm_device != "cpu":
+        return profile.ppo.rm_threads
+    if policy_device == "cuda":
+        return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 2) - 1)
+    return 0
 
 
 def checkpoint_policy_and_value(trainer) -> None:
@@ -264,6 +277,8 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
     result = {"history": history, "checkpoints": checkpoints, "train_seconds": meter.result["seconds"],
               "peak_memory": meter.result, "reward_scoring_seconds": reward.seconds,
               "reward_device": str(reward.device), "policy_device": str(trainer.accelerator.device),
+              "reward_threads": reward.threads or torch.get_num_threads(), "reward_scored_tokens": reward.tokens,
+              "reward_int8_matmul": rm_info.get("int8_matmul"),
               "rm_precision": rm_info["precision"]}
     del trainer, reward, trained
     free_memory()

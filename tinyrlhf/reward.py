@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from .base_model import load_tokenizer
 from .chat import completion
 from .config import PRECISIONS, Profile, resolve_device
 from .data import Pair, read_pairs
+from .jobs import torch_threads
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
     drop_scratch,
@@ -30,6 +32,10 @@ from .stats import mcnemar, spearman, wilson_ci
 
 SCORE_HEAD = "score"  # the head of AutoModelForSequenceClassification for decoder models
 PRECISION_FILE = "precision.json"
+# How an int8 reward model multiplies on the CPU (RMSettings.int8_cpu_matmul): bitsandbytes 0.50 trains int8 layers
+# on the CPU through their int8 weights dequantized to float (MatMul8bitFp) but, in eval mode, scores through
+# LLM.int8 (MatMul8bitLt: activations quantized to int8 too), 0.56-0.66x bf16's speed at the real size here.
+INT8_CPU_MATMULS = ("dequantized", "llm.int8")
 
 
 class RewardModelError(RuntimeError):
@@ -152,8 +158,36 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
             "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute}
 
 
-def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu"):
-    """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info)."""
+def pin_int8_matmul(model, matmul: str) -> int:
+    """Fix the function an int8 model's layers multiply with on the CPU, whatever train()/eval() later say.
+
+    "dequantized": bitsandbytes' own CPU training forward (MatMul8bitFp: the same int8 weights and row scales,
+    dequantized, times unquantized activations), which bitsandbytes chooses for a layer in train mode. The layer is
+    pinned to train mode; that flag changes nothing else in it (no dropout; under no_grad no weight is
+    re-quantized, as the weights are not float). "llm.int8": bitsandbytes' eval-mode path, left as it is.
+    Returns the number of int8 layers pinned.
+    """
+    import bitsandbytes as bnb
+
+    if matmul not in INT8_CPU_MATMULS:
+        raise RewardModelError(f"int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; got {matmul!r}")
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    for layer in layers:
+        layer.__dict__.pop("train", None)
+        layer.training = matmul == "dequantized"
+        if matmul == "dequantized":
+            layer.train = _stay_in_train_mode.__get__(layer)  # nn.Module.train/eval reach children through this
+    return len(layers)
+
+
+def _stay_in_train_mode(self, mode: bool = True):
+    return self
+
+
+def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
+                      int8_cpu_matmul: str = "dequantized"):
+    """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
+    An int8 model on the CPU multiplies as `int8_cpu_matmul` says (pin_int8_matmul)."""
     from peft import PeftModel
 
     path = Path(path)
@@ -166,8 +200,12 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     backbone, _ = load_backbone(init_path, info["precision"], pad_token_id=tok.pad_token_id, device=device,
                                 double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(backbone, str(path))
-    model.eval()  # bitsandbytes int8 on CPU only takes its int8 path in eval mode
-    return model, info | {"tokenizer": tok}
+    model.eval()
+    matmul = None
+    if info["precision"] == "int8":
+        matmul = int8_cpu_matmul if device == "cpu" else "llm.int8"
+        pin_int8_matmul(model, matmul)
+    return model, info | {"tokenizer": tok, "int8_matmul": matmul}
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
@@ -211,6 +249,27 @@ def evaluate_reward_model(model, tokenizer, pairs: list[Pair], *, reference: dic
     return out
 
 
+def compare_int8_matmuls(model, tokenizer, pairs: list[Pair], evaluation: dict, used: str) -> dict:
+    """Score `pairs` again through the other int8 CPU matmul and compare with `evaluation` (made through `used`):
+    the fraction of pairs ordered the same way, the largest score difference beside the mean |margin|, and pairs
+    per second each way. The record behind the claim that the faster matmul measures the same reward model."""
+    other = next(m for m in INT8_CPU_MATMULS if m != used)
+    pin_int8_matmul(model, other)
+    try:
+        again = evaluate_reward_model(model, tokenizer, pairs)
+    finally:
+        pin_int8_matmul(model, used)
+    diffs = [abs(a - b) for a, b in zip(evaluation["scores_chosen"] + evaluation["scores_rejected"],
+                                       again["scores_chosen"] + again["scores_rejected"])]
+    return {"used": used, "other": other,
+            "same_order": sum(a == b for a, b in zip(evaluation["wins"], again["wins"])) / len(pairs),
+            "accuracy": {used: evaluation["accuracy"], other: again["accuracy"]},
+            "max_abs_score_difference": max(diffs),
+            "mean_abs_margin": sum(abs(c - r) for c, r in zip(evaluation["scores_chosen"],
+                                                               evaluation["scores_rejected"])) / len(pairs),
+            "pairs_per_s": {used: evaluation["throughput_pairs_per_s"], other: again["throughput_pairs_per_s"]}}
+
+
 def accuracy_by_category(pairs: list[Pair], wins: list[bool]) -> dict:
     """{category: {"n", "accuracy", "accuracy_ci95"}} for the pairs that carry a category."""
     groups: dict[str, list[bool]] = {}
@@ -228,7 +287,8 @@ def footprint_bytes(model) -> int:
 
 # ------------------------------------------------------------------------------- scoring generated token ids
 class _Backbone(nn.Module):
-    """What TRL calls as `getattr(rm, rm.base_model_prefix)`: runs the RM's transformer on the RM's device."""
+    """What TRL calls as `getattr(rm, rm.base_model_prefix)`: runs the RM's transformer on the RM's device with the
+    RM's threads, in length-sorted groups trimmed of their padding (reward.padding_free_groups)."""
 
     def __init__(self, owner):
         super().__init__()
@@ -238,12 +298,61 @@ class _Backbone(nn.Module):
         owner = self.owner
         owner.caller_device = input_ids.device
         t0 = time.perf_counter()
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        inputs = {k: v.to(owner.device) for k, v in inputs.items() if v is not None}
-        with torch.no_grad():
-            out = owner.lm_backbone(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if position_ids is None:  # the model's own default, made explicit so that trimming columns keeps it
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        hidden = None
+        with torch.no_grad(), torch_threads(owner.threads):
+            for rows, spans in padding_free_groups(mask, owner.tokens_per_batch):
+                packed = [_packed(t, rows, spans) for t in (input_ids, mask.long(), position_ids)]
+                out = owner.lm_backbone(**{k: v.to(owner.device) for k, v in zip(
+                    ("input_ids", "attention_mask", "position_ids"), packed)},
+                    output_hidden_states=True, return_dict=True, use_cache=False)
+                last = out.hidden_states[-1]
+                if hidden is None:
+                    hidden = last.new_zeros((*input_ids.shape, last.shape[-1]))
+                for j, (row, (lo, hi)) in enumerate(zip(rows, spans)):
+                    hidden[row, lo:hi] = last[j, : hi - lo]
         owner.seconds += time.perf_counter() - t0
-        return out  # hidden states stay on the RM's device: the head runs there too
+        owner.tokens += int(mask.sum())
+        # Padding positions hold zeros; the reward is read at each row's last real token. Hidden states stay on
+        # the RM's device: the head runs there too.
+        return SimpleNamespace(hidden_states=(hidden,))
+
+
+def padding_free_groups(mask: torch.Tensor, tokens_per_batch: int) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Groups of rows of a [batch, length] attention mask, as (rows, [(first, end) column of each row's real
+    tokens]): rows sorted by the length of that span and grouped while rows x longest span stays within
+    `tokens_per_batch` (0: all rows, in order, in one group).
+
+    Each group is scored packed (_packed): every row's span moved to the left edge, positions and mask moved with
+    it. A causal model's output at a real token depends only on the real tokens before it and their positions, so
+    the scores are those of the padded batch up to float rounding, for far less work: rollouts are left-padded
+    queries and right-padded replies of very different lengths."""
+    n, width = mask.shape
+    real = mask.any(1)
+    first = torch.where(real, mask.float().argmax(1), 0).tolist()
+    end = torch.where(real, width - mask.flip(1).float().argmax(1), 1).tolist()
+    spans = [(lo, hi) for lo, hi in zip(first, end)]
+    if not tokens_per_batch:
+        return [(list(range(n)), spans)]
+    order = sorted(range(n), key=lambda i: spans[i][1] - spans[i][0])
+    groups, current = [], []
+    for i in order:  # ascending length: the newest row is the group's longest
+        if current and (len(current) + 1) * (spans[i][1] - spans[i][0]) > tokens_per_batch:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    return [(g, [spans[i] for i in g]) for g in groups]
+
+
+def _packed(tensor: torch.Tensor, rows: list[int], spans: list[tuple[int, int]]) -> torch.Tensor:
+    """The rows' spans of `tensor`, each moved to the left edge of a [rows, longest span] tensor of zeros."""
+    out = tensor.new_zeros((len(rows), max(hi - lo for lo, hi in spans)))
+    for j, (row, (lo, hi)) in enumerate(zip(rows, spans)):
+        out[j, : hi - lo] = tensor[row, lo:hi]
+    return out
 
 
 class _Score(nn.Module):
@@ -269,12 +378,13 @@ class CPURewardModel(nn.Module):
     TRL's PPOTrainer calls `reward_model.to(accelerator.device)`, which bitsandbytes 8-bit models refuse and which
     would put the RM on the GPU; it then scores through `getattr(rm, rm.base_model_prefix)` and `rm.score`. Here
     `.to()` is a no-op, inputs move to the RM's device, scores move back to the caller's device, and the RM stays
-    in eval() mode (bitsandbytes int8 on CPU takes its int8 path only there). `seconds` counts scoring time.
+    in eval() mode. Scoring runs with `threads` torch threads (0: as they are) in length-sorted groups of at most
+    `tokens_per_batch` tokens (0: the batch as given). `seconds` and `tokens` count scoring time and real tokens.
     """
 
     base_model_prefix = "backbone"
 
-    def __init__(self, reward_model, device: str = "cpu"):
+    def __init__(self, reward_model, device: str = "cpu", *, threads: int = 0, tokens_per_batch: int = 1024):
         super().__init__()
         inner = reward_model.get_base_model() if hasattr(reward_model, "get_base_model") else reward_model
         # Plain attributes, not submodules, so nothing the trainer does to this wrapper reaches the RM.
@@ -283,7 +393,9 @@ class CPURewardModel(nn.Module):
         object.__setattr__(self, "head", inner.score)
         self.device = torch.device(device)
         self.caller_device = self.device
+        self.threads, self.tokens_per_batch = threads, tokens_per_batch
         self.seconds = 0.0
+        self.tokens = 0
         self.calls = 0
         self.backbone = _Backbone(self)
         self.score = _Score(self)

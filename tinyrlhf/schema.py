@@ -121,6 +121,13 @@ RM_METRICS = {
     "n_test_pairs": {"type": "integer", "minimum": 1},
 }
 
+# int8 arms only: the test pairs scored again through the other CPU matmul (reward.compare_int8_matmuls)
+INT8_MATMUL_CHECK = _obj(["used", "other", "same_order", "max_abs_score_difference"],
+                         used={"enum": ["dequantized", "llm.int8"]}, other={"enum": ["dequantized", "llm.int8"]},
+                         same_order=UNIT, accuracy={"type": "object", "additionalProperties": UNIT},
+                         max_abs_score_difference=NONNEG, mean_abs_margin=NONNEG,
+                         pairs_per_s={"type": "object", "additionalProperties": NONNEG})
+
 
 def _by_arm(entry: dict) -> dict:
     return {"type": "object", "propertyNames": {"enum": ARM_NAMES}, "minProperties": 1,
@@ -131,7 +138,8 @@ RM_RESULTS_SCHEMA = _result_schema(
     "rm_results.json: one reward model per arm (precisions, the null arm, the heldout judge)", ["arms"],
     # Comparisons with bf16 stay nullable: there is nothing to compare with when bf16 itself failed.
     arms=_by_arm(_run_entry(["ok", "failed"], ["ok"], RM_METRICS,
-                            keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"))),
+                            keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"),
+                            int8_cpu_matmul=INT8_MATMUL_CHECK)),
     null_arm=_nullable(STR), judge_arm=_nullable(STR),
 )
 
@@ -147,7 +155,9 @@ EVALUATION = {"judge_mean": NUM, "judge_per_prompt": PER_PROMPT, "eos_share": UN
               "cross": {"type": "object", "additionalProperties": NUM}, "samples": SAMPLES}
 SEED_METRICS = {**EVALUATION, "proxy_mean": NUM, "proxy_per_prompt": PER_PROMPT, "kl_mean": NUM,
                 "kl_per_prompt": PER_PROMPT, "win_rate_vs_sft": UNIT, "train_seconds": NONNEG,
-                "peak_memory_bytes": NONNEG_INT, "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
+                "peak_memory_bytes": NONNEG_INT, "reward_threads": {"type": "integer", "minimum": 1},
+                "reward_scored_tokens": NONNEG_INT, "reward_int8_matmul": _nullable({"enum": ["dequantized", "llm.int8"]}),
+                "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
                 "history": {"type": "array", "items": HISTORY_ROW}}
 SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed"], seed=INT)
 FRONTIER_POINT = _obj(["step", "d", "kl", "gold_gain", "proxy_gain"], seed=_nullable(INT), step=NONNEG_INT,

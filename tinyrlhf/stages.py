@@ -38,6 +38,7 @@ from .results import (
 from .reward import (
     CPURewardModel,
     RewardModelError,
+    compare_int8_matmuls,
     evaluate_reward_model,
     footprint_bytes,
     load_reward_model,
@@ -439,9 +440,12 @@ def _rm_job(job: dict, report) -> dict:
                 max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                 seed=job["seed"], profile=profile, callbacks=[progress_callback(progress)])
         free_memory()
-        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu")
+        model, info = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu",
+                                        int8_cpu_matmul=r.int8_cpu_matmul)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test)
+        if info["int8_matmul"]:
+            ev["int8_cpu_matmul"] = compare_int8_matmuls(model, tokenizer, test, ev, info["int8_matmul"])
         progress.evaluated()
         footprint = footprint_bytes(model)
         ref = weakref.ref(model)
@@ -661,7 +665,8 @@ def _train_and_evaluate(job: dict, report) -> dict:
         "peak_memory": run["peak_memory"], "memory": measured_vs_estimate(profile, f"ppo_{precision}",
                                                                          run["peak_memory"]),
         "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
-        "policy_device": run["policy_device"]})
+        "reward_threads": run["reward_threads"], "reward_scored_tokens": run["reward_scored_tokens"],
+        "reward_int8_matmul": run["reward_int8_matmul"], "policy_device": run["policy_device"]})
     # kept beside the adapter, so a rerun after an interruption does not train this run again (_policy_jobs)
     atomic_write_json(paths.policy(arm, seed) / RUN_FILE, {"key": job["key"], "record": record})
     return record
@@ -671,7 +676,8 @@ def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: 
     """Mean reward of the replies under every arm's reward model (one row of the cross matrix)."""
     out = {}
     for arm in arms:
-        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=profile.base.trust_remote_code, device="cpu")
+        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=profile.base.trust_remote_code, device="cpu",
+                                     int8_cpu_matmul=profile.rm.int8_cpu_matmul)
         scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
         out[arm] = sum(scores) / len(scores)
