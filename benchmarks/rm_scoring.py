@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--contend", action="store_true", help="also measure beside a competing process")
     ap.add_argument("--contend-threads", type=int, default=2)
     ap.add_argument("--rollouts", action="store_true", help="also score a rollout-shaped padded batch")
+    ap.add_argument("--write-json", metavar="PATH", help="add this run's figures to PATH (docs/rm-scoring.json), "
+                    "keyed by threads and rival threads; tinyrlhf.budget reads it")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,12 +163,41 @@ def main(argv=None) -> int:
         if contended is not None:
             line += f" {contended:>10.0f} {alone / contended:>8.1f}x"
         print(line)
+    if args.write_json:
+        write_json(Path(args.write_json), args, rows, padding)
     for name, whole, grouped, diff in padding:
         if name == padding[0][0]:
             print(f"\nrollout-shaped batch ({args.batch * 2} rows), real tokens/s: {'precision':<18} "
                   f"{'padded':>8} {'grouped':>8} {'speed-up':>9} {'max |score diff|':>17}")
         print(f"{'':<50}{name:<18} {whole:>8.0f} {grouped:>8.0f} {grouped / whole:>8.2f}x {diff:>17.2g}")
     return 0
+
+
+def write_json(path: Path, args, rows, padding) -> None:
+    """Merge this run into `path`: tokens/s per precision alone and beside the rival, this CPU's float32
+    matrix-multiply speed on the same threads (tinyrlhf.budget's yardstick between machines)."""
+    import json
+    import platform
+
+    from tinyrlhf.budget import cpu_gemm_gflops
+    from tinyrlhf.env import cpu_facts
+    from tinyrlhf.results import atomic_write_json
+
+    threads = torch.get_num_threads()
+    data = json.loads(path.read_text()) if path.exists() else {}
+    key = f"threads={threads}" + (f", rival threads={args.contend_threads}" if args.contend else "")
+    data.setdefault("runs", {})[key] = {
+        "size": args.size, "batch": args.batch, "tokens": args.tokens, "threads": threads,
+        "rival_threads": args.contend_threads if args.contend else None, "repeats": args.repeats,
+        "gemm_gflops": cpu_gemm_gflops(threads),
+        "tokens_per_s": {name: alone for name, alone, _, _ in rows},
+        "tokens_per_s_beside_rival": {name: c for name, _, c, _ in rows} if args.contend else None,
+        "rollout_real_tokens_per_s": {name: {"padded": w, "grouped": g, "max_abs_score_difference": d}
+                                      for name, w, g, d in padding} or None,
+        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_facts()["model"], "logical_cores": mp.cpu_count(),
+        "torch": torch.__version__, "python": platform.python_version()}
+    atomic_write_json(path, data)
+    print(f"wrote {key} to {path}")
 
 
 def measure_contended(model, args, vocab: int) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinyrlhf import config
-from tinyrlhf.ppo import reward_threads
+from tinyrlhf.jobs import reward_threads
 from tinyrlhf.reward import (
     CPURewardModel,
     load_reward_model,
@@ -71,16 +71,24 @@ def test_scoring_runs_with_the_reward_models_threads_and_gives_them_back(tiny_wo
         torch.set_num_threads(before)
 
 
-def test_reward_threads_leave_the_gpu_process_a_core(monkeypatch):
-    import tinyrlhf.ppo as ppo
+def test_reward_threads_leave_the_gpu_process_a_core():
+    assert reward_threads(0, "cpu", "cuda", 8) == 7  # policy on the GPU: all physical cores but one
+    assert reward_threads(0, "cpu", "cpu", 8) == 0  # policy on the CPU: the job's threads; scoring and training alternate
+    assert reward_threads(3, "cpu", "cuda", 8) == 3
+    assert reward_threads(0, "cpu", "cuda", 1) == 1
+    assert reward_threads(0, "cuda", "cuda", 8) == 0  # on the card: torch's CPU threads do not matter
 
-    monkeypatch.setattr(ppo.psutil, "cpu_count", lambda logical=True: 8)
-    cpu = config.get_profile("cpu")
-    assert reward_threads(cpu, "cuda") == 7  # policy on the GPU: all physical cores but one
-    assert reward_threads(cpu, "cpu") == 0  # policy on the CPU: the job's threads, scoring and training alternate
-    assert reward_threads(config.get_profile("cpu", ppo__rm_threads=3), "cuda") == 3
-    monkeypatch.setattr(ppo.psutil, "cpu_count", lambda logical=True: 1)
-    assert reward_threads(cpu, "cuda") == 1
+
+def test_environment_report_says_how_the_reward_model_scores():
+    from tinyrlhf import env
+
+    report = env.environment_report()
+    cpu = env.reward_scoring(report, config.get_profile("cpu"))
+    assert cpu["policy_device"] == "cpu" and cpu["int8_matmul"] == "dequantized" and cpu["int4_kernel"]
+    gpu_report = report | {"cuda": {"available": True, "devices": [{"name": "card"}]},
+                           "cpu": report["cpu"] | {"physical_cores": 8}}
+    gpu = env.reward_scoring(gpu_report, config.get_profile("rtx4060"))
+    assert gpu["threads"] == 7 and "keeps a core" in gpu["threads_reason"]
 
 
 @pytest.mark.parametrize("override, message", [({"rm.int8_cpu_matmul": "fast"}, "rm.int8_cpu_matmul must be"),

@@ -133,6 +133,21 @@ def verdicts_table(verdicts: list[dict]) -> pd.DataFrame:
                           "reason": v["reason"]} for v in verdicts])
 
 
+def key_values(d: dict) -> pd.DataFrame:
+    return pd.DataFrame([{"setting": k, "value": "—" if v is None else str(v)} for k, v in d.items()])
+
+
+def budget_table(rows: list[dict]) -> pd.DataFrame:
+    """budget.predict rows, hours with one decimal, and a total row."""
+    table = [{"stage": r["stage"], "hours": f"{r['hours']:.1f}", "GPU hours": f"{r['gpu_hours']:.1f}",
+              "CPU scoring hours": f"{r['cpu_hours']:.1f}", "dominated by": r["dominated_by"], "work": r["work"]}
+             for r in rows]
+    total = sum(r["hours"] for r in rows)
+    table.append({"stage": "total", "hours": f"{total:.1f}", "GPU hours": f"{sum(r['gpu_hours'] for r in rows):.1f}",
+                  "CPU scoring hours": f"{sum(r['cpu_hours'] for r in rows):.1f}", "dominated by": "", "work": ""})
+    return pd.DataFrame(table)
+
+
 def plot_verdicts(verdicts: list[dict]) -> Figure:
     """Estimated peak memory per stage against the capacity it is judged by, coloured by verdict."""
     from matplotlib.patches import Patch

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import Paths, Profile, default_profile_name, get_paths
+from .jobs import reward_threads
 from .memory import format_bytes
 from .results import atomic_write_json, cuda_devices, manifest, package_versions
 
@@ -81,7 +82,7 @@ def parse_cpuinfo(text: str) -> tuple[str | None, frozenset]:
     return model, flags
 
 
-def _cpu() -> dict:
+def cpu_facts() -> dict:
     import psutil
     import torch
 
@@ -122,7 +123,27 @@ def _bitsandbytes() -> dict:
     dll = state.get("_lib")
     info["library"] = getattr(dll, "_name", None) if dll is not None else None
     info["library_error"] = state.get("error_msg")  # set when bitsandbytes fell back to its error mock
+    info["cpu_4bit_kernel"] = _cpu_4bit_kernel()
     return info
+
+
+def _cpu_4bit_kernel() -> str:
+    """Which kernel bitsandbytes 0.50 scores 4-bit layers with on this CPU (backends/cpu/ops.py). On CPUs with
+    AVX512-BF16 it packs the NF4 weights for a fused bf16 kernel, fetched by the optional `kernels` package from
+    the model hub (kernels-community/quantization-bitsandbytes) or else its own; elsewhere (and in training) it
+    dequantizes the weights and multiplies in the compute dtype."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        fused = has_avx512bf16()
+    except Exception:  # no native library: bitsandbytes' own error says why, in the row above
+        return "unknown (bitsandbytes did not load)"
+    if not fused:
+        return "dequantize + matmul (no AVX512-BF16 on this CPU; the `kernels` package would not be used)"
+    kernels = _installed_version("kernels")
+    if kernels is None:
+        return "bitsandbytes' fused AVX512-BF16 kernel (`pip install kernels` would fetch the hub's build)"
+    return f"fused AVX512-BF16 kernel from the hub via kernels {kernels} when online, else bitsandbytes' own"
 
 
 def _env_dirs() -> dict:
@@ -170,7 +191,7 @@ def environment_report(paths: Paths | None = None) -> dict:
         "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
                   "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None},
         "cuda": {"available": bool(devices), "devices": devices},
-        "cpu": _cpu(),
+        "cpu": cpu_facts(),
         "bitsandbytes": _bitsandbytes(),
         "memory": {"ram_total_bytes": ram.total, "ram_available_bytes": ram.available},
         "disk": {"path": str(disk_at), "free_bytes": disk.free, "total_bytes": disk.total},
@@ -275,6 +296,8 @@ def report_table(report: dict):
         lib = b["library"] or f"no native library ({b['library_error']})"
         bnb = f"{b['version']}, backend {b['backend']}, {lib}"
     rows.append(("bitsandbytes", bnb))
+    if b.get("cpu_4bit_kernel"):
+        rows.append(("bitsandbytes 4-bit on CPU", b["cpu_4bit_kernel"]))
     m, d = report["memory"], report["disk"]
     rows += [
         ("RAM", f"{_size(m['ram_total_bytes'])} total, {_size(m['ram_available_bytes'])} available"),
@@ -304,6 +327,24 @@ def install_missing(dry_run: bool = True) -> list[str]:
     return [shlex.join(argv)]
 
 
+def reward_scoring(report: dict, profile: Profile) -> dict:
+    """How PPO's reward model scores rollouts on this machine with this profile: device, torch threads and why,
+    the int8 matmul, the 4-bit kernel."""
+    policy = "cuda" if report["cuda"]["devices"] and profile.device != "cpu" else "cpu"
+    p = profile.ppo
+    threads = reward_threads(p.rm_threads, p.rm_device, policy, report["cpu"]["physical_cores"])
+    if p.rm_device != "cpu":
+        why = "on the GPU (ppo.rm_device='cuda')"
+    elif p.rm_threads:
+        why = f"ppo.rm_threads={p.rm_threads}"
+    elif policy == "cuda":
+        why = "physical cores less one: the process driving the GPU keeps a core (ppo.rm_threads=0)"
+    else:
+        why = "the job's torch threads: with the policy on the CPU, scoring and training take turns"
+    return {"device": p.rm_device, "policy_device": policy, "threads": threads or None, "threads_reason": why,
+            "int8_matmul": profile.rm.int8_cpu_matmul, "int4_kernel": report["bitsandbytes"].get("cpu_4bit_kernel")}
+
+
 def write_environment(report: dict, paths: Paths, profile: Profile, verdicts: list | None = None) -> Path:
     """Create the artifact folders and write results/environment.json atomically."""
     paths.make()
@@ -311,5 +352,6 @@ def write_environment(report: dict, paths: Paths, profile: Profile, verdicts: li
         "report": report,
         "problems": problems(report, profile),
         "memory_verdicts": list(verdicts or []),
+        "reward_scoring": reward_scoring(report, profile),
         "manifest": manifest(profile, "environment"),
     })

@@ -43,6 +43,16 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
+def reward_threads(rm_threads: int, rm_device: str, policy_device: str, physical_cores: int | None) -> int:
+    """Torch threads for PPO's reward scoring on the CPU (PPOSettings.rm_threads; 0 there: see its comment).
+    0 here: leave the threads as they are."""
+    if rm_threads or rm_device != "cpu":
+        return rm_threads
+    if policy_device == "cuda":
+        return max(1, (physical_cores or os.cpu_count() or 2) - 1)
+    return 0
+
+
 @contextmanager
 def _thread_environment(threads: int):
     saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}

@@ -1,0 +1,108 @@
+"""The tables of docs/time-budget.md: the rtx4060 profile's predicted hours per stage (tinyrlhf.budget) on an RTX
+4060 beside 8-core and 4-core desktop CPUs, the CPU reward-scoring measurements they rest on (docs/rm-scoring.json),
+and how the total moves with each assumption.
+
+Usage: .venv/bin/python scripts/time_budget.py [--write docs/time-budget.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing the package
+
+from tinyrlhf import budget, config  # noqa: E402
+from tinyrlhf.results import atomic_write_text  # noqa: E402
+
+BEGIN, END = "<!-- time-budget tables: begin -->", "<!-- time-budget tables: end -->"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def prediction_table(machine: budget.Machine) -> str:
+    rows = budget.predict(config.get_profile("rtx4060"), machine)
+    body = [[r["stage"], f"{r['hours']:.1f}", f"{r['gpu_hours']:.1f}", f"{r['cpu_hours']:.1f}", r["dominated_by"],
+             r["work"]] for r in rows]
+    body.append(["**total**", f"**{budget.total_hours(rows):.1f}**", f"{sum(r['gpu_hours'] for r in rows):.1f}",
+                 f"{sum(r['cpu_hours'] for r in rows):.1f}", "", ""])
+    return table(["stage", "hours", "GPU hours", "CPU scoring hours", "dominated by", "work"], body)
+
+
+def sensitivity_table(machine: budget.Machine) -> str:
+    profile = config.get_profile("rtx4060")
+    base = budget.total_hours(budget.predict(profile, machine))
+    rows = [["as above", f"{base:.1f}"]]
+    for label, patch in (("MFU 0.20 instead of 0.35", {"MFU": 0.20}), ("MFU 0.50", {"MFU": 0.50}),
+                         ("decode step 30 ms instead of 15", {"DECODE_STEP_OVERHEAD_S": 0.030})):
+        saved = {k: getattr(budget, k) for k in patch}
+        for k, v in patch.items():
+            setattr(budget, k, v)
+        try:
+            rows.append([label, f"{budget.total_hours(budget.predict(profile, machine)):.1f}"])
+        finally:
+            for k, v in saved.items():
+                setattr(budget, k, v)
+    half_cpu = dataclasses.replace(machine, cpu_tokens_per_s=machine.cpu_tokens_per_s / 2)
+    rows.append(["CPU scoring half as fast", f"{budget.total_hours(budget.predict(profile, half_cpu)):.1f}"])
+    card = dataclasses.replace(machine, cpu_tokens_per_s=float("inf"))
+    rows.append(["reward model on the card (ppo.rm_device=cuda; scoring time ~0)",
+                 f"{budget.total_hours(budget.predict(profile, card)):.1f}"])
+    return table(["assumption", "total hours"], rows)
+
+
+def reference_table() -> str:
+    import json
+
+    runs = json.loads(budget.REFERENCE_FILE.read_text())["runs"]
+    rows = []
+    for key, r in runs.items():
+        tps = r["tokens_per_s"]
+        rival = r.get("tokens_per_s_beside_rival") or {}
+        for name, alone in tps.items():
+            beside = rival.get(name)
+            rows.append([key, name, f"{alone:.0f}", f"{alone / tps['bf16']:.2f}x",
+                         "–" if beside is None else f"{beside:.0f}", "–" if beside is None else f"{alone / beside:.2f}x"])
+    return table(["run (torch threads, rival's threads)", "precision", "tokens/s alone", "vs bf16",
+                  "beside the rival", "slowdown"], rows)
+
+
+def render() -> str:
+    ref = budget.reference()
+    parts = [f"Reference CPU: {ref['cpu']}, measured {ref['date']}: {ref['bf16_tokens_per_s_per_thread']:.0f} bf16 "
+             f"reward-model tokens/s per thread, {ref['gemm_gflops_per_thread']:.0f} float32 GFLOPS per thread; "
+             f"{ref['scaling']:.2f}x the 1-thread rate on {ref['scaling_threads']} threads.", "",
+             "CPU reward scoring at the real size (`benchmarks/rm_scoring.py --size real`, docs/rm-scoring.json):", "",
+             reference_table(), ""]
+    for cores in (8, 4):
+        machine = budget.desktop(cores)
+        parts += [f"**rtx4060 profile, {machine.source}** (reward model on {machine.cpu_threads} threads, "
+                  f"{machine.cpu_tokens_per_s:.0f} tokens/s):", "", prediction_table(machine), ""]
+    parts += ["How the 8-core total moves with each assumption:", "", sensitivity_table(budget.desktop(8))]
+    return "\n".join([BEGIN, "Regenerate with: .venv/bin/python scripts/time_budget.py --write docs/time-budget.md",
+                      "", *parts, END])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--write", metavar="PATH", help="replace the tables between the markers in PATH")
+    args = ap.parse_args(argv)
+    text = render()
+    if not args.write:
+        print(text)
+        return 0
+    path = Path(args.write)
+    doc = path.read_text()
+    start, end = doc.index(BEGIN), doc.index(END) + len(END)
+    atomic_write_text(path, doc[:start] + text + doc[end:])
+    print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""How long a profile takes on a GPU beside a CPU: predicted hours per stage from the work each stage does (tokens
+trained, generated and scored), the card's published or measured speed, and the CPU reward-scoring throughput
+measured by benchmarks/rm_scoring.py (docs/rm-scoring.json). A model with stated assumptions, not a measurement:
+docs/time-budget.md says which figure comes from where, and 00_Setup prints it for the machine it runs on.
+
+Work per stage (N: the base model's parameters; a forward pass costs 2N FLOPs per token):
+- SFT: steps x batch x accumulation sequences; LoRA training costs 4N per token (forward, backward to the
+  activations; the frozen weights get no gradient), 6N with gradient checkpointing (one more forward).
+- Reward models: steps x batch x accumulation pairs = twice the sequences, 4N per token, per arm; then every test
+  pair scored on the CPU (03 evaluates there).
+- PPO, per run: per update, rollouts generated (decode steps of the rollout chunk, each bound by reading the
+  weights or by a fixed per-step overhead), three forward passes over the padded rollouts (policy, reference,
+  value), ppo_epochs x (policy + value) training passes, and the reward model's CPU scoring of the real tokens.
+- Evaluation (in 04): the replies of every run and of the SFT policy generated on the card and scored on the CPU
+  by the judge (a reward model) and, for the cross matrix, by every arm's reward model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Profile
+from .jobs import torch_threads
+from .memory import spec_for_profile
+
+# RTX 4060 (AD107): NVIDIA's specifications give 3072 CUDA cores, a 2.46 GHz boost clock, 8 GB GDDR6 at 272 GB/s
+# (https://www.nvidia.com/en-us/geforce/graphics-cards/40-series/rtx-4060-4060ti/). Dense BF16 tensor throughput
+# with FP32 accumulation, what PyTorch's bf16 matmuls use: 24 SMs x 512 FLOPs/clock x 2.46 GHz = 30.2 TFLOPS
+# (Ada's GeForce tensor cores run FP32 accumulation at half the FP16-accumulation rate; the same figure is listed
+# by fpsbench.com and hmc-tech.com). FP32 on the CUDA cores: 3072 x 2 x 2.46 GHz = 15.1 TFLOPS.
+RTX4060 = {"name": "NVIDIA GeForce RTX 4060", "bf16_tflops": 30.2, "bandwidth_gbs": 272.0, "memory_gb": 8.0}
+# Assumptions, each stated in docs/time-budget.md and to be replaced by measurements on a card:
+MFU = 0.35  # share of the tensor-core peak that LoRA training of a 0.5B model reaches at batch 2-4 x 512 tokens
+DECODE_STEP_OVERHEAD_S = 0.015  # transformers' generate on a 24-layer model: kernel launches per new token
+EVAL_GENERATION_BATCH = 32
+REFERENCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "rm-scoring.json"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the prediction is for: the card's throughput and the CPU's reward-scoring rate."""
+    gpu: str
+    bf16_tflops: float
+    bandwidth_gbs: float
+    cpu_threads: int  # threads the reward model scores with
+    cpu_tokens_per_s: float  # reward-model tokens per second on those threads, at the profile's model size
+    source: str
+
+
+def reference() -> dict:
+    """The 1-thread real-size run of benchmarks/rm_scoring.py in docs/rm-scoring.json: bf16 reward-scoring tokens
+    per second per thread and the CPU's float32 matrix-multiply GFLOPS on that thread, and how the rate scaled
+    to the run with the most threads."""
+    if not REFERENCE_FILE.exists():
+        raise FileNotFoundError(f"{REFERENCE_FILE} is missing: run `python benchmarks/rm_scoring.py --size real "
+                                f"--threads 1 --write-json {REFERENCE_FILE}`")
+    runs = [r for r in json.loads(REFERENCE_FILE.read_text())["runs"].values() if r["size"] == "real"]
+    one = next((r for r in runs if r["threads"] == 1), None)
+    if one is None:
+        raise FileNotFoundError(f"{REFERENCE_FILE} holds no 1-thread real-size run: run `python "
+                                f"benchmarks/rm_scoring.py --size real --threads 1 --write-json {REFERENCE_FILE}`")
+    most = max(runs, key=lambda r: r["threads"])
+    return {"bf16_tokens_per_s_per_thread": one["tokens_per_s"]["bf16"], "gemm_gflops_per_thread": one["gemm_gflops"],
+            "cpu": one["cpu"], "date": one["date"], "scaling_threads": most["threads"],
+            "scaling": most["tokens_per_s"]["bf16"] / one["tokens_per_s"]["bf16"]}
+
+
+def cpu_gemm_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """This CPU's float32 matrix-multiply speed on `threads` threads (best of `repeats`), the yardstick that
+    carries the reward-scoring rate measured on the reference machine over to this one."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    with torch_threads(threads):
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def desktop(cores: int = 8) -> Machine:
+    """An RTX 4060 beside a desktop CPU with `cores` cores as fast per core as the reference machine's, the
+    reward model scoring on all but one (PPOSettings.rm_threads): the 1-thread rate times the threads, at the
+    per-thread efficiency the reference measured on its most threads (docs/rm-scoring.json)."""
+    ref = reference()
+    threads = max(1, cores - 1)
+    return Machine(RTX4060["name"], RTX4060["bf16_tflops"], RTX4060["bandwidth_gbs"], threads,
+                   ref["bf16_tokens_per_s_per_thread"] * threads * _efficiency(ref, threads),
+                   f"{RTX4060['name']} (published figures) beside a {cores}-core CPU as fast per core as the "
+                   f"reference ({ref['cpu']})")
+
+
+def this_machine(cores: int, gpu: dict | None = None) -> Machine:
+    """This machine: its CPU's reward-scoring rate scaled from the reference by matrix-multiply speed per thread,
+    and its card when it has one (`gpu`: name, bf16_tflops, bandwidth_gbs, measured), else an RTX 4060."""
+    ref = reference()
+    threads = max(1, cores - 1)
+    per_thread = ref["bf16_tokens_per_s_per_thread"] * cpu_gemm_gflops(1) / ref["gemm_gflops_per_thread"]
+    card = gpu or {**RTX4060, "name": RTX4060["name"] + " (published figures; no GPU here)"}
+    return Machine(card["name"], card["bf16_tflops"], card["bandwidth_gbs"], threads,
+                   per_thread * threads * _efficiency(ref, threads),
+                   f"{card['name']} beside this CPU ({cores} cores, reward model on {threads})")
+
+
+def measured_gpu(seconds: float = 1.0) -> dict:
+    """This process's card, measured: dense bf16 matmul TFLOPS (8192-square, what tensor cores reach) and device
+    memory bandwidth (a 1 GiB copy reads and writes it once each)."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    buf = torch.empty(2**29, device="cuda", dtype=torch.float16)
+
+    def rate(fn, work: float) -> float:
+        fn()
+        torch.cuda.synchronize()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+            torch.cuda.synchronize()
+        return work * n / (time.perf_counter() - t0)
+
+    tflops = rate(lambda: a @ a, 2 * 8192**3) / 1e12
+    gbs = rate(lambda: buf.clone(), 2 * buf.numel() * 2) / 1e9
+    return {"name": f"{name} (measured)", "bf16_tflops": tflops, "bandwidth_gbs": gbs}
+
+
+def _efficiency(ref: dict, threads: int) -> float:
+    """Tokens/s per thread at `threads` as a share of the 1-thread rate: measured up to the reference's most
+    threads, held there beyond (an assumption: more cores scale no worse than the first two did)."""
+    return 1.0 if threads == 1 else min(1.0, ref["scaling"] / ref["scaling_threads"])
+
+
+def predict(profile: Profile, machine: Machine) -> list[dict]:
+    """Predicted hours per stage: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}]."""
+    spec = spec_for_profile(profile)
+    n = spec.n_params
+    backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
+    d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
+    seq = d.max_prompt_tokens + d.max_response_tokens  # the profile's limits: an upper bound on the work
+    flops_per_s = machine.bf16_tflops * 1e12 * MFU
+    arms = len(profile.arms) + (1 if e.judge == "heldout" else 0)
+    rows = []
+
+    sft_tokens = s.max_steps * s.batch_size * s.accum * seq
+    rows.append(_row("SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
+                     f"{sft_tokens / 1e6:.1f} M tokens trained"))
+
+    rm_tokens = r.max_steps * r.batch_size * r.accum * 2 * seq
+    rm_cpu = r.eval_pairs * 2 * seq / machine.cpu_tokens_per_s
+    rows.append(_row(f"reward models (03), {arms} arms", arms * 4 * backbone * rm_tokens / flops_per_s,
+                     arms * rm_cpu, f"{rm_tokens / 1e6:.1f} M tokens trained per arm; "
+                                    f"{r.eval_pairs} test pairs scored on the CPU per arm"))
+
+    runs = len(profile.arms) * len(p.seeds)
+    step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), DECODE_STEP_OVERHEAD_S)  # bf16 weights read per step
+    ppo_seq = d.max_prompt_tokens + p.max_new
+    per_update_tokens = p.ppo_batch * ppo_seq
+    gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s
+                  + (3 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
+    cpu_update = per_update_tokens / machine.cpu_tokens_per_s
+    rows.append(_row(f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
+                     f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens per run"))
+
+    replies = runs * (e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples) \
+        + e.prompts * e.samples  # the SFT policy's replies too
+    scored = replies + runs * len(profile.arms) * e.prompts * e.cross_samples
+    eval_gpu = replies / EVAL_GENERATION_BATCH * p.max_new * step_s
+    rows.append(_row("evaluation (04)", eval_gpu, scored * ppo_seq / machine.cpu_tokens_per_s,
+                     f"{replies} replies generated, {scored} scored on the CPU"))
+    return rows
+
+
+def _row(stage: str, gpu_seconds: float, cpu_seconds: float, work: str) -> dict:
+    gpu_h, cpu_h = gpu_seconds / 3600, cpu_seconds / 3600
+    return {"stage": stage, "hours": gpu_h + cpu_h, "gpu_hours": gpu_h, "cpu_hours": cpu_h,
+            "dominated_by": "GPU" if gpu_h >= cpu_h else "CPU reward scoring", "work": work}
+
+
+def total_hours(rows: list[dict]) -> float:
+    return sum(r["hours"] for r in rows)
