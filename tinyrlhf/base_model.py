@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .chat import full_text
 from .config import SCRATCH_MODEL, BaseSettings, Paths, Profile
+from .distributed import is_main, per_rank
 from .runtime import drop_scratch, progress_callback, quiet_trainer, scratch_dir
 
 EOS = "<|endoftext|>"
@@ -151,17 +152,20 @@ def pretrain(texts: list[str], tokenizer, *, out_dir: Path, settings: BaseSettin
     ds = Dataset.from_dict({"text": texts}).map(
         lambda x: tok(x["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
     args = TrainingArguments(
-        output_dir=str(scratch_dir(out_dir)), max_steps=b.pretrain_steps, per_device_train_batch_size=b.pretrain_batch,
+        output_dir=str(scratch_dir(out_dir)), max_steps=b.pretrain_steps,
+        per_device_train_batch_size=per_rank(b.pretrain_batch, "base.pretrain_batch"),
         learning_rate=b.pretrain_lr, lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * b.pretrain_steps),
         weight_decay=0.01, logging_steps=max(1, b.pretrain_steps // 20), save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+        seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False)  # under a launcher: every weight is used in every step
     trainer = quiet_trainer(Trainer(model=model, args=args, train_dataset=ds,
                                     data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
                                     callbacks=[progress_callback(report)] if report else None))
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    model.save_pretrained(out_dir)  # the tokenizer is already there: the data stage trained and wrote it
+    if is_main():  # under a launcher every rank trained the same weights; one writes them
+        model.save_pretrained(out_dir)  # the tokenizer is already there: the data stage trained and wrote it
     drop_scratch(out_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"model": SCRATCH_MODEL, "built": True, "steps": b.pretrain_steps,

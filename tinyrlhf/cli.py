@@ -15,9 +15,18 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 
-from .config import PROFILES, SECTIONS, TOP_LEVEL, ConfigError, get_paths, get_profile
+from .config import (
+    PROFILES,
+    SECTIONS,
+    TOP_LEVEL,
+    ConfigError,
+    get_paths,
+    get_profile,
+    resolve_device,
+)
 
 log = logging.getLogger("tinyrlhf")
 
@@ -74,16 +83,25 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    from . import distributed
     from .stages import STAGES, run
 
-    profile = get_profile(args.profile, overrides=dict(parse_assignment(s) for s in args.overrides))
+    overrides = dict(parse_assignment(s) for s in args.overrides)
+    if distributed.launched():  # one job at a time: every rank must train the same model at the same moment
+        overrides["workers"] = 1
+    profile = get_profile(args.profile, overrides=overrides)
     paths = get_paths(args.workdir)
     names = args.stages or list(STAGES)
-    log.info("profile %s, stages %s, artifacts under %s", profile.name, " ".join(names), paths.root)
-    results = run(names, profile, paths, force=args.force, progress=not args.quiet)
+    distributed.check_batches(profile, names)
+    distributed.check_launch(names, profile)
+    distributed.init(resolve_device(profile))
+    log.info("profile %s, stages %s, artifacts under %s, %d process(es)", profile.name, " ".join(names), paths.root,
+             distributed.world_size())
+    results = run(names, profile, paths, force=args.force, progress=not args.quiet and distributed.is_main())
     for name, result in results.items():
         what = "reused" if result.get("reused") else "computed"
-        print(f"{name}: {what} -> {paths.result(STAGES[name][0].kind)}")
+        if distributed.is_main():
+            print(f"{name}: {what} -> {paths.result(STAGES[name][0].kind)}")
     return 0
 
 
@@ -116,8 +134,9 @@ def _env(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s {rank}%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return {"run": _run, "plots": _plots, "env": _env}[args.command](args)
     except ConfigError as e:

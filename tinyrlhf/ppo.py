@@ -13,7 +13,6 @@ import contextlib
 import gc
 import io
 import logging
-import os
 import time
 
 import psutil
@@ -22,6 +21,9 @@ import torch
 from .base_model import load_tokenizer
 from .config import Profile, resolve_device
 from .data import read_pairs
+from .distributed import micro_batch as per_process_micro_batch
+from .distributed import per_rank, rank_record
+from .jobs import reward_threads
 from .results import MemoryMeter
 from .reward import SCORE_HEAD, CPURewardModel, load_reward_model
 from .runtime import (
@@ -125,11 +127,14 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
         raise PPOError("ppo.rm_device='cuda' but no CUDA device is visible: set ppo.rm_device='cpu'")
     rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device,
                                     int8_cpu_matmul=profile.rm.int8_cpu_matmul)
-    reward = CPURewardModel(rm, rm_device, threads=reward_threads(profile, device))
+    threads = reward_threads(profile.ppo.rm_threads, rm_device, device, psutil.cpu_count(logical=False))
+    reward = CPURewardModel(rm, rm_device, threads=threads)
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
+    micro_batch = per_process_micro_batch(mini_batch, micro_batch)
     args = PPOConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed, steps=20),
-        per_device_train_batch_size=micro_batch, gradient_accumulation_steps=ppo_batch // micro_batch,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=per_rank(ppo_batch, "ppo.ppo_batch") // micro_batch,
         num_mini_batches=ppo_batch // mini_batch, local_rollout_forward_batch_size=rollout_chunk,
         learning_rate=ppo_lr, lr_scheduler_type=lr_scheduler, num_ppo_epochs=ppo_epochs, response_length=max_new, cliprange=clip, kl_coef=kl_coef,
         missing_eos_penalty=missing_eos_penalty, total_episodes=steps * ppo_batch, temperature=temperature,
@@ -139,20 +144,11 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                          value_model=value, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
                          peft_config=peft_config, callbacks=list(callbacks))
     quiet_trainer(trainer)
-    accumulate_per_mini_batch(trainer, mini_batch // micro_batch)
+    reach_policy_through_ddp(trainer)
+    accumulate_per_mini_batch(trainer, per_rank(mini_batch, "ppo.mini_batch") // micro_batch)
     if args.activation_checkpointing:
         checkpoint_policy_and_value(trainer)
     return trainer, reward, tokenizer, rm_info
-
-
-def reward_threads(profile: Profile, policy_device: str) -> int:
-    """Torch threads for CPU reward scoring (PPOSettings.rm_threads; 0 there: see its comment). 0 here: leave
-    the threads as they are."""
-    if profile.ppo.rm_threads or profile.ppo.rm_device != "cpu":
-        return profile.ppo.rm_threads
-    if policy_device == "cuda":
-        return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 2) - 1)
-    return 0
 
 
 def checkpoint_policy_and_value(trainer) -> None:
@@ -164,6 +160,18 @@ def checkpoint_policy_and_value(trainer) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     for module in (model.policy, model.value_model):
         module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def reach_policy_through_ddp(trainer) -> None:
+    """Under DDP (several processes), TRL 1.12's PPO rollout reads `model.policy` on the DistributedDataParallel
+    wrapper, which does not pass attributes through (AttributeError; the trl#2375 family; DeepSpeed's and FSDP's
+    wrappers do). Expose the wrapped policy and value model on the wrapper, outside its module registry, so DDP's
+    parameters and gradient buckets are unchanged."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(trainer.model, DistributedDataParallel):
+        inner = trainer.model.module
+        trainer.model.__dict__.update(policy=inner.policy, value_model=inner.value_model)
 
 
 def accumulate_per_mini_batch(trainer, micro_batches: int) -> None:
@@ -262,7 +270,8 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
     """
     history, checkpoints = [], []
     callback = _callbacks(history, checkpoints, set(eval_steps), on_checkpoint, on_update)
-    trainer, reward, tokenizer, rm_info = build_ppo_trainer(prefs_path, out_dir=out_dir, callbacks=[callback],
+    ranks = rank_record()
+    trainer, reward, tokenizer, rm_info = build_ppo_trainer(prefs_path, out_dir=out_dir, callbacks=[ranks, callback],
                                                             **kwargs)
     callback.reward = reward
     # TRL prints "===training policy===" to stdout on every run; keep it (and any other print) out of the notebook.
@@ -279,7 +288,7 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
               "reward_device": str(reward.device), "policy_device": str(trainer.accelerator.device),
               "reward_threads": reward.threads or torch.get_num_threads(), "reward_scored_tokens": reward.tokens,
               "reward_int8_matmul": rm_info.get("int8_matmul"),
-              "rm_precision": rm_info["precision"]}
+              "rm_precision": rm_info["precision"], "ranks": ranks.ranks}
     del trainer, reward, trained
     free_memory()
     return result

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from . import distributed
 from .config import Profile, repo_root
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers",
@@ -77,6 +78,11 @@ def atomic_folder(path: str | os.PathLike):
     import shutil
 
     path = Path(path)
+    if not distributed.is_main():  # another rank of a launch: same writes, into a folder nobody keeps
+        with _discarded_folder() as tmp:
+            yield tmp
+        distributed.barrier()  # past this point the main process's folder is in place
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}{PARTIAL}*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -92,6 +98,18 @@ def atomic_folder(path: str | os.PathLike):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+
+
+@contextmanager
+def _discarded_folder():
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"tinyrlhf-rank{distributed.rank()}-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -189,6 +207,7 @@ def manifest(profile: Profile, stage: str, *, data_source: dict | None = None, s
         "peak_memory": peak_memory or {},
         "data_source": data_source or {},
         "command": " ".join(sys.argv[:1]),
+        "distributed": distributed.describe(),
     }
 
 

@@ -17,6 +17,7 @@ from .base_model import load_tokenizer
 from .chat import completion
 from .config import PRECISIONS, Profile, resolve_device
 from .data import Pair, read_pairs
+from .distributed import per_rank, rank_record
 from .jobs import torch_threads
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
@@ -80,7 +81,9 @@ def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: 
     if qconfig is None:
         kwargs["dtype"] = dtype
     else:
-        kwargs.update(quantization_config=qconfig, device_map={"": device}, dtype=torch.float32)
+        # "cuda" as this process's card (distributed.init chose it for each rank), not card 0
+        where = torch.cuda.current_device() if device == "cuda" else device
+        kwargs.update(quantization_config=qconfig, device_map={"": where}, dtype=torch.float32)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(init_path, **kwargs)
     except Exception as e:
@@ -128,12 +131,14 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     args = RewardConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
                          steps=max_steps if max_steps > 0 else 100),
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
-        num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
-        max_length=max_length)
+        per_device_train_batch_size=per_rank(batch_size, "rm.batch_size"), gradient_accumulation_steps=accum,
+        learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup,
+        lr_scheduler_type="cosine", max_length=max_length)
     pairs = train if isinstance(train, list) else read_pairs(train)
+    ranks = rank_record()
     trainer = quiet_trainer(RewardTrainer(model=model, args=args, train_dataset=_pairs_dataset(pairs),
-                                          processing_class=tokenizer, peft_config=lora, callbacks=list(callbacks)))
+                                          processing_class=tokenizer, peft_config=lora,
+                                          callbacks=[ranks, *callbacks]))
     # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too.
     # Before the optimizer exists (first train() call): the head back to float32, and the LoRA weights to the
     # backbone's compute dtype, which is float32 on a CPU without native bf16 (emulated bf16 matmuls there made
@@ -155,7 +160,8 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
          "double_quant": double_quant}, indent=2))
     drop_scratch(out_dir)
     return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
-            "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute}
+            "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute,
+            "ranks": ranks.ranks}
 
 
 def pin_int8_matmul(model, matmul: str) -> int:

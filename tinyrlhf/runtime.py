@@ -49,7 +49,10 @@ def trainer_kwargs(profile: Profile, *, out_dir, seed: int, steps: int) -> dict:
     return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu",
                 bf16=bf16_ok(device), report_to=[] if profile.report_to == "none" else [profile.report_to],
                 save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0,
-                activation_checkpointing=profile.sft.gradient_checkpointing)  # transformers 5's name for it
+                activation_checkpointing=profile.sft.gradient_checkpointing,  # transformers 5's name for it
+                # Under DDP: every trained parameter (LoRA, score head) is used in every step; transformers would
+                # otherwise search for unused ones each step, as a PeftModel is not a PreTrainedModel to it.
+                ddp_find_unused_parameters=False)
 
 
 def quiet_trainer(trainer):

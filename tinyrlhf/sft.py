@@ -10,6 +10,7 @@ from .base_model import load_causal_lm
 from .chat import completion
 from .config import Profile, resolve_device
 from .data import Pair
+from .distributed import per_rank, rank_record
 from .results import MemoryMeter
 from .runtime import (
     bf16_ok,
@@ -111,12 +112,14 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     args = SFTConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
                          steps=max_steps if max_steps > 0 else 100),
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=accum, learning_rate=lr,
-        num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup, lr_scheduler_type="cosine",
-        max_length=max_length, completion_only_loss=True,
+        per_device_train_batch_size=per_rank(batch_size, "sft.batch_size"), gradient_accumulation_steps=accum,
+        learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup,
+        lr_scheduler_type="cosine", max_length=max_length, completion_only_loss=True,
         packing=False)
+    ranks = rank_record()
     trainer = quiet_trainer(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                       peft_config=lora, callbacks=[progress_callback(report)] if report else None))
+                                       peft_config=lora, callbacks=[ranks] + ([progress_callback(report)] if report
+                                                                                else [])))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in trainer.model.parameters())  # base + LoRA
     with MemoryMeter() as meter:
@@ -132,4 +135,4 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     free_memory()
     return {"adapter_dir": str(adapter_dir), "merged_dir": str(merged_dir), "loss_curve": curve,
             "train_seconds": meter.result["seconds"], "peak_memory": meter.result,
-            "trainable_parameters": trainable, "total_parameters": total_params}
+            "trainable_parameters": trainable, "total_parameters": total_params, "ranks": ranks.ranks}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import base_model, data, evaluate, lineage, schema
+from . import base_model, data, distributed, evaluate, lineage, schema
 from .config import NULL_ARM, Paths, Profile, hh_dir, resolve_device, resolve_source
 from .evaluate import experiment_result
 from .jobs import run_jobs
@@ -145,7 +145,8 @@ def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute:
     "reused" (not written). One stage at a time per workdir (a lock).
     """
     paths.make()
-    with workdir_lock(paths.root):
+    # Under a launcher the main process holds the lock and writes; every rank computes (trains) in step.
+    with workdir_lock(paths.root) if distributed.is_main() else contextlib.nullcontext():
         inputs = upstream_inputs(stage, profile, paths)
         expected = config_hash(stage, profile)
         result_path = paths.result(stage.kind)
@@ -156,14 +157,19 @@ def cycle(stage: Stage, profile: Profile, paths: Paths, *, force: bool, compute:
         log.info("%s: %s (%s)", stage.name, stage.does, reason)
         t0 = time.perf_counter()
         with disk_full_said_plainly(paths.root):
-            result, meta = compute()
+            computed = compute() if distributed.is_main() or stage is not DATA else None
+        if not distributed.is_main():
+            distributed.barrier()  # the main process writes the result; then every rank reads the same one
+            return read_json(result_path) | {"reused": False}
+        result, meta = computed
         meta["timings"] = {"stage_seconds": time.perf_counter() - t0} | meta.get("timings", {})
         result = to_json_ready({"config_hash": expected} | result
                                | {"lineage": lineage.record(expected, inputs, paths.root, outputs),
                                   "manifest": manifest(profile, stage.name, **meta)})
         schema.validate(result, stage.kind, source=result_path)
         atomic_write_json(result_path, result)
-        return result | {"reused": False}
+    distributed.barrier()
+    return result | {"reused": False}
 
 
 class DiskFullError(RuntimeError):
@@ -183,7 +189,11 @@ def disk_full_said_plainly(root: Path):
 
 
 def failure(e: BaseException) -> dict:
-    """How a precision or seed that failed is recorded; the others go on."""
+    """How a precision or seed that failed is recorded; the others go on. Under a launcher the failure is raised
+    instead: a rank that went on alone would wait forever in the next collective, while a raised error ends the
+    launch (torchrun stops the other ranks)."""
+    if distributed.launched():
+        raise e
     free_memory()
     return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
 
@@ -277,7 +287,8 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
     max_new = profile.data.max_response_tokens
 
     ######## Before: held-out loss and greedy replies of the base model ########
-    before, before_text = _loss_and_replies(init_path, tokenizer, test_pairs, prompts, max_new, trust, device)
+    if distributed.is_main():
+        before, before_text = _loss_and_replies(init_path, tokenizer, test_pairs, prompts, max_new, trust, device)
 
     ######## LoRA SFT on prompt + chosen reply ########
     with atomic_folder(paths.sft) as written:  # renamed into place only when complete
@@ -287,6 +298,8 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
                         target_modules=s.target_modules,
                         max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                         seed=profile.seed, profile=profile, report=progress_bar("SFT (LoRA)", progress))
+    if not distributed.is_main():
+        return None  # evaluation and the result are the main process's
 
     ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
     after, after_text = _loss_and_replies(paths.sft_merged, tokenizer, test_pairs, prompts, max_new, trust, device)
@@ -302,7 +315,7 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before_text, after_text)],
         "reply_quality": quality,
         "artifacts": {"adapter": paths.relative(paths.sft_adapter), "merged": paths.relative(paths.sft_merged)},
-    }
+    } | ({"ranks": run["ranks"]} if distributed.launched() else {})
     return result, {"data_source": data_source_of(paths), "timings": {"train_seconds": run["train_seconds"]},
                     "peak_memory": run["peak_memory"]}
 
@@ -360,8 +373,11 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
                                   max_len=profile.data.max_prompt_tokens + profile.data.max_response_tokens,
                                   context=context_needed(profile),
                                   report=progress_bar("Pre-training the base model", progress))
-    summary = {"config_hash": config_hash} | summary | {"lineage": lineage.record(config_hash, {}, paths.root, weights)}
-    atomic_write_json(summary_path, summary)
+    if distributed.is_main():  # every rank pre-trained in step (DDP); the main process wrote the weights
+        summary = {"config_hash": config_hash} | summary | {
+            "lineage": lineage.record(config_hash, {}, paths.root, weights)}
+        atomic_write_json(summary_path, summary)
+    distributed.barrier()
     return summary | {"reused": False}
 
 
@@ -400,6 +416,8 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
                        overall="Reward models finished",
                        progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
 
+    if not distributed.is_main():
+        return None
     ######## Every reward model beside bf16 on the same test pairs ########
     records = dict(zip(arms, records))
     compare_with_reference(records, "bf16")
@@ -440,6 +458,8 @@ def _rm_job(job: dict, report) -> dict:
                 max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                 seed=job["seed"], profile=profile, callbacks=[progress_callback(progress)])
         free_memory()
+        if not distributed.is_main():  # evaluation and records are the main process's
+            return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"]}
         model, info = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu",
                                         int8_cpu_matmul=r.int8_cpu_matmul)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
@@ -457,7 +477,8 @@ def _rm_job(job: dict, report) -> dict:
                 "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
                 "compute_dtype": run["compute_dtype"], "trainable_parameters": run["trainable_parameters"],
                 "loss_curve": [h["loss"] for h in run["loss_curve"]], "released": collected(ref),
-                "rss_after_release_bytes": current_rss_bytes()}
+                "rss_after_release_bytes": current_rss_bytes()} | (
+            {"ranks": run["ranks"]} if distributed.launched() else {})
     except Exception as e:  # recorded; the other reward models go on
         return failure(e) | {"precision": precision, "seed": job["seed"]}
 
@@ -517,6 +538,8 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
                        overall="Policies finished (SFT evaluation and every PPO run)",
                        progress=progress,
                        failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
+    if not distributed.is_main():
+        return None
     sft, runs = results[0], {arm: [] for arm in profile.arms}
     for job, rec in zip(jobs[1:], results[1:]):
         runs[job["arm"]].append(rec)
@@ -601,6 +624,8 @@ def _policy_job(job: dict, report) -> dict:
     if job.get("skip"):
         return {"seed": job["seed"], "status": "failed", "reason": f"reward model {job['arm']} failed in 03: "
                                                                       f"{job['skip']}"}
+    if job["arm"] == "sft" and not distributed.is_main():
+        return {"seed": job["seed"], "status": "ok", "reason": None}  # evaluation only: the main process's
     try:
         return _evaluate_sft(job, report) if job["arm"] == "sft" else _train_and_evaluate(job, report)
     except Exception as e:  # one failed run (e.g. out of memory) is recorded; the others go on
@@ -653,7 +678,9 @@ def _train_and_evaluate(job: dict, report) -> dict:
                         missing_eos_penalty=p.missing_eos_penalty, steps=p.steps, temperature=p.temperature,
                         lora_r=p.lora_r, lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=seed,
                         eval_steps=evaluate.checkpoint_steps(p.steps, e.checkpoints),
-                        on_checkpoint=on_checkpoint, on_update=progress)
+                        on_checkpoint=on_checkpoint if distributed.is_main() else None, on_update=progress)
+    if not distributed.is_main():
+        return {"seed": seed, "status": "ok", "reason": None}  # evaluation and records are the main process's
     precision = rm_arms(profile)[arm]["precision"]
     cross = _cross_scores(profile, paths, job["scorers"], final["rollouts"].first(e.cross_samples),
                           tokenizer.eos_token_id)
@@ -666,7 +693,8 @@ def _train_and_evaluate(job: dict, report) -> dict:
                                                                          run["peak_memory"]),
         "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
         "reward_threads": run["reward_threads"], "reward_scored_tokens": run["reward_scored_tokens"],
-        "reward_int8_matmul": run["reward_int8_matmul"], "policy_device": run["policy_device"]})
+        "reward_int8_matmul": run["reward_int8_matmul"], "policy_device": run["policy_device"]}
+        | ({"ranks": run["ranks"]} if distributed.launched() else {}))
     # kept beside the adapter, so a rerun after an interruption does not train this run again (_policy_jobs)
     atomic_write_json(paths.policy(arm, seed) / RUN_FILE, {"key": job["key"], "record": record})
     return record
