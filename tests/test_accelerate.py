@@ -24,11 +24,12 @@ SMALL = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_d
          "rm.eval_pairs": 16, "ppo.seeds": [0], "ppo.steps": 2, "ppo.ppo_batch": 8, "ppo.mini_batch": 4,
          "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2, "eval.checkpoints": 2,
          "eval.bootstrap": 50}
-# The launch that gives two CPU processes: `--cpu` makes accelerate 1.15 start one process (its simple launcher),
-# so the multi-process launcher is named, and tinyrlhf forms the gloo group (distributed.init). Every default named:
-# accelerate warns about each one it has to assume.
-LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+# The shipped DDP configuration, as the README runs it. On a CPU host it starts two processes and tinyrlhf forms the
+# gloo group (distributed.init); `--cpu` instead makes accelerate 1.15 start one process (its simple launcher).
+# Port 0: a free one, whatever else runs.
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+          "--num_processes", "2", "--main_process_port", "0"]
 
 
 def _tinyrlhf(args: list[str], workdir: Path, tmp: Path, launch: bool) -> subprocess.CompletedProcess:
