@@ -140,14 +140,16 @@ def _efficiency(ref: dict, threads: int) -> float:
     return 1.0 if threads == 1 else min(1.0, ref["scaling"] / ref["scaling_threads"])
 
 
-def predict(profile: Profile, machine: Machine) -> list[dict]:
-    """Predicted hours per stage: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}]."""
+def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
+            decode_step_s: float = DECODE_STEP_OVERHEAD_S) -> list[dict]:
+    """Predicted hours per stage: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}]. `mfu` and
+    `decode_step_s` are the two assumptions about the card (module constants by default)."""
     spec = spec_for_profile(profile)
     n = spec.n_params
     backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
     seq = d.max_prompt_tokens + d.max_response_tokens  # the profile's limits: an upper bound on the work
-    flops_per_s = machine.bf16_tflops * 1e12 * MFU
+    flops_per_s = machine.bf16_tflops * 1e12 * mfu
     arms = len(profile.arms) + (1 if e.judge == "heldout" else 0)
     rows = []
 
@@ -162,7 +164,7 @@ def predict(profile: Profile, machine: Machine) -> list[dict]:
                                     f"{r.eval_pairs} test pairs scored on the CPU per arm"))
 
     runs = len(profile.arms) * len(p.seeds)
-    step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), DECODE_STEP_OVERHEAD_S)  # bf16 weights read per step
+    step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)  # bf16 weights read per step
     ppo_seq = d.max_prompt_tokens + p.max_new
     per_update_tokens = p.ppo_batch * ppo_seq
     gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s

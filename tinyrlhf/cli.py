@@ -15,9 +15,9 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 
+from . import distributed
 from .config import (
     PROFILES,
     SECTIONS,
@@ -83,7 +83,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from . import distributed
     from .stages import STAGES, run
 
     overrides = dict(parse_assignment(s) for s in args.overrides)
@@ -134,7 +133,7 @@ def _env(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    rank = f"[rank {distributed.rank()}] " if distributed.launched() else ""
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format=f"%(asctime)s {rank}%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

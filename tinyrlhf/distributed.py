@@ -83,13 +83,6 @@ def gather(obj) -> list:
     return gather_object([obj])
 
 
-def main_then_all(fn):
-    """Run `fn` on the main process while the others wait; returns its result there, None elsewhere."""
-    result = fn() if is_main() else None
-    barrier()
-    return result
-
-
 def per_rank(global_size: int, setting: str) -> int:
     """This rank's share of a global batch size; a clear error when it does not split evenly."""
     n = world_size()

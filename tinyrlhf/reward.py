@@ -15,7 +15,7 @@ from torch import nn
 
 from .base_model import load_tokenizer
 from .chat import completion
-from .config import PRECISIONS, Profile, resolve_device
+from .config import INT8_CPU_MATMULS, PRECISIONS, Profile, resolve_device
 from .data import Pair, read_pairs
 from .distributed import per_rank, rank_record
 from .jobs import torch_threads
@@ -33,10 +33,6 @@ from .stats import mcnemar, spearman, wilson_ci
 
 SCORE_HEAD = "score"  # the head of AutoModelForSequenceClassification for decoder models
 PRECISION_FILE = "precision.json"
-# How an int8 reward model multiplies on the CPU (RMSettings.int8_cpu_matmul): bitsandbytes 0.50 trains int8 layers
-# on the CPU through their int8 weights dequantized to float (MatMul8bitFp) but, in eval mode, scores through
-# LLM.int8 (MatMul8bitLt: activations quantized to int8 too), 0.56-0.66x bf16's speed at the real size here.
-INT8_CPU_MATMULS = ("dequantized", "llm.int8")
 
 
 class RewardModelError(RuntimeError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .config import NULL_ARM, PRECISIONS
+from .config import INT8_CPU_MATMULS, NULL_ARM, PRECISIONS
 from .results import read_json
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -123,7 +123,7 @@ RM_METRICS = {
 
 # int8 arms only: the test pairs scored again through the other CPU matmul (reward.compare_int8_matmuls)
 INT8_MATMUL_CHECK = _obj(["used", "other", "same_order", "max_abs_score_difference"],
-                         used={"enum": ["dequantized", "llm.int8"]}, other={"enum": ["dequantized", "llm.int8"]},
+                         used={"enum": list(INT8_CPU_MATMULS)}, other={"enum": list(INT8_CPU_MATMULS)},
                          same_order=UNIT, accuracy={"type": "object", "additionalProperties": UNIT},
                          max_abs_score_difference=NONNEG, mean_abs_margin=NONNEG,
                          pairs_per_s={"type": "object", "additionalProperties": NONNEG})
@@ -156,7 +156,7 @@ EVALUATION = {"judge_mean": NUM, "judge_per_prompt": PER_PROMPT, "eos_share": UN
 SEED_METRICS = {**EVALUATION, "proxy_mean": NUM, "proxy_per_prompt": PER_PROMPT, "kl_mean": NUM,
                 "kl_per_prompt": PER_PROMPT, "win_rate_vs_sft": UNIT, "train_seconds": NONNEG,
                 "peak_memory_bytes": NONNEG_INT, "reward_threads": {"type": "integer", "minimum": 1},
-                "reward_scored_tokens": NONNEG_INT, "reward_int8_matmul": _nullable({"enum": ["dequantized", "llm.int8"]}),
+                "reward_scored_tokens": NONNEG_INT, "reward_int8_matmul": _nullable({"enum": list(INT8_CPU_MATMULS)}),
                 "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
                 "history": {"type": "array", "items": HISTORY_ROW}}
 SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed"], seed=INT)
