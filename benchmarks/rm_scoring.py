@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from tinyrlhf.env import cpu_facts
 from tinyrlhf.reward import pin_int8_matmul
 
 PRECISIONS = ("bf16", "int8", "int4")
+DOCS_FILE = Path(__file__).resolve().parents[1] / "docs" / "rm-scoring.json"
 
 
 def _compete(threads: int, stop) -> None:
@@ -53,32 +55,46 @@ def tokens_per_second(model, batch: int, tokens: int, vocab: int, repeats: int) 
     return batch * tokens / best, scores
 
 
+VARIANTS = {"bf16": [("bf16", "dense", None)],
+            "int8": [("int8 (dense)", "dense", None), ("int8 (dequantized)", "bitsandbytes", "dequantized"),
+                     ("int8 (llm.int8)", "bitsandbytes", "llm.int8")],
+            "int4": [("int4 (dense)", "dense", None), ("int4 (bitsandbytes)", "bitsandbytes", None)]}
+
+
 def models(size: str, workdir: str | None):
-    """(precision, model, vocab) for each precision: the trained cpu-profile reward models, or the real
+    """(name, model, vocab) for each CPU path of each precision (VARIANTS: the dense copy of tinyrlhf.kernels and
+    bitsandbytes' own layers), each freshly loaded: the trained cpu-profile reward models, or the real
     architecture's backbone at each precision (random weights, built like a reward model from its SFT model)."""
     from tinyrlhf.config import get_paths
+    from tinyrlhf.kernels import dense_copy
     from tinyrlhf.reward import load_backbone, load_reward_model
 
-    if size == "cpu":
-        paths = get_paths(workdir)
-        for precision in PRECISIONS:
-            if not (paths.rm(precision) / "adapter_config.json").exists():
-                print(f"{precision}: no trained reward model in {paths.rm(precision)}; run 03_Reward_Modeling first")
-                continue
-            model, _ = load_reward_model(paths.rm(precision), device="cpu")
-            yield precision, model, model.config.vocab_size
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from real_size_memory import build_model_folder
+    if size == "real":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from real_size_memory import build_model_folder
 
-    folder = Path(workdir or "/tmp/real-size-scoring") / "qwen2.5-0.5b-architecture"
-    if not (folder / "config.json").exists():
-        print(f"building the Qwen2.5-0.5B architecture (random weights) in {folder} ...", flush=True)
-        build_model_folder(folder)
+        folder = Path(workdir or "/tmp/real-size-scoring") / "qwen2.5-0.5b-architecture"
+        if not (folder / "config.json").exists():
+            print(f"building the Qwen2.5-0.5B architecture (random weights) in {folder} ...", flush=True)
+            build_model_folder(folder)
     for precision in PRECISIONS:
-        model, _ = load_backbone(str(folder), precision, pad_token_id=0, device="cpu")
-        model.eval()
-        yield precision, model, 2000  # the folder's tokenizer has 2,000 tokens
+        for name, kernel, matmul in VARIANTS[precision]:
+            if size == "cpu":
+                path = get_paths(workdir).rm(precision)
+                if not (path / "adapter_config.json").exists():
+                    print(f"{precision}: no trained reward model in {path}; run 03_Reward_Modeling first")
+                    break
+                model, _ = load_reward_model(path, device="cpu", cpu_kernel=kernel,
+                                             int8_cpu_matmul=matmul or "dequantized")
+                yield name, model, model.config.vocab_size
+                continue
+            model, _ = load_backbone(str(folder), precision, pad_token_id=0, device="cpu")
+            model.eval()
+            if kernel == "dense" and precision != "bf16":
+                dense_copy(model, model.dtype)
+            if matmul:
+                pin_int8_matmul(model, matmul)
+            yield name, model, 2000  # the folder's tokenizer has 2,000 tokens
 
 
 def rollout_batch(batch: int, tokens: int, vocab: int, pad: int) -> tuple[torch.Tensor, int]:
@@ -133,38 +149,34 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows, padding = [], []
-    for precision, model, vocab in models(args.size, args.workdir):
-        matmuls = ("dequantized", "llm.int8") if precision == "int8" else (None,)
-        for matmul in matmuls:
-            name = f"int8 ({matmul})" if matmul else precision
-            if matmul:
-                pin_int8_matmul(model, matmul)
-            alone, scores = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
-            contended = measure_contended(model, args, vocab) if args.contend else None
-            if matmul == "llm.int8":
-                print(f"int8: LLM.int8 scores differ from the dequantized matmul's by at most "
-                      f"{(scores - rows[-1][3]).abs().max().item():.4f} (scores span "
-                      f"{rows[-1][3].min().item():.3f} to {rows[-1][3].max().item():.3f})")
-            rows.append((name, alone, contended, scores))
-            if args.rollouts:
-                padding.append((name, *rollout_tokens_per_second(model, *rollout_batch(
-                    args.batch * 2, args.tokens, vocab, model.config.pad_token_id), model.config.pad_token_id,
-                    repeats=args.repeats)))
+    for name, model, vocab in models(args.size, args.workdir):
+        alone, scores = tokens_per_second(model, args.batch, args.tokens, vocab, args.repeats)
+        contended = measure_contended(model, args, vocab) if args.contend else None
+        rows.append((name, alone, contended, scores))
+        if args.rollouts:
+            padding.append((name, *rollout_tokens_per_second(model, *rollout_batch(
+                args.batch * 2, args.tokens, vocab, model.config.pad_token_id), model.config.pad_token_id,
+                repeats=args.repeats)))
         del model
     if not rows:
         return 1
     ref = {p: a for p, a, _, _ in rows}.get("bf16")
+    trained = {name.split()[0]: s for name, _, _, s in rows if name.endswith("(dense)")}  # the training forward
     print(f"\nCPU reward scoring ({args.size}), batch {args.batch} x {args.tokens} tokens, best of {args.repeats}, "
-          f"{torch.get_num_threads()} torch threads")
-    print(f"{'precision':<26} {'tokens/s':>10} {'vs bf16':>8}" + (f" {'contended':>10} {'slowdown':>9}"
-                                                                 if args.contend else ""))
-    for precision, alone, contended, _ in rows:
-        line = f"{precision:<26} {alone:>10.0f} {(f'{alone / ref:.2f}x' if ref else '-'):>8}"
+          f"{torch.get_num_threads()} torch threads, {cpu_facts()['kind']} CPU ({', '.join(cpu_facts()['flags'])})")
+    print(f"{'precision':<22} {'tokens/s':>10} {'vs bf16':>8} {'max |score - trained forward|':>30}"
+          + (f" {'contended':>10} {'slowdown':>9}" if args.contend else ""))
+    for name, alone, contended, scores in rows:
+        base = trained.get(name.split()[0])
+        diff = "-" if base is None or name.endswith("(dense)") else f"{(scores - base).abs().max().item():.2g}"
+        line = f"{name:<22} {alone:>10.0f} {(f'{alone / ref:.2f}x' if ref else '-'):>8} {diff:>30}"
         if contended is not None:
             line += f" {contended:>10.0f} {alone / contended:>8.1f}x"
         print(line)
     if args.write_json:
         write_json(Path(args.write_json), args, rows, padding)
+    if DOCS_FILE.exists():
+        print("\n" + side_by_side(Path(args.write_json or DOCS_FILE), f"threads={torch.get_num_threads()}"))
     for name, whole, grouped, diff in padding:
         if name == padding[0][0]:
             print(f"\nrollout-shaped batch ({args.batch * 2} rows), real tokens/s: {'precision':<18} "
@@ -174,19 +186,22 @@ def main(argv=None) -> int:
 
 
 def write_json(path: Path, args, rows, padding) -> None:
-    """Merge this run into `path`: tokens/s per precision alone and beside the rival, this CPU's float32
-    matrix-multiply speed on the same threads (tinyrlhf.budget's yardstick between machines)."""
+    """Merge this run into `path` under this CPU's kind (env.cpu_kind: bf16 arithmetic and kernel speeds differ
+    between kinds): tokens/s per CPU path alone and beside the rival, this CPU's float32 matrix-multiply speed on the
+    same threads (tinyrlhf.budget's yardstick between machines)."""
     import json
     import platform
 
     from tinyrlhf.budget import cpu_gemm_gflops
-    from tinyrlhf.env import cpu_facts
     from tinyrlhf.results import atomic_write_json
 
     threads = torch.get_num_threads()
+    facts = cpu_facts()
     data = json.loads(path.read_text()) if path.exists() else {}
+    kind = data.setdefault("kinds", {}).setdefault(facts["kind"], {})
+    kind.update(cpu=facts["model"], flags=facts["flags"], bf16_native=facts["bf16_usable"])
     key = f"threads={threads}" + (f", rival threads={args.contend_threads}" if args.contend else "")
-    data.setdefault("runs", {})[key] = {
+    kind.setdefault("runs", {})[key] = {
         "size": args.size, "batch": args.batch, "tokens": args.tokens, "threads": threads,
         "rival_threads": args.contend_threads if args.contend else None, "repeats": args.repeats,
         "gemm_gflops": cpu_gemm_gflops(threads),
@@ -194,10 +209,33 @@ def write_json(path: Path, args, rows, padding) -> None:
         "tokens_per_s_beside_rival": {name: c for name, _, c, _ in rows} if args.contend else None,
         "rollout_real_tokens_per_s": {name: {"padded": w, "grouped": g, "max_abs_score_difference": d}
                                       for name, w, g, d in padding} or None,
-        "date": time.strftime("%Y-%m-%d"), "cpu": cpu_facts()["model"], "logical_cores": mp.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"), "cpu": facts["model"], "logical_cores": mp.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version()}
     atomic_write_json(path, data)
-    print(f"wrote {key} to {path}")
+    print(f"wrote {facts['kind']} / {key} to {path}")
+
+
+def side_by_side(path: Path, key: str = "threads=2") -> str:
+    """Each CPU kind's `key` run from `path`, one column pair (tokens/s, vs bf16) per kind: the table issue 22 asks
+    the benchmark to print."""
+    import json
+
+    kinds = {k: v["runs"][key] for k, v in json.loads(path.read_text()).get("kinds", {}).items()
+             if key in v.get("runs", {})}
+    if not kinds:
+        return f"{path} holds no '{key}' run"
+    names = list(dict.fromkeys(n for run in kinds.values() for n in run["tokens_per_s"]))
+    head = f"{'CPU path':<22}" + "".join(f" {k + ' tok/s':>18} {'vs bf16':>8}" for k in kinds)
+    lines = [f"real-size reward scoring, {key}, from {path}:", head]
+    for name in names:
+        line = f"{name:<22}"
+        for run in kinds.values():
+            tps = run["tokens_per_s"].get(name)
+            line += (f" {tps:>18.0f} {tps / run['tokens_per_s']['bf16']:>7.2f}x" if tps is not None
+                     else f" {'-':>18} {'-':>8}")
+        lines.append(line)
+    lines.append("  " + "; ".join(f"{k}: {run['cpu']}, measured {run['date']}" for k, run in kinds.items()))
+    return "\n".join(lines)
 
 
 def measure_contended(model, args, vocab: int) -> float:

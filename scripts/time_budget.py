@@ -52,22 +52,24 @@ def sensitivity_table(machine: budget.Machine) -> str:
 def reference_table() -> str:
     import json
 
-    runs = json.loads(budget.REFERENCE_FILE.read_text())["runs"]
+    kinds = json.loads(budget.REFERENCE_FILE.read_text())["kinds"]
     rows = []
-    for key, r in runs.items():
-        tps = r["tokens_per_s"]
-        rival = r.get("tokens_per_s_beside_rival") or {}
-        for name, alone in tps.items():
-            beside = rival.get(name)
-            rows.append([key, name, f"{alone:.0f}", f"{alone / tps['bf16']:.2f}x",
-                         "–" if beside is None else f"{beside:.0f}", "–" if beside is None else f"{alone / beside:.2f}x"])
-    return table(["run (torch threads, rival's threads)", "precision", "tokens/s alone", "vs bf16",
+    for kind, k in kinds.items():
+        for key, r in k["runs"].items():
+            tps = r["tokens_per_s"]
+            rival = r.get("tokens_per_s_beside_rival") or {}
+            for name, alone in tps.items():
+                beside = rival.get(name)
+                rows.append([f"{kind} ({', '.join(k['flags'])})", key, name, f"{alone:.0f}", f"{alone / tps['bf16']:.2f}x",
+                             "–" if beside is None else f"{beside:.0f}",
+                             "–" if beside is None else f"{alone / beside:.2f}x"])
+    return table(["CPU kind (flags)", "run (torch threads, rival's threads)", "CPU path", "tokens/s alone", "vs bf16",
                   "beside the rival", "slowdown"], rows)
 
 
 def render() -> str:
     ref = budget.reference()
-    parts = [f"Reference CPU: {ref['cpu']}, measured {ref['date']}: {ref['bf16_tokens_per_s_per_thread']:.0f} bf16 "
+    parts = [f"Reference CPU: {ref['cpu']} ({ref['cpu_kind']}), measured {ref['date']}: {ref['bf16_tokens_per_s_per_thread']:.0f} bf16 "
              f"reward-model tokens/s per thread, {ref['gemm_gflops_per_thread']:.0f} float32 GFLOPS per thread; "
              f"{ref['scaling']:.2f}x the 1-thread rate on {ref['scaling_threads']} threads.", "",
              "CPU reward scoring at the real size (`benchmarks/rm_scoring.py --size real`, docs/rm-scoring.json):", "",

@@ -41,10 +41,12 @@ def test_the_table_totals_the_stages():
 
 
 def test_this_machine_carries_the_reference_rate_over_by_matrix_multiply_speed(tmp_path, monkeypatch):
-    ref = {"runs": {"threads=1": {"size": "real", "threads": 1, "tokens_per_s": {"bf16": 100.0}, "gemm_gflops": 50.0,
-                                  "cpu": "ref cpu", "date": "2026-11-24"},
-                    "threads=2": {"size": "real", "threads": 2, "tokens_per_s": {"bf16": 190.0}, "gemm_gflops": 99.0,
-                                  "cpu": "ref cpu", "date": "2026-11-24"}}}
+    runs = {"threads=1": {"size": "real", "threads": 1, "tokens_per_s": {"bf16": 100.0}, "gemm_gflops": 50.0,
+                          "cpu": "ref cpu", "date": "2026-11-24"},
+            "threads=2": {"size": "real", "threads": 2, "tokens_per_s": {"bf16": 190.0}, "gemm_gflops": 99.0,
+                          "cpu": "ref cpu", "date": "2026-11-24"}}
+    other = {"threads=1": runs["threads=1"] | {"tokens_per_s": {"bf16": 1.0}}}  # another CPU kind: not the reference
+    ref = {"kinds": {"avx2": {"runs": runs}, "avx512-bf16": {"runs": other}}, "reference_kind": "avx2"}
     (tmp_path / "rm-scoring.json").write_text(json.dumps(ref))
     monkeypatch.setattr(budget, "REFERENCE_FILE", tmp_path / "rm-scoring.json")
     monkeypatch.setattr(budget, "cpu_gemm_gflops", lambda threads, **kw: 100.0)  # twice the reference per thread

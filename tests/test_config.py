@@ -86,3 +86,50 @@ def test_a_workdir_that_is_a_file_is_one_sentence(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot hold the pipeline's folders.*writable folder"):
         get_paths(tmp_path / "file").make()
+
+
+def test_hub_downloads_are_pinned_to_a_commit_and_part_of_the_settings():
+    from tinyrlhf.config import LATEST, PINNED_REVISIONS
+
+    real = get_profile("rtx4060")
+    assert real.base.revision == PINNED_REVISIONS["Qwen/Qwen2.5-0.5B"] and len(real.base.revision) == 40
+    assert real.data.revision == PINNED_REVISIONS["Anthropic/hh-rlhf"]
+    assert get_profile("cpu").base.revision == LATEST  # the scratch model is built here: nothing to pin
+    assert get_profile("rtx4060", overrides={"base.model": "gpt2"}).base.revision == LATEST
+    assert get_profile("rtx4060", overrides={"base.revision": "abc"}).base.revision == "abc"
+    assert real.to_dict()["base"]["revision"] == real.base.revision  # what the manifest records
+    changed = get_profile("rtx4060", overrides={"data.revision": "0" * 40})
+    assert changed.section_hash("data", "base") != real.section_hash("data", "base")
+
+
+def test_the_base_model_is_read_at_its_pinned_commit(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from tinyrlhf import base_model
+    from tinyrlhf.config import get_paths
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, revision=None, **kw: asked.append((repo_id, revision)) or str(tmp_path))
+    profile = get_profile("rtx4060")
+    assert base_model.base_model_path(profile, get_paths(tmp_path)) == str(tmp_path)
+    assert asked == [("Qwen/Qwen2.5-0.5B", profile.base.revision)]
+    assert base_model.base_model_path(get_profile("rtx4060", overrides={"base.model": str(tmp_path)}),
+                                      get_paths(tmp_path)) == str(tmp_path)  # a local folder is read as it is
+    assert len(asked) == 1
+
+
+def test_the_dataset_is_read_at_its_pinned_commit(monkeypatch):
+    import datasets
+
+    from tinyrlhf import data
+
+    asked = []
+
+    def load_dataset(hub_id, data_dir=None, revision=None):
+        asked.append((hub_id, data_dir, revision))
+        return {"test": [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Go"}]}
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    raw = data.load_source("hub", subsets=["harmless-base"], hub_id="Anthropic/hh-rlhf", revision="c0ffee")
+    assert asked == [("Anthropic/hh-rlhf", "harmless-base", "c0ffee")] and len(raw.lines) == 1

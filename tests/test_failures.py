@@ -63,3 +63,37 @@ def test_a_failed_ppo_seed_is_recorded_and_the_rest_go_on(workdir_copy, monkeypa
     assert int4["judge_mean"] == int4["seeds"][0]["judge_mean"]
     assert out["arms"]["bf16"]["status"] == "ok"
     schema.validate_file(workdir_copy.result("ppo"), "ppo")
+
+
+def test_memory_of_a_run_that_ran_out_of_memory_is_back_before_the_next_run(workdir_copy, monkeypatch):
+    """An out-of-memory error inside training: the failed run's models are gone before the next run builds its own
+    (a traceback held while freeing, or garbage frozen by the next run's gc.freeze, would keep them: on a card,
+    the next run would then fail too)."""
+    import weakref
+
+    import torch
+
+    from tinyrlhf import ppo, stages
+
+    failed, alive_at_later_builds = [], []
+    real_build = ppo.build_ppo_trainer
+
+    def build(prefs_path, **kwargs):
+        alive_at_later_builds.extend(ref() is not None for ref in failed)
+        trainer, *rest = real_build(prefs_path, **kwargs)
+        if kwargs["rm_path"].name == "bf16" and kwargs["seed"] == 0:
+            failed.append(weakref.ref(trainer.model))
+
+            def out_of_memory(*a, **k):
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            trainer.train = out_of_memory
+        return (trainer, *rest)
+
+    monkeypatch.setattr(ppo, "build_ppo_trainer", build)
+    profile = get_profile("cpu", overrides=FAST | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    out = stages.run_ppo(profile, workdir_copy, progress=False)
+    seeds = out["arms"]["bf16"]["seeds"]
+    assert [s["status"] for s in seeds] == ["failed", "ok"]
+    assert "CUDA out of memory" in seeds[0]["reason"]
+    assert "lower ppo.rollout_chunk or ppo.micro_batch" in seeds[0]["reason"]
+    assert alive_at_later_builds and not any(alive_at_later_builds)

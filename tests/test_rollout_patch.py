@@ -1,6 +1,7 @@
 """ppo.rollout_logprobs_per_chunk, the narrow patch of TRL 1.12's rollout that keeps per-token log-probs instead of
-the whole batch's full-vocabulary scores, gives TRL's own numbers: the same rollouts and log-probs as TRL's
-batch_generation followed by its selective_log_softmax, and the same PPO statistics over a whole run."""
+the whole batch's full-vocabulary scores (and takes them in one dtype with the training pass's), gives TRL's own
+numbers in float32: the same rollouts and log-probs as TRL's batch_generation followed by its selective_log_softmax,
+and the same PPO statistics over a whole run. The bf16 case is tests/test_card_dtypes.py."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_the_patched_rollout_gives_trls_rollouts_and_log_probs(tiny_world):
     tok = load_tokenizer(paths.sft_merged)
     policy = load_causal_lm(paths.sft_merged, tokenizer=tok).eval()
     prompts = ["\n\nHuman: How do I bake bread?\n\nAssistant:", "\n\nHuman: Help me fix a bike.\n\nAssistant:"] * 4
+    tok.padding_side = "left"  # as TRL's PPO dataloader pads queries
     queries = tok(prompts[:7], padding=True, return_tensors="pt")["input_ids"]  # 7 rows: the last chunk is short
     config = GenerationConfig(max_new_tokens=12, temperature=0.7, top_k=0, top_p=1.0, do_sample=True,
                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -44,7 +46,11 @@ def test_the_patched_rollout_gives_trls_rollouts_and_log_probs(tiny_world):
     assert isinstance(stand_in, RolloutLogProbs) and stand_in.logprobs.shape == want_logprobs.shape
     assert logits.shape[-1] == len(tok)  # TRL kept the full vocabulary for every rollout
     assert torch.equal(got_ids, want_ids)
-    torch.testing.assert_close(got_logprobs, want_logprobs, rtol=0, atol=1e-6)
+    # The patch takes them from a full forward (as the training pass does), TRL from the incremental decode's
+    # scores: in float32 the same to float rounding wherever TRL uses them (up to the reply's end: later positions
+    # are masked out of every PPO statistic).
+    real = want_ids[:, queries.shape[1]:] != tok.pad_token_id
+    torch.testing.assert_close(got_logprobs[real], want_logprobs[real], rtol=0, atol=1e-5)
 
 
 def test_a_ppo_run_gives_the_same_statistics_with_and_without_the_patch(tiny_world, tmp_path, monkeypatch):

@@ -56,11 +56,12 @@ def make_rm_results(failed: dict[str, str] | None = None) -> dict:
                  "peak_memory_bytes": (700 - 100 * i) * MIB, "throughput_pairs_per_s": 40.0 - 8 * i,
                  "compute_dtype": "float32", "loss_curve": [0.69 * 0.95**k + 0.02 * i for k in range(30)],
                  "n_test_pairs": 300}
+        entry["cpu_kernel"] = {"kernel": "dense", "dtype": "float32", "why": "fits"}
         if arm == "int8":
-            entry["int8_cpu_matmul"] = {"used": "dequantized", "other": "llm.int8", "same_order": 1.0,
-                                        "accuracy": {"dequantized": 0.81, "llm.int8": 0.81},
-                                        "max_abs_score_difference": 0.12, "mean_abs_margin": 5.0,
-                                        "pairs_per_s": {"dequantized": 160.0, "llm.int8": 110.0}}
+            entry["cpu_kernel_check"] = {"used": "dense", "accuracy": 0.81, "pairs_per_s": 160.0, "mean_abs_margin": 5.0,
+                                         "others": {"bitsandbytes llm.int8": {
+                                             "same_order": 1.0, "max_abs_score_difference": 0.12, "accuracy": 0.81,
+                                             "pairs_per_s": 110.0}}}
         arms[arm] = _fail(entry, failed[arm]) if arm in failed else entry
     return {"config_hash": "abc123", "manifest": make_manifest("rm"), "arms": arms, "null_arm": "null",
             "judge_arm": None}
@@ -102,7 +103,8 @@ def _run(arm: str, seed: int, level: float) -> dict:
                  "kl_mean": 0.6, "kl_per_prompt": [0.6] * PROMPTS, "checkpoints": checkpoints,
                  "history": _history(rng, level + 0.1), "train_seconds": 30.0 + seed,
                  "peak_memory_bytes": 900 * MIB, "reward_threads": 1, "reward_scored_tokens": 4000,
-                 "reward_int8_matmul": "dequantized" if arm == "int8" else None}
+                 "reward_int8_matmul": None,
+                 "reward_kernel": {"kernel": "dense", "dtype": "float32", "why": "fits"}}
 
 
 def make_ppo_results(failed: dict[str, str] | None = None) -> dict:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .chat import full_text
-from .config import SCRATCH_MODEL, BaseSettings, Paths, Profile
+from .config import SCRATCH_MODEL, BaseSettings, Paths, Profile, hub_revision
 from .distributed import is_main, per_rank
 from .runtime import drop_scratch, progress_callback, quiet_trainer, scratch_dir
 
@@ -68,12 +68,25 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False):
 
 
 def base_model_path(profile: Profile, paths: Paths) -> str:
-    """Where the base model loads from: the built tiny model, or the profile's hub id / path."""
+    """Where the base model loads from: the built tiny model, a local folder, or the hub model's snapshot at the
+    commit `base.revision` names (downloaded once into the hub cache; every later load reads that folder, so no
+    load can pick up another commit)."""
     if is_scratch(profile):
         if not (paths.base / "config.json").exists():
             raise ModelLoadError(f"no base model in {paths.base}: run the sft stage (02_SFT_Finetuning) first")
         return str(paths.base)
-    return profile.base.model
+    b = profile.base
+    if Path(b.model).exists():
+        return b.model
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(b.model, revision=hub_revision(b.revision))
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot download {b.model} at revision {b.revision} ({type(e).__name__}: {str(e)[:200]}). "
+            "Offline? Download the model to a local folder and set base.model to its path, or use "
+            "TINYRLHF_PROFILE=cpu.") from None
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, dtype=None, device: str = "cpu",

@@ -57,14 +57,16 @@ def reference() -> dict:
     if not REFERENCE_FILE.exists():
         raise FileNotFoundError(f"{REFERENCE_FILE} is missing: run `python benchmarks/rm_scoring.py --size real "
                                 f"--threads 1 --write-json {REFERENCE_FILE}`")
-    runs = [r for r in json.loads(REFERENCE_FILE.read_text())["runs"].values() if r["size"] == "real"]
+    data = json.loads(REFERENCE_FILE.read_text())
+    kind = data.get("reference_kind", "avx2")  # runs are kept per CPU kind (env.cpu_kind); one is the reference
+    runs = [r for r in data["kinds"][kind]["runs"].values() if r["size"] == "real"]
     one = next((r for r in runs if r["threads"] == 1), None)
     if one is None:
         raise FileNotFoundError(f"{REFERENCE_FILE} holds no 1-thread real-size run: run `python "
                                 f"benchmarks/rm_scoring.py --size real --threads 1 --write-json {REFERENCE_FILE}`")
     most = max(runs, key=lambda r: r["threads"])
     return {"bf16_tokens_per_s_per_thread": one["tokens_per_s"]["bf16"], "gemm_gflops_per_thread": one["gemm_gflops"],
-            "cpu": one["cpu"], "date": one["date"], "scaling_threads": most["threads"],
+            "cpu": one["cpu"], "cpu_kind": kind, "date": one["date"], "scaling_threads": most["threads"],
             "scaling": most["tokens_per_s"]["bf16"] / one["tokens_per_s"]["bf16"]}
 
 

@@ -27,9 +27,23 @@ REPORTERS = ("none", "tensorboard", "wandb")  # where the trainers also log (Tra
 # mode, scores through LLM.int8 (MatMul8bitLt: activations quantized to int8 too), 0.56-0.66x bf16's speed at the
 # real size here.
 INT8_CPU_MATMULS = ("dequantized", "llm.int8")
+CPU_KERNELS = ("auto", "dense", "bitsandbytes")  # RMSettings.cpu_kernel (tinyrlhf.kernels)
 JUDGES = ("gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
+# The hub commits the project downloads: `revision="auto"` (base.revision, data.revision) resolves to these; a hub
+# id not listed loads its latest commit ("latest") unless its revision is set. A revision is part of the data and base
+# settings, so a changed one reruns every stage. (The commits are the snapshot folder names of the hub's cache.)
+PINNED_REVISIONS = {"Qwen/Qwen2.5-0.5B": "060db6499f32faf8b98477b0a26969ef7d8b9987",
+                    "Anthropic/hh-rlhf": "09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa"}
+LATEST = "latest"  # a revision that pins nothing
+
+
+def hub_revision(revision: str) -> str | None:
+    """The `revision=` argument for the hub: None for LATEST."""
+    return None if revision == LATEST else revision
+
+
 SCRATCH_MODEL = "scratch-qwen2"  # the cpu profile's base model: a small Qwen2 built and pre-trained here
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
@@ -82,6 +96,7 @@ class DataSettings:
     source: str = "auto"  # auto: `local` when TINYRLHF_HH_DIR is set, else synthetic (cpu) or hub (GPU)
     default_source: str = "synthetic"
     hub_id: str = "Anthropic/hh-rlhf"
+    revision: str = "auto"  # the hub commit of hub_id: "auto" is PINNED_REVISIONS' (resolved by get_profile)
     subsets: tuple = ("harmless-base",)
     synthetic_pairs: int = 1500
     # Share of the synthetic harmless pairs whose rejected reply is polite but about another task (the rest are
@@ -98,6 +113,7 @@ class DataSettings:
 @dataclass(frozen=True)
 class BaseSettings:
     model: str = SCRATCH_MODEL  # hub id or local path; SCRATCH_MODEL builds a small Qwen2 here
+    revision: str = "auto"  # the hub commit of `model`: "auto" is PINNED_REVISIONS' (resolved by get_profile)
     vocab_size: int = 768
     hidden_size: int = 128
     num_layers: int = 4
@@ -151,9 +167,13 @@ class RMSettings:
     target_modules: tuple = ALL_LINEAR
     double_quant: bool = True
     eval_pairs: int = 300
-    # How an int8 reward model multiplies on the CPU: "dequantized" (bitsandbytes' CPU training forward, the same
-    # int8 weights; 0.9x bf16's speed at the real size) or "llm.int8" (its eval-mode path, 0.6x). 03 records how
-    # far the two agree on the test pairs (reward.compare_int8_matmuls).
+    # How a quantized reward model scores on the CPU (tinyrlhf.kernels): "auto" (its dense copy, the weights
+    # dequantized once as bitsandbytes trains them, when that fits a quarter of the available RAM; else
+    # bitsandbytes' own layers), "dense" or "bitsandbytes". 03 records how far every path agrees on the test pairs
+    # (reward.compare_cpu_kernels).
+    cpu_kernel: str = "auto"
+    # An int8 model on bitsandbytes' layers: "dequantized" (its CPU training forward, the same int8 weights) or
+    # "llm.int8" (its eval-mode path, activations quantized too).
     int8_cpu_matmul: str = "dequantized"
 
 
@@ -355,6 +375,8 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
     if p.ppo.rm_device == "cuda" and p.device == "cpu":
         raise ConfigError("ppo.rm_device='cuda' needs the policy on a GPU; with device='cpu' set ppo.rm_device='cpu'")
+    if p.rm.cpu_kernel not in CPU_KERNELS:
+        raise ConfigError(f"rm.cpu_kernel must be one of {', '.join(CPU_KERNELS)}; got {p.rm.cpu_kernel!r}")
     if p.rm.int8_cpu_matmul not in INT8_CPU_MATMULS:
         raise ConfigError(f"rm.int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; "
                           f"got {p.rm.int8_cpu_matmul!r}")
@@ -411,9 +433,17 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
             raise ConfigError(f"overrides must be a dict of settings, got {type(given).__name__}")
     merged.update(overrides or {})
     merged.update(kw)
-    profile = _apply(PROFILES[name], merged)
+    profile = _resolve_revisions(_apply(PROFILES[name], merged))
     _validate(profile)
     return profile
+
+
+def _resolve_revisions(p: Profile) -> Profile:
+    """"auto" revisions made concrete, so the manifest and the stage hashes hold the commit itself."""
+    base = p.base.revision if p.base.revision != "auto" else PINNED_REVISIONS.get(p.base.model, LATEST)
+    data = p.data.revision if p.data.revision != "auto" else PINNED_REVISIONS.get(p.data.hub_id, LATEST)
+    return dataclasses.replace(p, base=dataclasses.replace(p.base, revision=base),
+                               data=dataclasses.replace(p.data, revision=data))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .chat import ASSISTANT, HUMAN, completion
+from .config import LATEST, hub_revision
 from .results import atomic_write_jsonl, sha256_file
 from .synthetic import category, synthetic_jsonl
 
@@ -151,7 +152,7 @@ def _local_files(root: Path, subsets) -> tuple[list[Path], list[str]]:
 
 
 def load_source(source: str, *, subsets, synthetic_pairs: int = 0, off_topic_share: float = 0.75, seed: int = 0,
-                hh_dir: Path | None = None, hub_id: str = HUB_ID) -> RawSource:
+                hh_dir: Path | None = None, hub_id: str = HUB_ID, revision: str = LATEST) -> RawSource:
     """Read a data source ("synthetic", "local" or "hub") into raw lines, with checksums of what was read."""
     if source == "synthetic":
         text = synthetic_jsonl(synthetic_pairs, seed=seed, off_topic_share=off_topic_share)
@@ -169,16 +170,17 @@ def load_source(source: str, *, subsets, synthetic_pairs: int = 0, off_topic_sha
                             f"(expected e.g. {hh_dir}/harmless-base/train.jsonl.gz)")
         lines = [ln for p in files for ln in iter_file_lines(p)]  # reads fully: corrupt files fail here
         return RawSource("local", lines, {str(p): sha256_file(p) for p in files}, missing)
-    return _load_hub(hub_id, subsets)
+    return _load_hub(hub_id, subsets, revision)
 
 
-def _load_hub(hub_id: str, subsets) -> RawSource:
+def _load_hub(hub_id: str, subsets, revision: str = LATEST) -> RawSource:
+    """The hub's copy of `hub_id` at commit `revision` ("" for its latest)."""
     try:
         import datasets
 
         lines, sums = [], {}
         for subset in subsets:
-            dsd = datasets.load_dataset(hub_id, data_dir=subset)
+            dsd = datasets.load_dataset(hub_id, data_dir=subset, revision=hub_revision(revision))
             for split, ds in dsd.items():
                 origin = f"hub:{hub_id}/{subset}/{split}"
                 rows = [json.dumps({"chosen": r["chosen"], "rejected": r["rejected"]}) for r in ds]

@@ -133,8 +133,31 @@ def verdicts_table(verdicts: list[dict]) -> pd.DataFrame:
                           "reason": v["reason"]} for v in verdicts])
 
 
-def key_values(d: dict) -> pd.DataFrame:
-    return pd.DataFrame([{"setting": k, "value": "—" if v is None else str(v)} for k, v in d.items()])
+def key_values(d: dict, skip=()) -> pd.DataFrame:
+    return pd.DataFrame([{"setting": k, "value": "—" if v is None else str(v)} for k, v in d.items() if k not in skip])
+
+
+def kernel_check_table(result: dict) -> pd.DataFrame:
+    """03's record of how each quantized reward model scores on the CPU (the kernel PPO uses) and how far
+    bitsandbytes' own CPU paths are from it on the held-out pairs."""
+    rows = []
+    for arm, rec in result["arms"].items():
+        check = rec.get("cpu_kernel_check")
+        if rec.get("status") != "ok" or not check:
+            continue
+        for other, c in check["others"].items():
+            rows.append({"arm": arm, "scores with": f"{check['used']} ({rec['cpu_kernel']['dtype']})",
+                         "other CPU path": other, "same order": f"{c['same_order']:.1%}",
+                         "largest score difference": f"{c['max_abs_score_difference']:.2g}",
+                         "mean |margin|": f"{check['mean_abs_margin']:.2f}",
+                         "pairs/s (used, other)": f"{check['pairs_per_s']:.0f}, {c['pairs_per_s']:.0f}"})
+    return pd.DataFrame(rows)
+
+
+def kernels_table(scoring: dict) -> pd.DataFrame:
+    """env.reward_scoring's kernel per precision: which CPU path each reward model scores with, and why."""
+    return pd.DataFrame([{"precision": p, "kernel": k["kernel"], "computes in": k["dtype"], "why": k["why"]}
+                         for p, k in scoring["kernels"].items()])
 
 
 def budget_table(rows: list[dict]) -> pd.DataFrame:

@@ -15,7 +15,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from . import kernels, memory
 from .config import Paths, Profile, default_profile_name, get_paths
+from .cpu import BF16_CPU_FLAGS, cpu_kind, parse_cpuinfo  # noqa: F401 (part of this module's report API)
 from .jobs import reward_threads
 from .memory import format_bytes
 from .results import atomic_write_json, cuda_devices, manifest, package_versions
@@ -39,8 +41,8 @@ PINS = pinned_versions()
 # torch is never installed from here: the right wheel depends on the platform and the CUDA version.
 INSTALLABLE = tuple(p for p in PINS if p != "torch")
 EXTRA_PACKAGES = ("jupyterlab", "nbmake", "peft", "trl", "psutil")
-CPU_FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "f16c", "fma")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_FLAGS_OF_INTEREST = ("avx", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "f16c",
+                         "fma")
 ENV_DIRS = ("TINYRLHF_WORKDIR", "TINYRLHF_HH_DIR")
 MIN_FREE_DISK_BYTES = 2 * 1024**3
 MIN_RAM_BYTES = 4 * 1024**3
@@ -67,21 +69,6 @@ def _size(n_bytes) -> str:
 # ----------------------------------------------------------------------------------------------- facts
 
 
-def parse_cpuinfo(text: str) -> tuple[str | None, frozenset]:
-    """CPU model name and feature flags from /proc/cpuinfo text (x86 "flags", ARM "Features")."""
-    model, flags = None, frozenset()
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        if key == "model name" and model is None:
-            model = value.strip() or None
-        elif key in ("flags", "features") and not flags:
-            flags = frozenset(value.split())
-    return model, flags
-
-
 def cpu_facts() -> dict:
     import psutil
     import torch
@@ -100,6 +87,7 @@ def cpu_facts() -> dict:
         reason = "CPU flags unknown (no /proc/cpuinfo): assuming bf16 is not native"
     return {
         "model": model or platform.processor() or platform.machine() or None,
+        "kind": cpu_kind(flags),
         "logical_cores": psutil.cpu_count(logical=True),
         "physical_cores": psutil.cpu_count(logical=False),
         "flags": present,
@@ -286,6 +274,7 @@ def report_table(report: dict):
         ("CPU", c["model"] or "unknown"),
         ("CPU cores", f"{c['logical_cores']} logical, {c['physical_cores'] or 'unknown'} physical"),
         ("CPU flags", ", ".join(c["flags"]) or "unknown"),
+        ("CPU kind", c.get("kind") or "unknown"),
         ("torch CPU capability", c["torch_capability"]),
         ("bf16 on CPU", f"{_yes(c['bf16_usable'])} ({c['bf16_reason']})"),
     ]
@@ -329,7 +318,10 @@ def install_missing(dry_run: bool = True) -> list[str]:
 
 def reward_scoring(report: dict, profile: Profile) -> dict:
     """How PPO's reward model scores rollouts on this machine with this profile: device, torch threads and why,
-    the int8 matmul, the 4-bit kernel."""
+    the compute dtype, and the kernel each precision scores with and why (kernels.choose, from the CPU's flags and
+    the RAM available)."""
+    import torch
+
     policy = "cuda" if report["cuda"]["devices"] and profile.device != "cpu" else "cpu"
     p = profile.ppo
     threads = reward_threads(p.rm_threads, p.rm_device, policy, report["cpu"]["physical_cores"])
@@ -341,7 +333,16 @@ def reward_scoring(report: dict, profile: Profile) -> dict:
         why = "physical cores less one: the process driving the GPU keeps a core (ppo.rm_threads=0)"
     else:
         why = "the job's torch threads: with the policy on the CPU, scoring and training take turns"
+    native = report["cpu"]["bf16_usable"]
+    dtype = torch.bfloat16 if native else torch.float32  # runtime.reward_compute_dtype("cpu")
+    spec = memory.spec_for_profile(profile)
+    dense = spec.n_layer * spec.linear_params_per_layer * dtype.itemsize
+    chosen = {prec: kernels.choose(prec, setting=profile.rm.cpu_kernel, compute_dtype=dtype, dense_bytes=dense,
+                                   available_bytes=report["memory"]["ram_available_bytes"], native_bf16=native,
+                                   int8_matmul=profile.rm.int8_cpu_matmul)
+              for prec in profile.rm.precisions}
     return {"device": p.rm_device, "policy_device": policy, "threads": threads or None, "threads_reason": why,
+            "cpu_kind": report["cpu"].get("kind"), "compute_dtype": kernels.dtype_name(dtype), "kernels": chosen,
             "int8_matmul": profile.rm.int8_cpu_matmul, "int4_kernel": report["bitsandbytes"].get("cpu_4bit_kernel")}
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .logits import response_logprobs
 from .reward import CPURewardModel, load_reward_model, score_rollouts
 from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
 from .synthetic import gold_reward
@@ -120,12 +121,10 @@ def _stack(parts: list[torch.Tensor], pad: int, *, left: bool) -> torch.Tensor:
 
 
 def kl_per_reply(policy, rollouts: Rollouts, *, temperature: float, chunk: int = 64) -> list[float]:
-    """Sum over each reply's tokens (its EOS included) of log pi - log pi_ref, with TRL's forward and logits scaled
-    by the temperature as TRL scales them; the reference is the policy with its LoRA adapter disabled. Averaged
-    over replies sampled from pi, it estimates KL(pi || ref)."""
-    from trl.experimental.ppo.ppo_trainer import forward
-    from trl.trainer.utils import selective_log_softmax
-
+    """Sum over each reply's tokens (its EOS included) of log pi - log pi_ref, with TRL's forward conventions and
+    logits scaled by the temperature as TRL scales them (logits.response_logprobs: logits only at the reply's
+    positions, in float32); the reference is the policy with its LoRA adapter disabled. `chunk` replies at a time.
+    Averaged over replies sampled from pi, it estimates KL(pi || ref)."""
     device = next(policy.parameters()).device
     pad = rollouts.pad_token_id
     ctx = rollouts.queries.shape[1]
@@ -135,19 +134,13 @@ def kl_per_reply(policy, rollouts: Rollouts, *, temperature: float, chunk: int =
     with torch.no_grad():
         for i in range(0, len(rollouts.texts), chunk):
             qr = torch.cat((rollouts.queries[i: i + chunk], rollouts.responses[i: i + chunk]), 1).to(device)
-            resp = qr[:, ctx:]
-            mask = resp != pad
-            logp = _logprobs(forward(policy, qr, pad), ctx, resp, temperature, selective_log_softmax)
+            mask = qr[:, ctx:] != pad
+            logp = response_logprobs(policy, qr, pad, ctx, temperature=temperature + 1e-7)
             with policy.disable_adapter():
-                ref = _logprobs(forward(policy, qr, pad), ctx, resp, temperature, selective_log_softmax)
+                ref = response_logprobs(policy, qr, pad, ctx, temperature=temperature + 1e-7)
             out += ((logp - ref) * mask).sum(1).float().cpu().tolist()
     policy.train(was_training)
     return out
-
-
-def _logprobs(output, ctx: int, responses, temperature: float, selective_log_softmax):
-    logits = output.logits[:, ctx - 1: -1].float() / (temperature + 1e-7)
-    return selective_log_softmax(logits, responses)
 
 
 def proxy_scores(reward_model, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float,
@@ -243,16 +236,18 @@ def load_judge(spec: dict, *, trust_remote_code: bool = False):
 
 
 def evaluate_policy(policy, tokenizer, prompts: list[str], *, samples: int, judge, proxy=None, with_kl: bool,
-                    max_new: int, temperature: float, seed: int, missing_eos_penalty: float, show: int = 0):
-    """Sample, then score under the judge (and the proxy reward model, when given) and measure KL. Returns
-    (summary, rollouts, per-reply judge scores)."""
+                    max_new: int, temperature: float, seed: int, missing_eos_penalty: float, show: int = 0,
+                    kl_chunk: int = 64):
+    """Sample, then score under the judge (and the proxy reward model, when given) and measure KL (`kl_chunk`
+    replies per forward: the profile's rollout chunk, as PPO's own forwards). Returns (summary, rollouts, per-reply
+    judge scores)."""
     rollouts = sample(policy, tokenizer, prompts, samples=samples, max_new=max_new, temperature=temperature,
                       seed=seed)
     eos = tokenizer.eos_token_id
     judged = judge.scores(rollouts, eos_token_id=eos, missing_eos_penalty=missing_eos_penalty)
     proxied = None if proxy is None else proxy_scores(proxy, rollouts, eos_token_id=eos,
                                                       missing_eos_penalty=missing_eos_penalty)
-    kl = kl_per_reply(policy, rollouts, temperature=temperature) if with_kl else None
+    kl = kl_per_reply(policy, rollouts, temperature=temperature, chunk=kl_chunk) if with_kl else None
     return summary(rollouts, judge=judged, proxy=proxied, kl=kl, show=show), rollouts, judged
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import SCRATCH_MODEL, Profile, get_profile, resolve_device
+from .cpu import native_bf16
 
 GiB = 2**30
 MiB = 2**20
@@ -264,6 +265,38 @@ def activation_bytes(spec: ModelSpec, batch: int, seq_len: int, *, act_bytes: in
     return tokens * spec.n_layer * per_layer
 
 
+EVAL_LOGIT_ROWS = 256  # logits.ROWS: positions per output-layer call in evaluation passes
+EVAL_SAMPLE_ROWS = 64  # evaluate.sample's generation chunk
+HELDOUT_BATCH = 16  # sft.heldout_loss's batch
+
+
+def evaluation_bytes(spec: ModelSpec, *, rows: int, seq_len: int, act_bytes: int, sample_rows: int = 0,
+                     scored: int | None = None) -> dict[str, int]:
+    """An evaluation pass without gradients (sft.heldout_loss, evaluate.kl_per_reply, logits.token_logprobs): one
+    layer's working set for `rows` sequences, their final hidden states, and EVAL_LOGIT_ROWS positions' logits at a
+    time (in the model's dtype, a float32 copy and its log-softmax; fewer when only `scored` positions are); with
+    `sample_rows`, sampling that many replies at once (evaluate.sample): generate's KV cache and one step's float32
+    logits and scores."""
+    tokens = rows * seq_len
+    scored = tokens if scored is None else scored
+    out = {"evaluation: forward (one layer)": tokens * layer_bytes_per_token(spec, seq_len, act_bytes),
+           "evaluation: final hidden states": tokens * spec.hidden * act_bytes,
+           "evaluation: logits of the scored positions": min(EVAL_LOGIT_ROWS, scored) * spec.vocab * (act_bytes + 8)}
+    if sample_rows:
+        out["evaluation: sampling KV cache"] = (2 * spec.n_layer * sample_rows * seq_len * spec.n_kv_head
+                                                * spec.head_dim * act_bytes)
+        out["evaluation: sampling logits"] = 2 * sample_rows * spec.vocab * GENERATION_SCORE_BYTES
+    return out
+
+
+def _peak_phase(static: dict, phases: dict[str, dict]) -> tuple[dict, str]:
+    """static | the largest phase, and a note naming it and the others' sizes."""
+    peak = max(phases, key=lambda k: sum(phases[k].values()))
+    others = ", ".join(f"the {k} phase needs {format_bytes(sum(v.values()))}" for k, v in phases.items() if k != peak)
+    return static | phases[peak], (f"peak during {peak}; {others} on top of the static "
+                                   f"{format_bytes(sum(static.values()))}")
+
+
 def _trained_parts(n: int, *, full: bool, precision: str) -> dict[str, int]:
     """Gradients and optimizer state (and the fp32 adapter weights for LoRA); full-model weights are counted
     with the base weights."""
@@ -322,20 +355,26 @@ def _finish(stage: str, device: str, dev: dict[str, int], host: dict[str, int] |
 
 def estimate_sft(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None = 16, batch: int, seq_len: int,
                  gradient_checkpointing: bool = False, target_modules=None, device: str = "cuda",
-                 double_quant: bool = True, stage: str = "sft") -> Estimate:
-    """Supervised fine-tuning: LoRA of rank lora_r on a base at `precision`, or full fine-tuning (lora_r=None)."""
+                 double_quant: bool = True, stage: str = "sft", eval_batch: int = HELDOUT_BATCH,
+                 sample_rows: int = EVAL_SAMPLE_ROWS, scored: int | None = None) -> Estimate:
+    """Supervised fine-tuning: LoRA of rank lora_r on a base at `precision`, or full fine-tuning (lora_r=None).
+    Peak: the weights and trained parts, plus the larger of training (activations, logits) and evaluation (the
+    held-out loss over `eval_batch` sequences, sampling `sample_rows` replies)."""
     precision = _precision(precision)
     full = lora_r is None
     if full and precision not in DENSE_BYTES:
         raise ValueError(f"full fine-tuning needs fp32 or bf16 weights, not {precision}; use LoRA (lora_r)")
     trained = spec.n_params if full else lora_params(spec, lora_r, target_modules)
     act = _act_bytes(precision)
-    dev = {"weights": weight_bytes(spec, precision, double_quant=double_quant),
-           **_trained_parts(trained, full=full, precision=precision),
-           "activations": activation_bytes(spec, batch, seq_len, act_bytes=act,
-                                           gradient_checkpointing=gradient_checkpointing),
-           "logits": batch * seq_len * spec.vocab * LOGIT_BYTES_TRAIN}
-    return _finish(stage, device, dev)
+    static = {"weights": weight_bytes(spec, precision, double_quant=double_quant),
+              **_trained_parts(trained, full=full, precision=precision)}
+    training = {"activations": activation_bytes(spec, batch, seq_len, act_bytes=act,
+                                                gradient_checkpointing=gradient_checkpointing),
+                "logits": batch * seq_len * spec.vocab * LOGIT_BYTES_TRAIN}
+    evaluation = evaluation_bytes(spec, rows=eval_batch, seq_len=seq_len, act_bytes=act, sample_rows=sample_rows,
+                                  scored=scored)
+    dev, note = _peak_phase(static, {"training": training, "evaluation": evaluation})
+    return _finish(stage, device, dev, note=note)
 
 
 MAPPED_CHECKPOINT = "checkpoint pages mapped by the quantizing loader (page cache, reclaimable)"
@@ -357,7 +396,7 @@ def mapped_checkpoint(spec: ModelSpec, precision: str, checkpoint_precision: str
 def estimate_rm(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None = 16, batch: int, seq_len: int,
                 gradient_checkpointing: bool = False, target_modules=None, device: str = "cuda",
                 double_quant: bool = True, stage: str | None = None,
-                checkpoint_precision: str | None = None) -> Estimate:
+                checkpoint_precision: str | None = None, compute: str | None = None) -> Estimate:
     """Reward-model training: backbone at `precision` (no LM head) + fp32 score head, LoRA (or full when
     lora_r=None and unquantized). `batch` counts preference pairs: chosen and rejected both run, 2*batch sequences.
     `checkpoint_precision`: the dtype of the checkpoint it is loaded from (see `mapped_checkpoint`)."""
@@ -369,7 +408,8 @@ def estimate_rm(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None 
     dev = {"weights": weight_bytes(spec, precision, lm_head=False, double_quant=double_quant),
            **_trained_parts(trained, full=full, precision=precision),
            "score head (fp32, trained)": TRAINED_BYTES * spec.hidden}  # hidden -> 1
-    dev["activations"] = activation_bytes(spec, 2 * batch, seq_len, act_bytes=_act_bytes(precision),
+    # every precision computes in the device's compute dtype (reward.load_backbone): `compute`, else bf16
+    dev["activations"] = activation_bytes(spec, 2 * batch, seq_len, act_bytes=_act_bytes(compute or precision),
                                           gradient_checkpointing=gradient_checkpointing)
     return _finish(stage or f"rm_{precision}", device, dev,
                    mapped_checkpoint(spec, precision, checkpoint_precision, on_host=device == "cpu"))
@@ -380,7 +420,8 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
                  value_from_rm: bool = True, batch: int, mini_batch: int, query_len: int, response_len: int,
                  lora_r: int = 16, target_modules=None, rollout_chunk: int | None = None,
                  gradient_checkpointing: bool = False, device: str = "cuda", double_quant: bool = True,
-                 stage: str | None = None, rm_checkpoint_precision: str | None = None) -> Estimate:
+                 stage: str | None = None, rm_checkpoint_precision: str | None = None,
+                 rm_host_precision: str | None = None, eval_sample_rows: int = EVAL_SAMPLE_ROWS) -> Estimate:
     """TRL PPO (trl.experimental.ppo) with a LoRA policy.
 
     Static: the policy (base + LoRA); the reference (nothing extra when it is the policy with its adapter
@@ -409,8 +450,15 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
               "value model backbone": weight_bytes(value_spec, value_precision, lm_head=False,
                                                    double_quant=double_quant),
               **_trained_parts(trained, full=False, precision=policy_precision)}
+    # A quantized reward model scoring through its dense copy (kernels.dense_copy; `rm_host_precision`, the host's
+    # compute dtype) holds its linear layers dense in that dtype instead of quantized.
+    rm_held = rm_precision if rm_precision in DENSE_BYTES or not rm_host_precision else _precision(rm_host_precision)
     rm_weights = weight_bytes(rm_spec, rm_precision, lm_head=False, double_quant=double_quant) + 4 * rm_spec.hidden
-    rm_forward = chunk * seq * layer_bytes_per_token(rm_spec, seq, _act_bytes(rm_precision))
+    if rm_held != rm_precision:
+        rm_weights += rm_spec.n_layer * (rm_spec.linear_params_per_layer * DENSE_BYTES[rm_held] - sum(
+            matrix_bytes(a, b, rm_precision, double_quant=double_quant)
+            for shapes in rm_spec.linears().values() for a, b in shapes))
+    rm_forward = chunk * seq * layer_bytes_per_token(rm_spec, seq, _act_bytes(rm_held))
     policy_forward = chunk * seq * layer_bytes_per_token(policy_spec, seq, act)
     rm_on_host = rm_on_cpu and device == "cuda"  # on a CPU run everything is host RAM
     host = {"reward model weights": rm_weights, "reward model forward (one layer)": rm_forward} if rm_on_host else {}
@@ -430,11 +478,12 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
                 + activation_bytes(value_spec, mini_batch, seq, act_bytes=_act_bytes(value_precision),
                                    gradient_checkpointing=gradient_checkpointing),
                 "training: logits": mini_batch * seq * policy_spec.vocab * LOGIT_BYTES_TRAIN}
-    phases = {"rollout": rollout, "training": training}
-    peak, other = sorted(phases, key=lambda k: sum(phases[k].values()), reverse=True)
-    note = (f"peak during {peak}; the {other} phase needs {format_bytes(sum(phases[other].values()))} "
-            f"on top of the static {format_bytes(sum(static.values()))}")
-    return _finish(stage or f"ppo_{rm_precision}", device, static | phases[peak], host, note)
+    # checkpoints: KL over `chunk` replies at a time (evaluate.kl_per_reply) and sampling (evaluate.sample); the
+    # reward models score on the host
+    evaluation = evaluation_bytes(policy_spec, rows=chunk, seq_len=seq, act_bytes=act, sample_rows=eval_sample_rows,
+                                  scored=chunk * (response_len + 1))
+    dev, note = _peak_phase(static, {"rollout": rollout, "training": training, "evaluation": evaluation})
+    return _finish(stage or f"ppo_{rm_precision}", device, dev, host, note)
 
 
 # ---------------------------------------------------------------------------------------------- profiles
@@ -447,8 +496,8 @@ def _targets(spec: ModelSpec, targets) -> tuple:
     return tuple(targets) if all(t in names for t in targets) else DEFAULT_TARGETS[spec.arch]
 
 
-def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device: str | None = None
-                     ) -> dict[str, Estimate]:
+def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device: str | None = None,
+                     host_compute: str | None = None) -> dict[str, Estimate]:
     """Estimates of every stage of a profile: "sft", "rm_<p>" and "ppo_<p>" for p in profile.rm.precisions.
 
     device: "cuda" or "cpu" (default: cpu for a cpu profile, else cuda). On the CPU training runs in fp32 (as
@@ -457,25 +506,35 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
     """
     device = device or ("cpu" if profile.device == "cpu" else "cuda")
     spec = spec or spec_for_profile(profile)
+    # the reward models' compute dtype on this host: bf16 where the CPU runs it natively (runtime.reward_compute_dtype)
+    host_compute = host_compute or ("bf16" if native_bf16() else "fp32")
     d, s, r, p = profile.data, profile.sft, profile.rm, profile.ppo
     train_precision = "fp32" if device == "cpu" else "bf16"
     ckpt = s.gradient_checkpointing
     seq = d.max_prompt_tokens + d.max_response_tokens
+    e = profile.eval
+    sampled = min(EVAL_SAMPLE_ROWS, e.prompts * e.samples)  # replies generated at once in evaluation
+    heldout = min(HELDOUT_BATCH, s.eval_pairs)
     out = {"sft": estimate_sft(spec, precision=train_precision, lora_r=s.lora_r, batch=s.batch_size, seq_len=seq,
                                gradient_checkpointing=ckpt, target_modules=_targets(spec, s.target_modules),
-                               device=device)}
+                               device=device, eval_batch=heldout, sample_rows=sampled,
+                               scored=heldout * (d.max_response_tokens + 1))}
     for prec in r.precisions:
         out[f"rm_{prec}"] = estimate_rm(spec, precision=prec, lora_r=r.lora_r, batch=r.batch_size, seq_len=seq,
                                         gradient_checkpointing=ckpt, target_modules=_targets(spec, r.target_modules),
                                         device=device, double_quant=r.double_quant, stage=f"rm_{prec}",
-                                        checkpoint_precision=train_precision)
+                                        checkpoint_precision=train_precision,
+                                        compute=host_compute if device == "cpu" else None)
     for prec in r.precisions:
         out[f"ppo_{prec}"] = estimate_ppo(
             spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=p.rm_device == "cpu",
             batch=p.ppo_batch, mini_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, value_from_rm=False,
             query_len=d.max_prompt_tokens, response_len=p.max_new,
             lora_r=p.lora_r, target_modules=_targets(spec, p.target_modules), gradient_checkpointing=ckpt,
-            device=device, double_quant=r.double_quant, stage=f"ppo_{prec}", rm_checkpoint_precision=train_precision)
+            device=device, double_quant=r.double_quant, stage=f"ppo_{prec}", rm_checkpoint_precision=train_precision,
+            # int8 and int4 score on the host through their dense copy in its dtype, unless told not to
+            rm_host_precision=host_compute if p.rm_device == "cpu" and r.cpu_kernel != "bitsandbytes" else None,
+            eval_sample_rows=sampled)
     return out
 
 
@@ -563,7 +622,9 @@ def validation_rows(record: dict) -> list[dict]:
     figures for the same profile, model and settings: stage, measured_bytes, estimate_bytes, ratio."""
     device = record.get("device", "cpu")
     profile = get_profile(record["profile"], overrides=record["settings"] | {"base.model": record["model"]})
-    estimates = estimate_profile(profile, device=device)
+    kind = record.get("cpu", {}).get("kind")
+    host = None if kind is None else "bf16" if kind == "avx512-bf16" else "fp32"  # the record's CPU, not this one
+    estimates = estimate_profile(profile, device=device, host_compute=host)
     # what the measurement sees: CUDA max allocated on a GPU, the whole process RSS on the CPU
     comparable = {k: e.device_bytes if device == "cuda" else e.total for k, e in estimates.items()}
     return [{"stage": m["stage"], "measured_bytes": m["measured_bytes"], "estimate_bytes": comparable[m["stage"]],

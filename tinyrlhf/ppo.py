@@ -13,6 +13,7 @@ import contextlib
 import gc
 import io
 import logging
+import math
 import time
 
 import psutil
@@ -24,8 +25,15 @@ from .data import read_pairs
 from .distributed import micro_batch as per_process_micro_batch
 from .distributed import per_rank, rank_record
 from .jobs import reward_threads
+from .logits import response_logprobs
 from .results import MemoryMeter
-from .reward import SCORE_HEAD, CPURewardModel, load_reward_model
+from .reward import (
+    SCORE_HEAD,
+    CPURewardModel,
+    _keep_head_fp32,
+    keep_trainable_fp32,
+    load_reward_model,
+)
 from .runtime import (
     bf16_ok,
     drop_scratch,
@@ -55,9 +63,14 @@ def load_value_model(sft_path, *, lora_r: int, lora_alpha: int, target_modules, 
                                                               trust_remote_code=trust_remote_code)
     base.config.pad_token_id = pad_token_id
     base.to(device)
+    # The head in float32, computing in float32: PEFT upcasts LoRA layers but not a `modules_to_save` head, which
+    # loaded in bf16 would lose Adam's steps (~1e-5) below half of bf16's spacing at its weights' scale (~0.016).
+    _keep_head_fp32(base)
     lora = lora_config(base, r=lora_r, alpha=lora_alpha, dropout=0.0, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
-    return get_peft_model(base, lora)
+    value = get_peft_model(base, lora)
+    keep_trainable_fp32(value)
+    return value
 
 
 def _prompt_dataset(pairs, tokenizer):
@@ -105,15 +118,16 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                       lr_scheduler: str = "linear",
                       rollout_chunk: int, missing_eos_penalty: float | None = None, steps: int = 10,
                       temperature: float = 1.0, lora_r: int = 16, lora_alpha: int = 32, target_modules=("q_proj",),
-                      seed: int = 0, callbacks=()):
+                      seed: int = 0, callbacks=(), dtype=None):
     """TRL's PPOTrainer with our policy, value model and CPU-resident reward model. Returns (trainer, reward
-    wrapper, tokenizer, reward-model info)."""
+    wrapper, tokenizer, reward-model info). `dtype`: the policy's and value model's weights (default: bf16 on a card
+    that supports it, else float32; a test passes bf16 on the CPU to run what the card runs)."""
     from transformers import AutoModelForCausalLM
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     seed_everything(seed)
     device = resolve_device(profile)
-    dtype = torch.bfloat16 if bf16_ok(device) else torch.float32
+    dtype = dtype or (torch.bfloat16 if bf16_ok(device) else torch.float32)
     trust = profile.base.trust_remote_code
     tokenizer = load_tokenizer(sft_path, trust_remote_code=trust)
     tokenizer.padding_side = "left"  # queries are left-padded so generation continues right after the prompt
@@ -126,7 +140,7 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     if rm_device == "cuda" and device != "cuda":
         raise PPOError("ppo.rm_device='cuda' but no CUDA device is visible: set ppo.rm_device='cpu'")
     rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device,
-                                    int8_cpu_matmul=profile.rm.int8_cpu_matmul)
+                                    int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
     threads = reward_threads(profile.ppo.rm_threads, rm_device, device, psutil.cpu_count(logical=False))
     reward = CPURewardModel(rm, rm_device, threads=threads)
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)
@@ -202,35 +216,42 @@ class RolloutLogProbs:
 
 @contextlib.contextmanager
 def rollout_logprobs_per_chunk():
-    """TRL 1.12's rollout (`batch_generation`) keeps the float32 generation scores of the whole rollout batch,
+    """Two narrow patches of TRL 1.12's PPO (which left TRL after 1.12, so they will not be fixed upstream):
+
+    Memory. TRL's rollout (`batch_generation`) keeps the float32 generation scores of the whole rollout batch,
     rollouts x response length x vocabulary (64 x 128 x 151,936 x 4 bytes = 5 GB for Qwen2.5 at the rtx4060
     settings), and pads them into a second copy, only to take one log-prob per generated token from them later.
-    Within this context each chunk's scores become per-token log-probs as soon as the chunk is generated, through
-    TRL's own `generate` and `selective_log_softmax`, so one chunk's scores exist at a time. Same numbers as TRL
-    (tests/test_rollout_patch.py). PPO left TRL after 1.12, so this will not be fixed upstream."""
+    Here each chunk's log-probs are taken as soon as it is generated, with logits made at its response positions
+    only (logits.response_logprobs), so one chunk's logits exist at a time.
+
+    One dtype. TRL takes the rollout's log-probs from the generation scores (an incremental decode, upcast to
+    float32) but the reference's and the training pass's from a full forward's logits in the model's dtype: with a
+    bf16 policy the ratio is not 1 and the KL not 0 before any update. Here the rollout's log-probs come from the
+    same full forward as the training pass's (TRL's `forward` conventions, the policy in eval mode as TRL trains it:
+    dropout off), and every log-softmax runs in float32 (`selective_log_softmax` upcasts its logits). In float32
+    the numbers are TRL's to float rounding (tests/test_rollout_patch.py)."""
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     original_batch_generation, original_log_softmax = trl_ppo.batch_generation, trl_ppo.selective_log_softmax
 
     def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
         context_length = queries.shape[1]
-        query_responses, logprobs, vocab = [], [], None
+        query_responses, logprobs = [], []
         was_training = model.training
         model.eval()  # keeps the KV cache under gradient checkpointing (see checkpoint_policy_and_value)
         for i in range(0, queries.shape[0], local_rollout_forward_batch_size):
             query_response, logits = trl_ppo.generate(model, queries[i: i + local_rollout_forward_batch_size],
                                                       pad_token_id, generation_config)
-            vocab = logits.shape[-1]
-            logprobs.append(original_log_softmax(logits, query_response[:, context_length:]))
-            query_responses.append(query_response)
             del logits
+            logprobs.append(response_logprobs(model, query_response, pad_token_id, context_length,
+                                              temperature=generation_config.temperature))
+            query_responses.append(query_response)
         model.train(was_training)
-        # TRL pads the logits with zeros; the log-prob it then takes there is log_softmax(0)[pad] = -log(vocab).
-        fill = original_log_softmax(torch.zeros(1, 1, vocab, device=queries.device),
-                                    torch.zeros(1, 1, dtype=torch.long, device=queries.device)).item()
         padded = trl_ppo.pad(query_responses, padding_value=pad_token_id, padding_side="right")
         padded = padded.view(-1, padded.shape[-1])[: queries.shape[0]]
-        lp = trl_ppo.pad(logprobs, padding_value=fill, padding_side="right")
+        # TRL pads the logits with zeros; the log-prob it then takes there is log_softmax(0)[pad] = -log(vocab).
+        vocab = model.get_output_embeddings().weight.shape[0]
+        lp = trl_ppo.pad(logprobs, padding_value=-math.log(vocab), padding_side="right")
         lp = lp.view(-1, lp.shape[-1])[: queries.shape[0]]
         return padded, RolloutLogProbs(lp, padded[:, context_length:])
 
@@ -239,7 +260,7 @@ def rollout_logprobs_per_chunk():
             if logits.response.shape != index.shape or not torch.equal(logits.response, index):
                 raise RuntimeError("rollout log-probs asked for another response than they were taken for")
             return logits.logprobs
-        return original_log_softmax(logits, index)
+        return original_log_softmax(logits.float(), index)  # a copy of this micro-batch's logits in float32
 
     trl_ppo.batch_generation, trl_ppo.selective_log_softmax = batch_generation, selective_log_softmax
     try:
@@ -254,6 +275,7 @@ def long_lived_objects_frozen():
     collection walks every long-lived object (0.3 s each on the cpu profile: a tenth of a run, measured). Objects
     that exist before training are moved out of the collector's walks (gc.freeze) and back in afterwards, so they are
     still collected once they become garbage."""
+    gc.collect()  # what is garbage now (e.g. a failed run's cycles) must not be frozen in with the rest
     gc.freeze()
     try:
         yield
@@ -287,7 +309,7 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
               "peak_memory": meter.result, "reward_scoring_seconds": reward.seconds,
               "reward_device": str(reward.device), "policy_device": str(trainer.accelerator.device),
               "reward_threads": reward.threads or torch.get_num_threads(), "reward_scored_tokens": reward.tokens,
-              "reward_int8_matmul": rm_info.get("int8_matmul"),
+              "reward_int8_matmul": rm_info.get("int8_matmul"), "reward_kernel": rm_info.get("kernel"),
               "rm_precision": rm_info["precision"], "ranks": ranks.ranks}
     del trainer, reward, trained
     free_memory()

@@ -19,8 +19,11 @@ from .config import INT8_CPU_MATMULS, PRECISIONS, Profile, resolve_device
 from .data import Pair, read_pairs
 from .distributed import per_rank, rank_record
 from .jobs import torch_threads
+from .kernels import choose as choose_kernel
+from .kernels import dense_bytes, dense_copy, dtype_name
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
+    cpu_has_native_bf16,
     drop_scratch,
     lora_config,
     loss_curve,
@@ -56,30 +59,44 @@ def quantization_config(precision: str, *, double_quant: bool = True, compute_dt
                               llm_int8_skip_modules=[SCORE_HEAD])
 
 
-def _keep_head_fp32(model) -> None:
-    """Score head in float32, fed float32: the reward is a difference of two head outputs."""
-    import torch
+class Float32Head(nn.Linear):
+    """The score head computing in float32 from float32 inputs, autocast or not: the reward is a difference of two
+    head outputs, and under a trainer's bf16 autocast (on a card) the head's matmul would otherwise run in bf16
+    while CPU scoring runs it in float32. A class, not a hook, so PEFT's copy of the head (modules_to_save) keeps
+    it."""
 
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _keep_head_fp32(model) -> None:
     head = getattr(model, SCORE_HEAD)
     head.float()
-    head.register_forward_pre_hook(lambda _m, args: tuple(a.float() if torch.is_tensor(a) else a for a in args))
+    if type(head) is nn.Linear:
+        head.__class__ = Float32Head
+    else:  # another head type: at least fed float32
+        head.register_forward_pre_hook(lambda _m, args: tuple(a.float() if torch.is_tensor(a) else a for a in args))
 
 
 def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: str, double_quant: bool = True,
-                  trust_remote_code: bool = False):
-    """A 1-output sequence-classification model from `init_path` at `precision`. Returns (model, dtype name)."""
+                  trust_remote_code: bool = False, compute_dtype=None):
+    """A 1-output sequence-classification model from `init_path` at `precision`. Returns (model, dtype name).
+
+    Every precision computes in one dtype, `compute_dtype` (default: runtime.reward_compute_dtype, bf16 where the
+    device runs it natively, else float32): the unquantized parts (embedding, norms) and the activations, so the
+    arms differ only in their weights. bitsandbytes' CPU layers dequantize to the activations' dtype, so an int8 or
+    NF4 model loaded in float32 computed in float32 even where bf16 is native (0.22-0.30x bf16's speed there)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    dtype = reward_compute_dtype(device)
+    dtype = compute_dtype or reward_compute_dtype(device)
     qconfig = quantization_config(precision, double_quant=double_quant, compute_dtype=dtype)
-    kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code}
-    if qconfig is None:
-        kwargs["dtype"] = dtype
-    else:
+    kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code, "dtype": dtype}
+    if qconfig is not None:
         # "cuda" as this process's card (distributed.init chose it for each rank), not card 0
         where = torch.cuda.current_device() if device == "cuda" else device
-        kwargs.update(quantization_config=qconfig, device_map={"": where}, dtype=torch.float32)
+        kwargs.update(quantization_config=qconfig, device_map={"": where})
     try:
         model = AutoModelForSequenceClassification.from_pretrained(init_path, **kwargs)
     except Exception as e:
@@ -89,8 +106,8 @@ def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: 
         model.to(device)
     model.config.pad_token_id = pad_token_id  # the head reads the last non-pad token
     _keep_head_fp32(model)
-    compute = {"bf16": str(dtype).replace("torch.", ""), "int8": "int8 weights, LLM.int8 matmul",
-               "int4": f"nf4 weights, {str(dtype).replace('torch.', '')} compute"}[precision]
+    name = dtype_name(dtype)
+    compute = {"bf16": name, "int8": f"int8 weights, {name} compute", "int4": f"nf4 weights, {name} compute"}[precision]
     return model, compute
 
 
@@ -112,7 +129,6 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
 
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
-    from peft import prepare_model_for_kbit_training
     from trl import RewardConfig, RewardTrainer
 
     seed_everything(seed)
@@ -122,8 +138,8 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
                                    double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code)
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
-    if precision != "bf16":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # No peft.prepare_model_for_kbit_training: it would upcast the quantized models' norms and embedding to float32
+    # while the bf16 arm keeps them in the compute dtype (PEFT freezes the backbone by itself).
     args = RewardConfig(
         **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
                          steps=max_steps if max_steps > 0 else 100),
@@ -135,14 +151,11 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     trainer = quiet_trainer(RewardTrainer(model=model, args=args, train_dataset=_pairs_dataset(pairs),
                                           processing_class=tokenizer, peft_config=lora,
                                           callbacks=[ranks, *callbacks]))
-    # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too.
-    # Before the optimizer exists (first train() call): the head back to float32, and the LoRA weights to the
-    # backbone's compute dtype, which is float32 on a CPU without native bf16 (emulated bf16 matmuls there made
-    # int8/int4 training several times slower than bf16's, measured).
-    adapter_dtype = reward_compute_dtype(device)
-    for name, param in trainer.model.named_parameters():
-        if param.requires_grad:
-            param.data = param.data.float() if SCORE_HEAD in name.split(".") else param.data.to(adapter_dtype)
+    # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too, and
+    # a bf16 model's LoRA weights are bf16: Adam's steps (~lr) fall below half of bf16's spacing at their scale and
+    # are lost. Before the optimizer exists (first train() call), every trained parameter goes to float32; the
+    # frozen backbone keeps its compute dtype (PEFT casts LoRA's input to LoRA's dtype and its output back).
+    keep_trainable_fp32(trainer.model)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     with MemoryMeter() as meter:
         trainer.train()
@@ -158,6 +171,17 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
             "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute,
             "ranks": ranks.ranks}
+
+
+def keep_trainable_fp32(model) -> int:
+    """Every parameter that trains (LoRA, a score or value head) in float32, whatever the model was loaded in.
+    Returns how many parameters were cast."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def pin_int8_matmul(model, matmul: str) -> int:
@@ -187,9 +211,14 @@ def _stay_in_train_mode(self, mode: bool = True):
 
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
-                      int8_cpu_matmul: str = "dequantized"):
+                      int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "bitsandbytes", compute_dtype=None):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
-    An int8 model on the CPU multiplies as `int8_cpu_matmul` says (pin_int8_matmul)."""
+
+    On the CPU a quantized model scores through the kernel `kernels.choose` picks from `cpu_kernel` (rm.cpu_kernel)
+    and this machine: its dense copy (kernels.dense_copy), or bitsandbytes' layers, where an int8 model multiplies
+    as `int8_cpu_matmul` says (pin_int8_matmul). `info["kernel"]` records the choice and why. `compute_dtype`
+    overrides the dtype every precision computes in (e.g. float32, where a test claims exact equality)."""
+    import psutil
     from peft import PeftModel
 
     path = Path(path)
@@ -199,15 +228,27 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     info = json.loads(info_path.read_text())
     init_path = str((path / info["init_path"]).resolve()) if info.get("init_is_local") else info["init_path"]
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    backbone, _ = load_backbone(init_path, info["precision"], pad_token_id=tok.pad_token_id, device=device,
-                                double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code)
-    model = PeftModel.from_pretrained(backbone, str(path))
+    precision = info["precision"]
+    backbone, _ = load_backbone(init_path, precision, pad_token_id=tok.pad_token_id, device=device,
+                                double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code,
+                                compute_dtype=compute_dtype)
+    dtype = backbone.dtype
+    # torch_device: PEFT would otherwise read the adapter onto the device it infers (a GPU when one is visible)
+    model = PeftModel.from_pretrained(backbone, str(path), torch_device=device)
     model.eval()
+    kernel = None
+    if device == "cpu":
+        kernel = choose_kernel(precision, setting=cpu_kernel, compute_dtype=dtype,
+                               dense_bytes=dense_bytes(model, dtype) if precision != "bf16" else 0,
+                               available_bytes=psutil.virtual_memory().available, native_bf16=cpu_has_native_bf16(),
+                               int8_matmul=int8_cpu_matmul)
+        if precision != "bf16" and kernel["kernel"] == "dense":
+            dense_copy(model, dtype)  # before any forward (an AVX512-BF16 CPU repacks NF4 weights at the first)
     matmul = None
-    if info["precision"] == "int8":
+    if precision == "int8" and (kernel is None or kernel["kernel"] != "dense"):
         matmul = int8_cpu_matmul if device == "cpu" else "llm.int8"
         pin_int8_matmul(model, matmul)
-    return model, info | {"tokenizer": tok, "int8_matmul": matmul}
+    return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel}
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
@@ -251,25 +292,43 @@ def evaluate_reward_model(model, tokenizer, pairs: list[Pair], *, reference: dic
     return out
 
 
-def compare_int8_matmuls(model, tokenizer, pairs: list[Pair], evaluation: dict, used: str) -> dict:
-    """Score `pairs` again through the other int8 CPU matmul and compare with `evaluation` (made through `used`):
-    the fraction of pairs ordered the same way, the largest score difference beside the mean |margin|, and pairs
-    per second each way. The record behind the claim that the faster matmul measures the same reward model."""
-    other = next(m for m in INT8_CPU_MATMULS if m != used)
-    pin_int8_matmul(model, other)
-    try:
+def cpu_kernel_variants(precision: str) -> list[tuple[str, str, str]]:
+    """(name, rm.cpu_kernel, rm.int8_cpu_matmul) of every CPU path a reward model at `precision` can score through;
+    the names are those kernels.choose gives."""
+    if precision == "int8":
+        return [("dense", "dense", "dequantized"), *((f"bitsandbytes {m}", "bitsandbytes", m) for m in INT8_CPU_MATMULS)]
+    if precision == "int4":
+        return [("dense", "dense", "dequantized"), ("bitsandbytes", "bitsandbytes", "dequantized")]
+    return []
+
+
+def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, used: str, *,
+                        trust_remote_code: bool = False, compute_dtype=None) -> dict:
+    """Score `pairs` again through every other CPU path of the saved reward model at `path` and compare with
+    `evaluation` (made through the kernel named `used`): per path, the fraction of pairs ordered the same way, the
+    largest score difference (beside the mean |margin|), accuracy and pairs per second. The record behind the claim
+    that the chosen kernel measures the same reward model as bitsandbytes' own layers."""
+    precision = json.loads((Path(path) / PRECISION_FILE).read_text())["precision"]
+    scores = evaluation["scores_chosen"] + evaluation["scores_rejected"]
+    others, loaded = {}, {}
+    for name, kernel, matmul in cpu_kernel_variants(precision):
+        if name == used:
+            continue
+        if kernel not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
+            loaded = {kernel: load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
+                                                cpu_kernel=kernel, compute_dtype=compute_dtype)[0]}
+        model = loaded[kernel]
+        if precision == "int8" and kernel == "bitsandbytes":
+            pin_int8_matmul(model, matmul)
         again = evaluate_reward_model(model, tokenizer, pairs)
-    finally:
-        pin_int8_matmul(model, used)
-    diffs = [abs(a - b) for a, b in zip(evaluation["scores_chosen"] + evaluation["scores_rejected"],
-                                       again["scores_chosen"] + again["scores_rejected"])]
-    return {"used": used, "other": other,
-            "same_order": sum(a == b for a, b in zip(evaluation["wins"], again["wins"])) / len(pairs),
-            "accuracy": {used: evaluation["accuracy"], other: again["accuracy"]},
-            "max_abs_score_difference": max(diffs),
+        others[name] = {"same_order": sum(a == b for a, b in zip(evaluation["wins"], again["wins"])) / len(pairs),
+                        "max_abs_score_difference": max(abs(a - b) for a, b in zip(
+                            scores, again["scores_chosen"] + again["scores_rejected"])),
+                        "accuracy": again["accuracy"], "pairs_per_s": again["throughput_pairs_per_s"]}
+    return {"used": used, "accuracy": evaluation["accuracy"], "pairs_per_s": evaluation["throughput_pairs_per_s"],
             "mean_abs_margin": sum(abs(c - r) for c, r in zip(evaluation["scores_chosen"],
                                                                evaluation["scores_rejected"])) / len(pairs),
-            "pairs_per_s": {used: evaluation["throughput_pairs_per_s"], other: again["throughput_pairs_per_s"]}}
+            "others": others}
 
 
 def accuracy_by_category(pairs: list[Pair], wins: list[bool]) -> dict:

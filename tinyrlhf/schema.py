@@ -121,12 +121,14 @@ RM_METRICS = {
     "n_test_pairs": {"type": "integer", "minimum": 1},
 }
 
-# int8 arms only: the test pairs scored again through the other CPU matmul (reward.compare_int8_matmuls)
-INT8_MATMUL_CHECK = _obj(["used", "other", "same_order", "max_abs_score_difference"],
-                         used={"enum": list(INT8_CPU_MATMULS)}, other={"enum": list(INT8_CPU_MATMULS)},
-                         same_order=UNIT, accuracy={"type": "object", "additionalProperties": UNIT},
-                         max_abs_score_difference=NONNEG, mean_abs_margin=NONNEG,
-                         pairs_per_s={"type": "object", "additionalProperties": NONNEG})
+# The CPU kernel an arm's reward model scores with (kernels.choose), and, for int8 and int4, the test pairs scored
+# again through every other CPU path (reward.compare_cpu_kernels)
+CPU_KERNEL = _obj(["kernel", "dtype", "why"], kernel=STR, dtype=STR, why=STR)
+CPU_KERNEL_CHECK = _obj(["used", "others", "mean_abs_margin"], used=STR, accuracy=UNIT, pairs_per_s=NONNEG,
+                        mean_abs_margin=NONNEG,
+                        others={"type": "object", "minProperties": 1, "additionalProperties": _obj(
+                            ["same_order", "max_abs_score_difference"], same_order=UNIT,
+                            max_abs_score_difference=NONNEG, accuracy=UNIT, pairs_per_s=NONNEG)})
 
 
 def _by_arm(entry: dict) -> dict:
@@ -139,7 +141,7 @@ RM_RESULTS_SCHEMA = _result_schema(
     # Comparisons with bf16 stay nullable: there is nothing to compare with when bf16 itself failed.
     arms=_by_arm(_run_entry(["ok", "failed"], ["ok"], RM_METRICS,
                             keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"),
-                            int8_cpu_matmul=INT8_MATMUL_CHECK)),
+                            cpu_kernel=_nullable(CPU_KERNEL), cpu_kernel_check=_nullable(CPU_KERNEL_CHECK))),
     null_arm=_nullable(STR), judge_arm=_nullable(STR),
 )
 
@@ -157,6 +159,7 @@ SEED_METRICS = {**EVALUATION, "proxy_mean": NUM, "proxy_per_prompt": PER_PROMPT,
                 "kl_per_prompt": PER_PROMPT, "win_rate_vs_sft": UNIT, "train_seconds": NONNEG,
                 "peak_memory_bytes": NONNEG_INT, "reward_threads": {"type": "integer", "minimum": 1},
                 "reward_scored_tokens": NONNEG_INT, "reward_int8_matmul": _nullable({"enum": list(INT8_CPU_MATMULS)}),
+                "reward_kernel": _nullable(CPU_KERNEL),
                 "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
                 "history": {"type": "array", "items": HISTORY_ROW}}
 SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed"], seed=INT)

@@ -26,6 +26,7 @@ from .jobs import run_jobs
 from .memory import measured_vs_estimate
 from .ppo import PPOError, train_ppo
 from .results import (
+    MemoryMeter,
     atomic_folder,
     atomic_write_json,
     current_rss_bytes,
@@ -38,7 +39,7 @@ from .results import (
 from .reward import (
     CPURewardModel,
     RewardModelError,
-    compare_int8_matmuls,
+    compare_cpu_kernels,
     evaluate_reward_model,
     footprint_bytes,
     load_reward_model,
@@ -194,8 +195,21 @@ def failure(e: BaseException) -> dict:
     launch (torchrun stops the other ranks)."""
     if distributed.launched():
         raise e
-    free_memory()
-    return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500], "traceback": traceback.format_exc()[-2000:]}
+    # Memory is freed by the caller after its except block: here the traceback still holds the failed run's frames
+    # (its trainer and models), so nothing could be collected yet.
+    return {"status": "failed", "reason": failure_reason(e), "traceback": traceback.format_exc()[-2000:]}
+
+
+def failure_reason(e: BaseException) -> str:
+    """One sentence for a failed run; for a CUDA out-of-memory error, the card's free memory and what to lower."""
+    import torch
+
+    reason = f"{type(e).__name__}: {e}"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        free = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
+        reason = (f"CUDA out of memory{'' if free is None else f' ({free:.1f} GiB free on the card now)'}: lower "
+                  f"ppo.rollout_chunk or ppo.micro_batch (rm.batch_size for a reward model); {e}")
+    return reason[:500]
 
 
 def context_needed(profile: Profile) -> int:
@@ -204,8 +218,8 @@ def context_needed(profile: Profile) -> int:
 
 
 def tokenizer_path(profile: Profile, paths: Paths) -> str:
-    """The base tokenizer: trained by the data stage on `cpu`, else the base model's own."""
-    return str(paths.base) if base_model.is_scratch(profile) else profile.base.model
+    """The base tokenizer: trained by the data stage on `cpu`, else the base model's own (at its pinned commit)."""
+    return str(paths.base) if base_model.is_scratch(profile) else base_model.base_model_path(profile, paths)
 
 
 # ---------------------------------------------------------------------------------------------------- 01 data
@@ -223,7 +237,8 @@ def _prepare_data(profile: Profile, paths: Paths, source: str):
     d = profile.data
     ######## Read and parse ########
     raw = data.load_source(source, subsets=d.subsets, synthetic_pairs=d.synthetic_pairs,
-                           off_topic_share=d.off_topic_share, seed=profile.seed, hh_dir=hh_dir(), hub_id=d.hub_id)
+                           off_topic_share=d.off_topic_share, seed=profile.seed, hh_dir=hh_dir(), hub_id=d.hub_id,
+                           revision=d.revision)
     pairs, report = data.parse_source(raw, d.max_skipped_share)
     if source == "synthetic":
         pairs = data.with_categories(pairs)
@@ -302,15 +317,17 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
         return None  # evaluation and the result are the main process's
 
     ######## After: held-out loss, greedy replies, and sampled replies as PPO will sample them ########
-    after, after_text = _loss_and_replies(paths.sft_merged, tokenizer, test_pairs, prompts, max_new, trust, device)
-    quality = sft_reply_quality(profile, paths, tokenizer, progress)
+    with MemoryMeter() as evaluation:  # the stage's peak is the larger of training and evaluation (memory.py)
+        after, after_text = _loss_and_replies(paths.sft_merged, tokenizer, test_pairs, prompts, max_new, trust,
+                                              device)
+        quality = sft_reply_quality(profile, paths, tokenizer, progress)
+    peak = max(run["peak_memory"], evaluation.result, key=lambda r: r["peak_bytes"])
     result = {
         "base_model": profile.base.model,
         "base_pretraining": {k: v for k, v in base_summary.items() if k != "config_hash"},
         "before": before, "after": after, "loss_drop": before["loss"] - after["loss"],
         "loss_curve": run["loss_curve"], "train_seconds": run["train_seconds"],
-        "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
-        "memory": measured_vs_estimate(profile, "sft", run["peak_memory"]),
+        "peak_memory_bytes": peak["peak_bytes"], "memory": measured_vs_estimate(profile, "sft", peak),
         "trainable_parameters": run["trainable_parameters"], "total_parameters": run["total_parameters"],
         "generations": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before_text, after_text)],
         "reply_quality": quality,
@@ -461,11 +478,12 @@ def _rm_job(job: dict, report) -> dict:
         if not distributed.is_main():  # evaluation and records are the main process's
             return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"]}
         model, info = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu",
-                                        int8_cpu_matmul=r.int8_cpu_matmul)
+                                        int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
-        ev = evaluate_reward_model(model, tokenizer, test)
-        if info["int8_matmul"]:
-            ev["int8_cpu_matmul"] = compare_int8_matmuls(model, tokenizer, test, ev, info["int8_matmul"])
+        ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"]}
+        if precision != "bf16":  # how far bitsandbytes' own CPU paths are from the kernel PPO scores with
+            ev["cpu_kernel_check"] = compare_cpu_kernels(paths.rm(arm), tokenizer, test, ev, info["kernel"]["kernel"],
+                                                         trust_remote_code=trust)
         progress.evaluated()
         footprint = footprint_bytes(model)
         ref = weakref.ref(model)
@@ -480,7 +498,9 @@ def _rm_job(job: dict, report) -> dict:
                 "rss_after_release_bytes": current_rss_bytes()} | (
             {"ranks": run["ranks"]} if distributed.launched() else {})
     except Exception as e:  # recorded; the other reward models go on
-        return failure(e) | {"precision": precision, "seed": job["seed"]}
+        record = failure(e) | {"precision": precision, "seed": job["seed"]}
+    free_memory()  # outside the except block, where the failed run's frames are no longer held
+    return record
 
 
 def compare_with_reference(records: dict, reference: str) -> None:
@@ -629,13 +649,15 @@ def _policy_job(job: dict, report) -> dict:
     try:
         return _evaluate_sft(job, report) if job["arm"] == "sft" else _train_and_evaluate(job, report)
     except Exception as e:  # one failed run (e.g. out of memory) is recorded; the others go on
-        return failure(e) | {"seed": job["seed"]}
+        record = failure(e) | {"seed": job["seed"]}
+    free_memory()  # outside the except block, where the failed run's frames are no longer held
+    return record
 
 
 def _evaluation_settings(profile: Profile) -> dict:
     p, e = profile.ppo, profile.eval
     return dict(max_new=p.max_new, temperature=p.temperature, seed=profile.seed,
-                missing_eos_penalty=p.missing_eos_penalty, show=e.show_samples)
+                missing_eos_penalty=p.missing_eos_penalty, show=e.show_samples, kl_chunk=p.rollout_chunk)
 
 
 def _evaluate_sft(job: dict, report) -> dict:
@@ -693,7 +715,8 @@ def _train_and_evaluate(job: dict, report) -> dict:
                                                                          run["peak_memory"]),
         "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
         "reward_threads": run["reward_threads"], "reward_scored_tokens": run["reward_scored_tokens"],
-        "reward_int8_matmul": run["reward_int8_matmul"], "policy_device": run["policy_device"]}
+        "reward_int8_matmul": run["reward_int8_matmul"], "reward_kernel": run["reward_kernel"],
+        "policy_device": run["policy_device"]}
         | ({"ranks": run["ranks"]} if distributed.launched() else {}))
     # kept beside the adapter, so a rerun after an interruption does not train this run again (_policy_jobs)
     atomic_write_json(paths.policy(arm, seed) / RUN_FILE, {"key": job["key"], "record": record})
@@ -705,7 +728,7 @@ def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: 
     out = {}
     for arm in arms:
         model, _ = load_reward_model(paths.rm(arm), trust_remote_code=profile.base.trust_remote_code, device="cpu",
-                                     int8_cpu_matmul=profile.rm.int8_cpu_matmul)
+                                     int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
         scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
         out[arm] = sum(scores) / len(scores)

@@ -1,0 +1,189 @@
+"""What only the card's dtypes and memory would show, caught on the CPU (issue 23): evaluation passes that made
+full-vocabulary logits of every position, trainable parameters left in bf16, log-probs of one update taken in two
+dtypes, a score head computing in bf16 under autocast, adapters read onto a device PEFT guessed. Each test runs the
+card's dtype (bf16) on the CPU where the finding depends on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY
+
+from tinyrlhf.config import get_profile
+
+pytestmark = pytest.mark.slow
+
+
+class LogitRecorder:
+    """Shapes of everything the model's output layer produced while attached."""
+
+    def __init__(self, model):
+        self.shapes = []
+        self.handle = model.get_output_embeddings().register_forward_hook(
+            lambda _m, _a, out: self.shapes.append(tuple(out.shape)))
+
+    def largest(self) -> int:
+        return max(torch.Size(s).numel() for s in self.shapes)
+
+    def positions(self) -> int:
+        """Positions given logits (rows of [positions, vocabulary] outputs, or batch x length of 3-d ones)."""
+        return sum(torch.Size(s[:-1]).numel() for s in self.shapes)
+
+
+def test_heldout_loss_makes_logits_only_at_the_replys_positions(tiny_world):
+    from tinyrlhf import data
+    from tinyrlhf.base_model import load_causal_lm, load_tokenizer
+    from tinyrlhf.chat import completion
+    from tinyrlhf.logits import ROWS
+    from tinyrlhf.sft import completion_batch, heldout_loss, response_loss
+
+    _, paths = tiny_world
+    tok = load_tokenizer(paths.sft_merged)
+    model = load_causal_lm(paths.sft_merged, tokenizer=tok).eval()
+    pairs = data.read_pairs(paths.data_file("test"))[:12]
+    recorder = LogitRecorder(model)
+    got = heldout_loss(model, tok, pairs, batch_size=6)
+    recorder.handle.remove()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert recorder.largest() <= ROWS * vocab  # never rows x positions x vocabulary
+    assert recorder.positions() == got["tokens"]  # logits at the scored positions only
+    # the same objective as the full-logits computation (what SFTTrainer optimizes)
+    batch = completion_batch(tok, [p.prompt for p in pairs], [completion(p.chosen) for p in pairs])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    want = float(response_loss(logits, batch["labels"], reduction="sum")) / got["tokens"]
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+
+
+def _policy_with_adapter(paths, tok):
+    """The SFT model with a LoRA adapter moved away from zero, so the policy differs from its reference."""
+    from peft import LoraConfig, get_peft_model
+
+    from tinyrlhf.base_model import load_causal_lm
+
+    torch.manual_seed(0)
+    policy = get_peft_model(load_causal_lm(paths.sft_merged, tokenizer=tok),
+                            LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return policy.eval()
+
+
+def test_kl_at_checkpoints_is_chunked_and_makes_logits_only_at_the_replies(tiny_world):
+    from trl.experimental.ppo.ppo_trainer import forward
+    from trl.trainer.utils import selective_log_softmax
+
+    from tinyrlhf import evaluate
+    from tinyrlhf.base_model import load_tokenizer
+    from tinyrlhf.logits import ROWS
+
+    _, paths = tiny_world
+    tok = load_tokenizer(paths.sft_merged)
+    policy = _policy_with_adapter(paths, tok)
+    prompts = ["\n\nHuman: How do I make tea?\n\nAssistant:", "\n\nHuman: Hi.\n\nAssistant: Hello!\n\nHuman: "
+               "How do I cook rice?\n\nAssistant:"]
+    rollouts = evaluate.sample(policy, tok, prompts, samples=4, max_new=10, temperature=1.0, seed=0)
+    recorder = LogitRecorder(policy)
+    kl = evaluate.kl_per_reply(policy, rollouts, temperature=1.0, chunk=3)
+    recorder.handle.remove()
+    vocab = len(tok)
+    replies, width = rollouts.responses.shape
+    assert recorder.largest() <= min(ROWS, 3 * width) * vocab
+    assert recorder.positions() == 2 * replies * width  # policy and reference, at the reply's positions only
+    # TRL's own way (full logits of every position), in float32
+    ctx, pad = rollouts.queries.shape[1], rollouts.pad_token_id
+    qr = torch.cat((rollouts.queries, rollouts.responses), 1)
+    with torch.no_grad():
+        def logprobs():
+            return selective_log_softmax(forward(policy, qr, pad).logits[:, ctx - 1: -1].float() / (1.0 + 1e-7),
+                                         rollouts.responses)
+        lp = logprobs()
+        with policy.disable_adapter():
+            ref = logprobs()
+    want = ((lp - ref) * (rollouts.responses != pad)).sum(1)
+    assert kl == pytest.approx(want.tolist(), abs=1e-5)
+    assert max(abs(k) for k in kl) > 1e-3  # the adapter really moved the policy
+
+
+def test_every_trainable_parameter_is_float32_when_the_model_loads_in_bf16(tiny_world, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tinyrlhf import data, reward
+    from tinyrlhf.base_model import load_tokenizer
+    from tinyrlhf.ppo import load_value_model
+    from tinyrlhf.reward import SCORE_HEAD, Float32Head
+
+    profile, paths = tiny_world
+    tok = load_tokenizer(paths.sft_merged)
+    value = load_value_model(paths.sft_merged, lora_r=4, lora_alpha=8, target_modules=["q_proj"], device="cpu",
+                             dtype=torch.bfloat16, pad_token_id=tok.pad_token_id)
+    trained = {n: p.dtype for n, p in value.named_parameters() if p.requires_grad}
+    assert trained and set(trained.values()) == {torch.float32}, trained
+    assert any(SCORE_HEAD in n for n in trained)  # the value head trains, in float32
+    frozen = {p.dtype for n, p in value.named_parameters() if not p.requires_grad and SCORE_HEAD not in n}
+    assert frozen == {torch.bfloat16}  # the backbone stays in the card's dtype
+    hidden = torch.randn(2, 5, value.config.hidden_size, dtype=torch.bfloat16)
+    head = value.base_model.model.score
+    assert head(hidden).dtype == torch.float32
+
+    # a reward model trained where the compute dtype is bf16 (the card): adapters and head saved in float32
+    monkeypatch.setattr(reward, "reward_compute_dtype", lambda device: torch.bfloat16)
+    pairs = data.read_pairs(paths.data_file("train"))[:8]
+    for precision in ("bf16", "int4"):
+        out = tmp_path / precision
+        run = reward.train_reward_model(pairs, init_path=str(paths.sft_merged), tokenizer=tok, precision=precision,
+                                        out_dir=out, batch_size=4, lr=1e-3, max_steps=1, lora_r=4, lora_alpha=8,
+                                        target_modules=["q_proj"], profile=profile)
+        assert "bfloat16" in run["compute_dtype"]
+        saved = load_file(out / "adapter_model.safetensors")
+        assert saved and {t.dtype for t in saved.values()} == {torch.float32}, precision
+    assert Float32Head is type(reward.load_backbone(str(paths.sft_merged), "bf16", pad_token_id=tok.pad_token_id,
+                                                    device="cpu")[0].score)
+
+
+def test_the_score_head_computes_in_float32_under_a_trainers_bf16_autocast():
+    from tinyrlhf.reward import Float32Head
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 1, bias=False)
+    head.__class__ = Float32Head
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(x)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.nn.functional.linear(x.float(), head.weight))
+
+
+def test_a_bf16_policys_first_update_sees_ratio_one_and_kl_zero(tiny_world, tmp_path):
+    """With a learning rate too small to move anything, the policy is its reference and the rollout's policy: every
+    log-prob must agree, so approxkl and the KL are 0 up to bf16 noise in the forward (TRL 1.12 alone takes the
+    rollout's log-probs from float32 generation scores of an incremental decode and the others from bf16 logits)."""
+    from tinyrlhf import ppo
+
+    _, paths = tiny_world
+    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    p = profile.ppo
+    run = ppo.train_ppo(paths.data_file("train"), out_dir=tmp_path / "policy", sft_path=paths.sft_merged,
+                        rm_path=paths.rm("bf16"), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
+                        micro_batch=p.micro_batch, rollout_chunk=4, ppo_epochs=1, ppo_lr=1e-12, max_new=p.max_new,
+                        clip=p.clip, kl_coef=p.kl_coef, steps=1, missing_eos_penalty=p.missing_eos_penalty,
+                        temperature=p.temperature, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
+                        target_modules=p.target_modules, seed=0, dtype=torch.bfloat16)
+    first = run["history"][0]
+    # measured here: 3e-14 and -4e-6 with the patch; TRL alone 7.6e-5 and -0.048
+    assert first["approxkl"] < 1e-8, first
+    assert abs(first["kl"]) < 1e-4, first
+
+
+def test_a_reward_model_for_the_cpu_reads_its_adapter_onto_the_cpu(tiny_world, monkeypatch):
+    """PEFT reads an adapter onto the device it infers (a visible GPU) unless told; here it is told."""
+    import peft.peft_model
+
+    from tinyrlhf.reward import load_reward_model
+
+    _, paths = tiny_world
+    monkeypatch.setattr(peft.peft_model, "infer_device", lambda: "meta")  # a device that is not the CPU
+    model, _ = load_reward_model(paths.rm("int4"))
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

@@ -1,0 +1,111 @@
+"""How a quantized reward model scores on the CPU: the kernel chosen for this machine, and the dense copy.
+
+bitsandbytes 0.50 trains an int8 or NF4 layer on the CPU by dequantizing its weights to the activations' dtype and
+multiplying densely (int8: `MatMul8bitFp`, `CB.to(A.dtype) * SCB / 127`; NF4: `dequantize_4bit(...).to(A.dtype)`,
+then `F.linear`). For scoring it takes other paths whose speed depends on the CPU: int8 in eval mode quantizes the
+activations too (LLM.int8, 0.46-0.62x bf16's tokens/s at Qwen2.5-0.5B's size), the train-mode path rebuilds every
+dense weight on every call, and NF4 on a CPU with AVX512-BF16 repacks its weights at the first eval forward for a
+fused kernel that computes in bf16 whatever the activations' dtype (0.67x bf16 there).
+
+The **dense copy** does the training forward's dequantization once, when the model is loaded: each bitsandbytes
+layer becomes an `nn.Linear` holding those same dequantized weights in the model's compute dtype, so scoring runs
+the arithmetic the reward model was trained with, at the speed of a bf16 model of the same compute dtype on every
+kind of CPU. It costs the dense weights' memory on the host (Qwen2.5-0.5B's linear layers: 0.7 GB in bf16,
+1.4 GB in float32), so `choose` takes it when that fits in a quarter of the available RAM and otherwise falls back
+to bitsandbytes' own kernels. A library: reward.load_reward_model applies the choice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import CPU_KERNELS as KERNELS
+
+DENSE_RAM_SHARE = 0.25  # "auto" takes the dense copy while it needs at most this share of the available RAM
+
+
+class KernelError(RuntimeError):
+    """A quantized layer that cannot be turned into its dense copy; the message says why."""
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def choose(precision: str, *, setting: str, compute_dtype, dense_bytes: int, available_bytes: int | None,
+           native_bf16: bool, int8_matmul: str) -> dict:
+    """The CPU scoring kernel of a reward model at `precision` ({"kernel", "dtype", "why"}), from the setting
+    (`rm.cpu_kernel`), the model's compute dtype, the size of its dense copy, the RAM available and whether the CPU
+    runs bf16 natively (AVX512-BF16 / AMX). A pure function, so every branch is testable with injected facts."""
+    dtype = dtype_name(compute_dtype)
+    if setting not in KERNELS:
+        raise KernelError(f"rm.cpu_kernel must be one of {', '.join(KERNELS)}; got {setting!r}")
+    if precision == "bf16":
+        return {"kernel": "dense", "dtype": dtype, "why": f"the bf16 arm's own weights, computing in {dtype}"}
+    gib = dense_bytes / 2**30
+    fits = available_bytes is not None and dense_bytes <= DENSE_RAM_SHARE * available_bytes
+    if setting == "dense" or (setting == "auto" and fits):
+        why = (f"rm.cpu_kernel={setting}: the {precision} weights dequantized once to {dtype} ({gib:.2f} GiB), the "
+               f"arithmetic bitsandbytes trains {precision} with on the CPU, at a dense {dtype} model's speed")
+        if setting == "auto":
+            why += f" (within {DENSE_RAM_SHARE:.0%} of the {available_bytes / 2**30:.1f} GiB available)"
+        return {"kernel": "dense", "dtype": dtype, "why": why}
+    reason = ("rm.cpu_kernel=bitsandbytes" if setting == "bitsandbytes" else
+              f"a dense {dtype} copy ({gib:.2f} GiB) would take more than {DENSE_RAM_SHARE:.0%} of the "
+              + ("available RAM (unknown)" if available_bytes is None else
+                 f"{available_bytes / 2**30:.1f} GiB available"))
+    if precision == "int8":
+        how = {"dequantized": "int8 weights dequantized on every call (its CPU training forward)",
+               "llm.int8": "LLM.int8 (activations quantized too)"}[int8_matmul]
+        return {"kernel": f"bitsandbytes {int8_matmul}", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
+    how = ("its fused NF4 kernel on repacked weights, computing in bf16 (AVX512-BF16)" if native_bf16 else
+           f"NF4 weights dequantized to {dtype} on every call")
+    return {"kernel": "bitsandbytes", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
+
+
+def quantized_layers(model) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) of every bitsandbytes int8 or 4-bit linear layer in `model`."""
+    import bitsandbytes as bnb
+
+    kinds = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if isinstance(child, kinds)]
+
+
+def dense_weight(layer, dtype) -> torch.Tensor:
+    """The weight a bitsandbytes layer multiplies with in its CPU training forward, as a dense [out, in] tensor in
+    `dtype`, computed the way bitsandbytes 0.50 computes it there (autograd/_functions.py: MatMul8bitFp;
+    backends/default/ops.py: gemm_4bit)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    if isinstance(layer, bnb.nn.Linear8bitLt):
+        scb = layer.weight.SCB if getattr(layer.weight, "SCB", None) is not None else layer.state.SCB
+        if scb is None:
+            raise KernelError(f"{type(layer).__name__} holds no row scales (SCB): is it quantized?")
+        return layer.weight.data.to(dtype).mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
+    state = layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # repacked by an eval forward on an AVX512-BF16 CPU
+        raise KernelError("a 4-bit layer already repacked for bitsandbytes' fused CPU kernel: make the dense copy "
+                          "right after loading, before any forward")
+    return dequantize_4bit(layer.weight.data, state).to(dtype)
+
+
+def dense_copy(model, dtype) -> int:
+    """Replace every bitsandbytes layer of `model` by an `nn.Linear` holding its dense weight (`dense_weight`) in
+    `dtype`, frozen; the quantized weights are released. Returns the number of layers replaced."""
+    layers = quantized_layers(model)
+    for parent, name, layer in layers:
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        dense.weight = nn.Parameter(dense_weight(layer, dtype), requires_grad=False)
+        if layer.bias is not None:
+            dense.bias = nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
+        setattr(parent, name, dense)
+    return len(layers)
+
+
+def dense_bytes(model, dtype) -> int:
+    """Bytes of the dense copy of `model`'s quantized layers in `dtype`."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(layer.in_features * layer.out_features * size for _, _, layer in quantized_layers(model))
