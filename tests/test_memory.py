@@ -259,11 +259,14 @@ def test_estimate_profile_for_every_profile():
         device = "cpu" if name == "cpu" else "cuda"
         assert {e.device for e in ests.values()} == {device}
         assert ("CUDA context and allocator" in ests["sft"].parts) == (device == "cuda")
-    rtx = m.estimate_profile(config.PROFILES["rtx4060"])
+    real = config.PROFILES["rtx4060"]
+    rtx = m.estimate_profile(real)
+    bnb = m.estimate_profile(dataclasses.replace(real, rm=dataclasses.replace(real.rm, cpu_kernel="bitsandbytes")))
     weights, mapped = "cpu: reward model weights", "cpu: " + m.MAPPED_CHECKPOINT
-    assert rtx["ppo_int4"].parts[weights] < rtx["ppo_bf16"].parts[weights]  # the reward model sits on the host
+    assert bnb["ppo_int4"].parts[weights] < bnb["ppo_bf16"].parts[weights]  # the reward model sits on the host
+    assert rtx["ppo_int4"].parts[weights] > bnb["ppo_int4"].parts[weights]  # its dense copy costs host memory
     # a quantized reward model keeps the pages of its dense checkpoint mapped (bf16 on a GPU profile); bf16 does not
-    assert mapped not in rtx["ppo_bf16"].parts and rtx["ppo_int4"].parts[mapped] > rtx["ppo_int4"].parts[weights]
+    assert mapped not in rtx["ppo_bf16"].parts and bnb["ppo_int4"].parts[mapped] > bnb["ppo_int4"].parts[weights]
 
 
 def test_cpu_profile_spec_is_built_from_the_profile():

@@ -42,19 +42,21 @@ def test_reward_models_are_above_chance_in_every_category(pipeline):
 
 @pytest.mark.parametrize("precision, layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit"), ("bf16", None)])
 def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_head(pipeline, precision, layer):
-    from tinyrlhf.reward import evaluate_reward_model, load_reward_model
+    from tinyrlhf.reward import Float32Head, evaluate_reward_model, load_reward_model
 
     profile, paths, results, _ = pipeline
-    model, info = load_reward_model(paths.rm(precision))
+    model, info = load_reward_model(paths.rm(precision), cpu_kernel="bitsandbytes")
     kinds = {type(m).__name__ for m in model.modules()}
     if layer:
         assert layer in kinds
     else:
         assert not kinds & {"Linear8bitLt", "Linear4bit"}
     head = model.get_base_model().score.modules_to_save["default"]
-    assert type(head) is torch.nn.Linear and head.weight.dtype == torch.float32
+    assert type(head) is Float32Head and head.weight.dtype == torch.float32
     assert not model.training
-    # Round trip: reloading gives exactly the accuracy recorded when the stage evaluated its saved model.
+    # Round trip: reloading as PPO does gives exactly the accuracy recorded when the stage evaluated its saved model.
+    model, info = load_reward_model(paths.rm(precision), cpu_kernel=profile.rm.cpu_kernel)
+    assert info["kernel"] == results["rm"]["arms"][precision]["cpu_kernel"]
     pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
     again = evaluate_reward_model(model, info["tokenizer"], pairs)
     assert again["accuracy"] == results["rm"]["arms"][precision]["accuracy"]

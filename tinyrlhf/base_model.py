@@ -81,7 +81,9 @@ def base_model_path(profile: Profile, paths: Paths) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(b.model, revision=hub_revision(b.revision))
+        # weights, config and tokenizer only (a hub repository may also hold other frameworks' weights)
+        return snapshot_download(b.model, revision=hub_revision(b.revision),
+                                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"])
     except Exception as e:
         raise ModelLoadError(
             f"cannot download {b.model} at revision {b.revision} ({type(e).__name__}: {str(e)[:200]}). "

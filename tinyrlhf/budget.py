@@ -9,8 +9,9 @@ Work per stage (N: the base model's parameters; a forward pass costs 2N FLOPs pe
 - Reward models: steps x batch x accumulation pairs = twice the sequences, 4N per token, per arm; then every test
   pair scored on the CPU (03 evaluates there).
 - PPO, per run: per update, rollouts generated (decode steps of the rollout chunk, each bound by reading the
-  weights or by a fixed per-step overhead), three forward passes over the padded rollouts (policy, reference,
-  value), ppo_epochs x (policy + value) training passes, and the reward model's CPU scoring of the real tokens.
+  weights or by a fixed per-step overhead), four forward passes over the padded rollouts (the policy's log-probs,
+  ppo.rollout_logprobs_per_chunk; the reference; the value model twice as TRL runs it), ppo_epochs x (policy +
+  value) training passes, and the reward model's CPU scoring of the real tokens.
 - Evaluation (in 04): the replies of every run and of the SFT policy generated on the card and scored on the CPU
   by the judge (a reward model) and, for the cross matrix, by every arm's reward model.
 """
@@ -170,7 +171,7 @@ def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
     ppo_seq = d.max_prompt_tokens + p.max_new
     per_update_tokens = p.ppo_batch * ppo_seq
     gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s
-                  + (3 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
+                  + (4 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
     cpu_update = per_update_tokens / machine.cpu_tokens_per_s
     rows.append(_row(f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
                      f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens per run"))

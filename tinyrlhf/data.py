@@ -174,7 +174,7 @@ def load_source(source: str, *, subsets, synthetic_pairs: int = 0, off_topic_sha
 
 
 def _load_hub(hub_id: str, subsets, revision: str = LATEST) -> RawSource:
-    """The hub's copy of `hub_id` at commit `revision` ("" for its latest)."""
+    """The hub's copy of `hub_id` at commit `revision` (config.LATEST: its newest)."""
     try:
         import datasets
 

@@ -4,8 +4,9 @@ A causal LM's forward applies its output layer to every position: [rows, positio
 position in bf16 at Qwen2.5's 151,936 tokens (64 rows x 500 positions: 9.7 GB, then a float32 copy). Evaluation
 needs them only where a token is scored (the reply's tokens), so here the output layer's input is taken from the
 model as it is computed (a pre-hook on `get_output_embeddings()`, which then multiplies nothing), and the output
-layer runs on the scored positions only, `rows` of them at a time, in float32 from there on. Any transformers
-causal LM works: they all end in their output embeddings. A library: sft and evaluate call it.
+layer runs on the scored positions only, `rows` of them at a time, in float32 from there on. Right for causal LMs
+whose logits are their output layer's output (Qwen2, Llama, GPT-2; not those that scale or soft-cap logits after it,
+e.g. Gemma 2, Cohere, Granite). A library: sft, evaluate and ppo call it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def token_logprobs(model, input_ids, attention_mask, *, scored: torch.Tensor, ta
     out = []
     with torch.no_grad():  # the hook is off: the output layer computes again
         for i in range(0, hidden.shape[0], rows):
-            logits = head(hidden[i: i + rows]).float() / temperature
+            logits = (head(hidden[i: i + rows]) / temperature).float()  # divided in the model's dtype, as TRL does
             out.append(torch.log_softmax(logits, -1).gather(-1, targets[i: i + rows, None]).squeeze(-1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 

@@ -415,6 +415,20 @@ def estimate_rm(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None 
                    mapped_checkpoint(spec, precision, checkpoint_precision, on_host=device == "cpu"))
 
 
+def _rollout_phase(spec: ModelSpec, *, batch: int, chunk: int, seq: int, response_len: int, act: int,
+                   forward: int) -> dict[str, int]:
+    """PPO's rollout, per chunk of `chunk` sequences (ppo.rollout_logprobs_per_chunk): the policy's log-probs from
+    logits at the response positions, the KV cache, TRL's reference forward (every position's logits, the response's
+    copied to float32 by the patched log-softmax), and one layer's working set of the largest forward (`forward`:
+    the reference, value and reward forwards run one after another, without grad)."""
+    return {"rollout: the batch's log-probs, one chunk's from logits at its response positions":
+            batch * response_len * 4 + min(EVAL_LOGIT_ROWS, chunk * response_len) * spec.vocab * (act + 8),
+            "rollout: KV cache": 2 * spec.n_layer * chunk * seq * spec.n_kv_head * spec.head_dim * act,
+            "rollout: reference logits (+ the response's in float32)":
+            chunk * spec.vocab * (seq * act + response_len * 4),
+            "rollout: forward (one layer)": forward}
+
+
 def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_precision: str = "bf16",
                  rm_spec: ModelSpec | None = None, rm_on_cpu: bool = True, ref_is_disabled_adapter: bool = True,
                  value_from_rm: bool = True, batch: int, mini_batch: int, query_len: int, response_len: int,
@@ -464,14 +478,8 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
     host = {"reward model weights": rm_weights, "reward model forward (one layer)": rm_forward} if rm_on_host else {}
     static |= {} if rm_on_host else {"reward model weights": rm_weights}
     host |= mapped_checkpoint(rm_spec, rm_precision, rm_checkpoint_precision, on_host=rm_on_cpu or device == "cpu")
-    rollout = {"rollout: one chunk's generation scores (+ copy), the batch's log-probs":
-               (2 * chunk * policy_spec.vocab + batch) * response_len * GENERATION_SCORE_BYTES,
-               "rollout: KV cache":
-               2 * policy_spec.n_layer * chunk * seq * policy_spec.n_kv_head * policy_spec.head_dim * act,
-               "rollout: reference logits": chunk * seq * policy_spec.vocab * act,
-               # the reference, value and reward forwards run one after another, layer by layer, without grad:
-               # one layer's tensors of one of them are alive at a time
-               "rollout: forward (one layer)": policy_forward if rm_on_host else max(policy_forward, rm_forward)}
+    rollout = _rollout_phase(policy_spec, batch=batch, chunk=chunk, seq=seq, response_len=response_len, act=act,
+                             forward=policy_forward if rm_on_host else max(policy_forward, rm_forward))
     training = {"training: activations (policy + value)":
                 activation_bytes(policy_spec, mini_batch, seq, act_bytes=act,
                                  gradient_checkpointing=gradient_checkpointing)

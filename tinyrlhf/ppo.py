@@ -221,8 +221,8 @@ def rollout_logprobs_per_chunk():
     Memory. TRL's rollout (`batch_generation`) keeps the float32 generation scores of the whole rollout batch,
     rollouts x response length x vocabulary (64 x 128 x 151,936 x 4 bytes = 5 GB for Qwen2.5 at the rtx4060
     settings), and pads them into a second copy, only to take one log-prob per generated token from them later.
-    Here each chunk's log-probs are taken as soon as it is generated, with logits made at its response positions
-    only (logits.response_logprobs), so one chunk's logits exist at a time.
+    Here each chunk is generated without scores and its log-probs are taken at once from logits made at its
+    response positions only (logits.response_logprobs).
 
     One dtype. TRL takes the rollout's log-probs from the generation scores (an incremental decode, upcast to
     float32) but the reference's and the training pass's from a full forward's logits in the model's dtype: with a
@@ -240,9 +240,8 @@ def rollout_logprobs_per_chunk():
         was_training = model.training
         model.eval()  # keeps the KV cache under gradient checkpointing (see checkpoint_policy_and_value)
         for i in range(0, queries.shape[0], local_rollout_forward_batch_size):
-            query_response, logits = trl_ppo.generate(model, queries[i: i + local_rollout_forward_batch_size],
-                                                      pad_token_id, generation_config)
-            del logits
+            query_response = _generate(model, queries[i: i + local_rollout_forward_batch_size], pad_token_id,
+                                       generation_config)
             logprobs.append(response_logprobs(model, query_response, pad_token_id, context_length,
                                               temperature=generation_config.temperature))
             query_responses.append(query_response)
@@ -267,6 +266,16 @@ def rollout_logprobs_per_chunk():
         yield
     finally:
         trl_ppo.batch_generation, trl_ppo.selective_log_softmax = original_batch_generation, original_log_softmax
+
+
+def _generate(model, queries, pad_token_id: int, generation_config) -> torch.Tensor:
+    """trl.experimental.ppo.ppo_trainer.generate without `output_scores`: the same call and sampled tokens (scores
+    do not touch the sampling), but no [chunk, response, vocabulary] float32 scores, which the patch does not use."""
+    context_length = queries.shape[1]
+    attention_mask = queries != pad_token_id
+    output = model.generate(input_ids=torch.masked_fill(queries, ~attention_mask, 0), attention_mask=attention_mask,
+                            generation_config=generation_config, return_dict_in_generate=True)
+    return torch.cat((queries, output.sequences[:, context_length:]), dim=1)
 
 
 @contextlib.contextmanager

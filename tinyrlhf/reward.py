@@ -211,7 +211,7 @@ def _stay_in_train_mode(self, mode: bool = True):
 
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
-                      int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "bitsandbytes", compute_dtype=None):
+                      int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
 
     On the CPU a quantized model scores through the kernel `kernels.choose` picks from `cpu_kernel` (rm.cpu_kernel)
@@ -237,6 +237,7 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     model = PeftModel.from_pretrained(backbone, str(path), torch_device=device)
     model.eval()
     kernel = None
+    footprint = footprint_bytes(model)  # at its precision, before any dense copy
     if device == "cpu":
         kernel = choose_kernel(precision, setting=cpu_kernel, compute_dtype=dtype,
                                dense_bytes=dense_bytes(model, dtype) if precision != "bf16" else 0,
@@ -248,7 +249,7 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     if precision == "int8" and (kernel is None or kernel["kernel"] != "dense"):
         matmul = int8_cpu_matmul if device == "cpu" else "llm.int8"
         pin_int8_matmul(model, matmul)
-    return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel}
+    return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel, "footprint_bytes": footprint}
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
@@ -310,17 +311,21 @@ def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, us
     that the chosen kernel measures the same reward model as bitsandbytes' own layers."""
     precision = json.loads((Path(path) / PRECISION_FILE).read_text())["precision"]
     scores = evaluation["scores_chosen"] + evaluation["scores_rejected"]
-    others, loaded = {}, {}
+    others, failed, loaded = {}, {}, {}
     for name, kernel, matmul in cpu_kernel_variants(precision):
-        if name == used:
+        if name == used or (kernel == "dense" and used != "dense"):  # a dense copy refused for memory is not made
             continue
-        if kernel not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
-            loaded = {kernel: load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
-                                                cpu_kernel=kernel, compute_dtype=compute_dtype)[0]}
-        model = loaded[kernel]
-        if precision == "int8" and kernel == "bitsandbytes":
-            pin_int8_matmul(model, matmul)
-        again = evaluate_reward_model(model, tokenizer, pairs)
+        try:
+            if kernel not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
+                loaded = {kernel: load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
+                                                    cpu_kernel=kernel, compute_dtype=compute_dtype)[0]}
+            model = loaded[kernel]
+            if precision == "int8" and kernel == "bitsandbytes":
+                pin_int8_matmul(model, matmul)
+            again = evaluate_reward_model(model, tokenizer, pairs)
+        except Exception as e:  # a comparison that cannot run is recorded; the arm's own model is fine
+            failed[name] = f"{type(e).__name__}: {e}"[:300]
+            continue
         others[name] = {"same_order": sum(a == b for a, b in zip(evaluation["wins"], again["wins"])) / len(pairs),
                         "max_abs_score_difference": max(abs(a - b) for a, b in zip(
                             scores, again["scores_chosen"] + again["scores_rejected"])),
@@ -328,7 +333,7 @@ def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, us
     return {"used": used, "accuracy": evaluation["accuracy"], "pairs_per_s": evaluation["throughput_pairs_per_s"],
             "mean_abs_margin": sum(abs(c - r) for c, r in zip(evaluation["scores_chosen"],
                                                                evaluation["scores_rejected"])) / len(pairs),
-            "others": others}
+            "others": others, "failed": failed}
 
 
 def accuracy_by_category(pairs: list[Pair], wins: list[bool]) -> dict:

@@ -41,7 +41,6 @@ from .reward import (
     RewardModelError,
     compare_cpu_kernels,
     evaluate_reward_model,
-    footprint_bytes,
     load_reward_model,
     train_reward_model,
 )
@@ -207,7 +206,7 @@ def failure_reason(e: BaseException) -> str:
     reason = f"{type(e).__name__}: {e}"
     if isinstance(e, torch.cuda.OutOfMemoryError):
         free = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
-        reason = (f"CUDA out of memory{'' if free is None else f' ({free:.1f} GiB free on the card now)'}: lower "
+        reason = (f"CUDA out of memory{'' if free is None else f' ({free:.1f} GiB free on the card at the failure)'}: lower "
                   f"ppo.rollout_chunk or ppo.micro_batch (rm.batch_size for a reward model); {e}")
     return reason[:500]
 
@@ -255,7 +254,8 @@ def _prepare_data(profile: Profile, paths: Paths, source: str):
                                                profile.base.vocab_size)
         tokenizer.save_pretrained(paths.base)
     else:
-        tokenizer = base_model.load_tokenizer(profile.base.model, trust_remote_code=profile.base.trust_remote_code)
+        tokenizer = base_model.load_tokenizer(tokenizer_path(profile, paths),
+                                              trust_remote_code=profile.base.trust_remote_code)
     kept, lengths = data.filter_by_length({"train": train, "test": test}, tokenizer, d.max_prompt_tokens,
                                           d.max_response_tokens, report)
     if not kept["train"] or not kept["test"]:
@@ -485,7 +485,7 @@ def _rm_job(job: dict, report) -> dict:
             ev["cpu_kernel_check"] = compare_cpu_kernels(paths.rm(arm), tokenizer, test, ev, info["kernel"]["kernel"],
                                                          trust_remote_code=trust)
         progress.evaluated()
-        footprint = footprint_bytes(model)
+        footprint = info["footprint_bytes"]
         ref = weakref.ref(model)
         del model
         return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"],
