@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import CPU_KERNELS as KERNELS
+from .memory import format_bytes
 
 DENSE_RAM_SHARE = 0.25  # "auto" takes the dense copy while it needs at most this share of the available RAM
 
@@ -43,23 +44,22 @@ def choose(precision: str, *, setting: str, compute_dtype, dense_bytes: int, ava
         raise KernelError(f"rm.cpu_kernel must be one of {', '.join(KERNELS)}; got {setting!r}")
     if precision == "bf16":
         return {"kernel": "dense", "dtype": dtype, "why": f"the bf16 arm's own weights, computing in {dtype}"}
-    gib = dense_bytes / 2**30
+    size = format_bytes(dense_bytes)
     fits = available_bytes is not None and dense_bytes <= DENSE_RAM_SHARE * available_bytes
     if setting == "dense" or (setting == "auto" and fits):
-        why = (f"rm.cpu_kernel={setting}: the {precision} weights dequantized once to {dtype} ({gib:.2f} GiB), the "
+        why = (f"rm.cpu_kernel={setting}: the {precision} weights dequantized once to {dtype} ({size}), the "
                f"arithmetic bitsandbytes trains {precision} with on the CPU, at a dense {dtype} model's speed")
         if setting == "auto":
-            why += f" (within {DENSE_RAM_SHARE:.0%} of the {available_bytes / 2**30:.1f} GiB available)"
+            why += f" (within {DENSE_RAM_SHARE:.0%} of the {format_bytes(available_bytes)} available)"
         return {"kernel": "dense", "dtype": dtype, "why": why}
     reason = ("rm.cpu_kernel=bitsandbytes" if setting == "bitsandbytes" else
-              f"a dense {dtype} copy ({gib:.2f} GiB) would take more than {DENSE_RAM_SHARE:.0%} of the "
-              + ("available RAM (unknown)" if available_bytes is None else
-                 f"{available_bytes / 2**30:.1f} GiB available"))
+              f"a dense {dtype} copy ({size}) would take more than {DENSE_RAM_SHARE:.0%} of the "
+              + ("available RAM (unknown)" if available_bytes is None else f"{format_bytes(available_bytes)} available"))
     if precision == "int8":
         how = {"dequantized": "int8 weights dequantized on every call (its CPU training forward)",
                "llm.int8": "LLM.int8 (activations quantized too)"}[int8_matmul]
         return {"kernel": f"bitsandbytes {int8_matmul}", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
-    how = ("its fused NF4 kernel on repacked weights, computing in bf16 (AVX512-BF16)" if native_bf16 else
+    how = ("fused NF4 kernel on repacked weights, computing in bf16 (AVX512-BF16)" if native_bf16 else
            f"NF4 weights dequantized to {dtype} on every call")
     return {"kernel": "bitsandbytes", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
 
