@@ -187,3 +187,21 @@ def test_a_reward_model_for_the_cpu_reads_its_adapter_onto_the_cpu(tiny_world, m
     monkeypatch.setattr(peft.peft_model, "infer_device", lambda: "meta")  # a device that is not the CPU
     model, _ = load_reward_model(paths.rm("int4"))
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_the_dense_copy_in_bf16_is_bitsandbytes_bf16_training_forward(tiny_world):
+    """Where bf16 is the compute dtype (an AVX512-BF16 CPU), the dense copy is made in bf16 and scores as
+    bitsandbytes' training forward in bf16 does, to bf16's resolution."""
+    from tinyrlhf.reward import load_reward_model
+
+    _, paths = tiny_world
+    dense, info = load_reward_model(paths.rm("int4"), cpu_kernel="dense", compute_dtype=torch.bfloat16)
+    assert info["kernel"]["kernel"] == "dense" and info["kernel"]["dtype"] == "bfloat16"
+    trained, _ = load_reward_model(paths.rm("int4"), cpu_kernel="bitsandbytes", compute_dtype=torch.bfloat16)
+    trained.train()  # bitsandbytes' training forward (no dropout in these models)
+    tok = info["tokenizer"]
+    ids = torch.tensor([tok("\n\nHuman: How do I make tea?\n\nAssistant: Boil water, then steep the leaves.")["input_ids"]])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits.float()
+        got = dense(input_ids=ids).logits.float()
+    assert (got - want).abs().max() <= 2.0**-7 * max(want.abs().max().item(), 1.0)

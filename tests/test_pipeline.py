@@ -56,7 +56,8 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     assert not model.training
     # Round trip: reloading as PPO does gives exactly the accuracy recorded when the stage evaluated its saved model.
     model, info = load_reward_model(paths.rm(precision), cpu_kernel=profile.rm.cpu_kernel)
-    assert info["kernel"] == results["rm"]["arms"][precision]["cpu_kernel"]
+    recorded = results["rm"]["arms"][precision]["cpu_kernel"]
+    assert (info["kernel"]["kernel"], info["kernel"]["dtype"]) == (recorded["kernel"], recorded["dtype"])
     pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
     again = evaluate_reward_model(model, info["tokenizer"], pairs)
     assert again["accuracy"] == results["rm"]["arms"][precision]["accuracy"]

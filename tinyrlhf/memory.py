@@ -415,6 +415,17 @@ def estimate_rm(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None 
                    mapped_checkpoint(spec, precision, checkpoint_precision, on_host=device == "cpu"))
 
 
+def _reward_model_bytes(spec: ModelSpec, precision: str, held: str, double_quant: bool) -> int:
+    """A reward model's weights (no LM head, fp32 score head); one scoring through its dense copy
+    (kernels.dense_copy, `held` the host's compute dtype) holds its linear layers dense in that dtype."""
+    out = weight_bytes(spec, precision, lm_head=False, double_quant=double_quant) + 4 * spec.hidden
+    if held != precision:
+        out += spec.n_layer * (spec.linear_params_per_layer * DENSE_BYTES[held] - sum(
+            matrix_bytes(a, b, precision, double_quant=double_quant) for shapes in spec.linears().values()
+            for a, b in shapes))
+    return out
+
+
 def _rollout_phase(spec: ModelSpec, *, batch: int, chunk: int, seq: int, response_len: int, act: int,
                    forward: int) -> dict[str, int]:
     """PPO's rollout, per chunk of `chunk` sequences (ppo.rollout_logprobs_per_chunk): the policy's log-probs from
@@ -464,14 +475,8 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
               "value model backbone": weight_bytes(value_spec, value_precision, lm_head=False,
                                                    double_quant=double_quant),
               **_trained_parts(trained, full=False, precision=policy_precision)}
-    # A quantized reward model scoring through its dense copy (kernels.dense_copy; `rm_host_precision`, the host's
-    # compute dtype) holds its linear layers dense in that dtype instead of quantized.
     rm_held = rm_precision if rm_precision in DENSE_BYTES or not rm_host_precision else _precision(rm_host_precision)
-    rm_weights = weight_bytes(rm_spec, rm_precision, lm_head=False, double_quant=double_quant) + 4 * rm_spec.hidden
-    if rm_held != rm_precision:
-        rm_weights += rm_spec.n_layer * (rm_spec.linear_params_per_layer * DENSE_BYTES[rm_held] - sum(
-            matrix_bytes(a, b, rm_precision, double_quant=double_quant)
-            for shapes in rm_spec.linears().values() for a, b in shapes))
+    rm_weights = _reward_model_bytes(rm_spec, rm_precision, rm_held, double_quant)
     rm_forward = chunk * seq * layer_bytes_per_token(rm_spec, seq, _act_bytes(rm_held))
     policy_forward = chunk * seq * layer_bytes_per_token(policy_spec, seq, act)
     rm_on_host = rm_on_cpu and device == "cuda"  # on a CPU run everything is host RAM
