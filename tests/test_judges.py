@@ -35,12 +35,18 @@ def test_a_reward_model_named_by_path_judges_from_the_decoded_text(tiny_world, t
     schema.validate_file(wd.result("ppo"), "ppo")
 
 
-def test_gold_judge_on_data_it_does_not_know_is_a_clear_error(tiny_world, monkeypatch):
+def test_the_default_judge_follows_the_data_and_gold_on_other_data_is_refused_at_once(tiny_world, monkeypatch,
+                                                                                     tmp_path):
+    from tinyrlhf.config import ConfigError
     from tinyrlhf.stages import judge_spec
 
-    profile = get_profile("cpu", overrides={"data.source": "local"})
-    with pytest.raises(PPOError, match="eval.judge='gold' knows only the synthetic data"):
-        judge_spec(profile, tiny_world[1], {})
+    assert get_profile("cpu").eval.judge == "gold"  # the synthetic set: its rules are the gold judge
+    assert get_profile("cpu", overrides={"data.source": "local"}).eval.judge == "heldout"
+    monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path))  # the README's real-data example on the cpu profile
+    assert get_profile("cpu").eval.judge == "heldout"
+    with pytest.raises(ConfigError, match="eval.judge='gold' knows only the synthetic data's rules.*'local'"):
+        get_profile("cpu", overrides={"eval.judge": "gold"})  # refused before any stage, not in 04
+    monkeypatch.delenv("TINYRLHF_HH_DIR")
     with pytest.raises(PPOError, match="heldout judge's reward model failed in 03"):
         judge_spec(get_profile("cpu", overrides={"eval.judge": "heldout"}), tiny_world[1],
                    {"judge": {"status": "failed", "reason": "x"}})

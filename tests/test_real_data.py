@@ -10,11 +10,11 @@ from tinyrlhf.results import read_json
 
 pytestmark = [pytest.mark.slow, requires_hh]
 
-# The real data has no gold rules: the judge is a bf16 reward model trained on the other half (as on GPU profiles).
+# The real data has no gold rules: the default judge ("auto") is then a bf16 reward model trained on the other half
+# (as on GPU profiles), so the README's `TINYRLHF_HH_DIR=../shared/hh-rlhf make run` runs to the end.
 SMALL = {"base.pretrain_steps": 10, "sft.max_steps": 3, "rm.max_steps": 3, "ppo.steps": 1, "ppo.seeds": [0],
          "ppo.ppo_batch": 8, "ppo.mini_batch": 8, "ppo.micro_batch": 8, "ppo.rollout_chunk": 8, "ppo.ppo_epochs": 1,
-         "eval.prompts": 8, "eval.samples": 2, "eval.checkpoints": 1, "eval.bootstrap": 50, "eval.judge": "heldout",
-         "workers": 1}
+         "eval.prompts": 8, "eval.samples": 2, "eval.checkpoints": 1, "eval.bootstrap": 50, "workers": 1}
 
 
 def test_real_sample_runs_every_stage(tmp_path, monkeypatch):
@@ -22,6 +22,7 @@ def test_real_sample_runs_every_stage(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(HH_DIR))
     profile = get_profile("cpu", overrides=SMALL)
+    assert profile.eval.judge == "heldout"  # chosen from the data source, before any stage runs
     paths = get_paths(tmp_path).make()
     stats = run_data(profile, paths, progress=False)
     assert stats["source"] == "local" and stats["rows_read"] == 2312

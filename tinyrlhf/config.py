@@ -28,7 +28,7 @@ REPORTERS = ("none", "tensorboard", "wandb")  # where the trainers also log (Tra
 # real size here.
 INT8_CPU_MATMULS = ("dequantized", "llm.int8")
 CPU_KERNELS = ("auto", "dense", "bitsandbytes")  # RMSettings.cpu_kernel (tinyrlhf.kernels)
-JUDGES = ("gold", "heldout")  # or a path / hub id of a sequence-classification reward model
+JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
 # The hub commits the project downloads: `revision="auto"` (base.revision, data.revision) resolves to these; a hub
@@ -210,7 +210,9 @@ class PPOSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    judge: str = "gold"  # gold | heldout | path or hub id of a sequence-classification reward model
+    # auto | gold | heldout | path or hub id of a sequence-classification reward model. "auto" follows the data:
+    # gold on the synthetic set (the only data whose rules are known), heldout on any other (get_profile resolves it)
+    judge: str = "auto"
     prompts: int = 48  # a seeded random sample of the test prompts (all of them when there are fewer)
     samples: int = 8  # replies per prompt at the end of each run (and for the SFT policy)
     checkpoints: int = 5  # evaluations along each run, evenly spaced, the last at the end
@@ -433,9 +435,22 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
             raise ConfigError(f"overrides must be a dict of settings, got {type(given).__name__}")
     merged.update(overrides or {})
     merged.update(kw)
-    profile = _resolve_revisions(_apply(PROFILES[name], merged))
+    profile = _resolve_judge(_resolve_revisions(_apply(PROFILES[name], merged)))
     _validate(profile)
     return profile
+
+
+def _resolve_judge(p: Profile) -> Profile:
+    """eval.judge="auto" made concrete from the data source, and a gold judge on data it has no rules for refused
+    here, before any stage runs (it used to fail in 04, after 03 had trained every reward model)."""
+    synthetic = resolve_source(p) == "synthetic"
+    if p.eval.judge == "auto":
+        return dataclasses.replace(p, eval=dataclasses.replace(p.eval, judge="gold" if synthetic else "heldout"))
+    if p.eval.judge == "gold" and not synthetic:
+        raise ConfigError(f"eval.judge='gold' knows only the synthetic data's rules, but the data source is "
+                          f"{resolve_source(p)!r}: set eval.judge to 'auto' or 'heldout' (a reward model trained on the "
+                          f"half of the pairs no arm sees), or to a reward model's path or hub id")
+    return p
 
 
 def _resolve_revisions(p: Profile) -> Profile:
