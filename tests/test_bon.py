@@ -1,0 +1,57 @@
+"""The best-of-n estimator (tinyrlhf.bon) against brute force: every n-subset of a small pool enumerated."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+
+from tinyrlhf import bon
+
+
+def brute_force(proxy, gold, n):
+    """Mean over every n-subset of the gold of its best-proxy member, ties split evenly."""
+    total = 0.0
+    subsets = list(itertools.combinations(range(len(proxy)), n))
+    for subset in subsets:
+        top = max(proxy[i] for i in subset)
+        winners = [i for i in subset if proxy[i] == top]
+        total += sum(gold[i] for i in winners) / len(winners)
+    return total / len(subsets)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_estimator_equals_enumerating_every_subset(seed):
+    rng = random.Random(seed)
+    pool = 9
+    proxy = [round(rng.gauss(0, 1), 1) for _ in range(pool)]  # rounded: some ties
+    gold = [rng.gauss(0, 1) for _ in range(pool)]
+    for n in range(1, pool + 1):
+        assert bon.best_of_n(proxy, gold, n) == pytest.approx(brute_force(proxy, gold, n), abs=1e-12)
+
+
+def test_the_ends_and_the_weights():
+    proxy, gold = [3.0, 1.0, 2.0], [0.3, 0.1, 0.2]
+    assert bon.best_of_n(proxy, gold, 1) == pytest.approx(np.mean(gold))  # n = 1: the pool's mean
+    assert bon.best_of_n(proxy, gold, 3) == pytest.approx(0.3)  # n = N: the proxy's favourite
+    for pool, n in ((5, 1), (8, 3), (64, 16)):
+        w = bon.rank_weights(pool, n)
+        assert w.sum() == pytest.approx(1.0) and (np.diff(w) >= 0).all()  # higher ranks win more often
+    with pytest.raises(ValueError, match="1 <= n <= pool"):
+        bon.rank_weights(4, 5)
+
+
+def test_kl_of_best_of_n():
+    assert bon.kl_bon(1) == 0.0
+    assert bon.kl_bon(2) == pytest.approx(math.log(2) - 0.5)
+    assert bon.kl_bon(64) == pytest.approx(math.log(64) - 63 / 64)
+    assert all(bon.kl_bon(n + 1) > bon.kl_bon(n) for n in range(1, 100))
+
+
+def test_the_frontier_fit_recovers_its_parameters():
+    d = np.sqrt([bon.kl_bon(n) for n in (2, 4, 8, 16, 32, 64)])
+    fit = bon.fit_bon_frontier(d, d * (0.9 - 0.3 * d))
+    assert fit["alpha"] == pytest.approx(0.9) and fit["beta"] == pytest.approx(0.3)
