@@ -305,6 +305,8 @@ def test_setup_helpers(monkeypatch, tmp_path):
     assert "parameters cell" in show.profile_line("cpu", profile)
     report = {"cuda": {"devices": [{"total_memory_bytes": 8 * 2**30}]}, "memory": {"ram_total_bytes": 2**34}}
     assert show.capacities(report) == (8 * 2**30, 2**34)
+    report["cuda"]["devices"][0]["free_memory_bytes"] = 7 * 2**30  # a desktop card drives the display too
+    assert show.capacities(report) == (7 * 2**30, 2**34)  # the verdicts judge what is free
     report["cuda"]["devices"] = []
     assert show.capacities(report) == (None, 2**34)
     verdicts = [{"stage": "sft", "device": "cpu", "estimate_bytes": 2**30, "capacity_bytes": 2**34,

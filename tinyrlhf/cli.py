@@ -122,8 +122,7 @@ def _env(args) -> int:
     print("\nproblems:" if problems else "\nno problems for the", profile.name, "profile")
     for p in problems:
         print(f"  - {p['what']}: {p['why']}. Fix: {p['fix']}")
-    gpu, ram = (report["cuda"]["devices"][0]["total_memory_bytes"] if report["cuda"]["devices"] else None,
-                report["memory"]["ram_total_bytes"])
+    gpu, ram = env.capacities(report)  # the card's free memory, not its size
     verdicts = memory.stage_verdicts(profile, gpu_bytes=gpu, ram_bytes=ram)
     for v in verdicts:
         print(f"  {v['stage']:<9} {v['verdict']:<13} {v['reason']}")

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .config import Paths, Profile, default_profile_name
+from .env import capacities as env_capacities
 from .memory import format_bytes
 from .plots import MISSING, arm_label, distinguishable_from_null, precision_color
 
@@ -102,9 +103,8 @@ def paths_table(paths: Paths) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- 00 setup
 def capacities(report: dict) -> tuple[int | None, int]:
-    """(first CUDA device's total memory or None, total RAM) from an environment report, both in bytes."""
-    devices = report["cuda"]["devices"]
-    return (devices[0]["total_memory_bytes"] if devices else None), report["memory"]["ram_total_bytes"]
+    """env.capacities: the card's free memory (or None) and the total RAM, in bytes."""
+    return env_capacities(report)
 
 
 def problems_view(problems: list[dict], profile: Profile):

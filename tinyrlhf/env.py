@@ -316,6 +316,16 @@ def install_missing(dry_run: bool = True) -> list[str]:
     return [shlex.join(argv)]
 
 
+def capacities(report: dict) -> tuple[int | None, int]:
+    """What the memory verdicts judge against, in bytes: the first CUDA device's *free* memory (a desktop card also
+    drives the display, so less than its size is there for the stages) or None without one, and the total RAM."""
+    devices = report["cuda"]["devices"]
+    gpu = None
+    if devices:
+        gpu = devices[0].get("free_memory_bytes") or devices[0]["total_memory_bytes"]
+    return gpu, report["memory"]["ram_total_bytes"]
+
+
 def reward_scoring(report: dict, profile: Profile) -> dict:
     """How PPO's reward model scores rollouts on this machine with this profile: device, torch threads and why,
     the compute dtype, and the kernel each precision scores with and why (kernels.choose, from the CPU's flags and
