@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tinyrlhf.budget import bf16_rate
 from tinyrlhf.env import cpu_facts
 from tinyrlhf.reward import pin_int8_matmul
 
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
     if not rows:
         return 1
     measured = {p: a for p, a, _, _ in rows}
-    ref = measured.get("bf16 (again)", measured.get("bf16"))  # the later bf16 figure, past the first-model slowdown
+    ref = bf16_rate(measured) if "bf16" in measured else None
     trained = {name.split()[0]: s for name, _, _, s in rows if name.endswith("(dense)")}  # the training forward
     print(f"\nCPU reward scoring ({args.size}), batch {args.batch} x {args.tokens} tokens, best of {args.repeats}, "
           f"{torch.get_num_threads()} torch threads, {cpu_facts()['kind']} CPU ({', '.join(cpu_facts()['flags'])})")
@@ -239,7 +240,7 @@ def side_by_side(path: Path, key: str = "threads=2") -> str:
         line = f"{name:<22}"
         for run in kinds.values():
             tps = run["tokens_per_s"].get(name)
-            bf16 = run["tokens_per_s"].get("bf16 (again)", run["tokens_per_s"]["bf16"])
+            bf16 = bf16_rate(run["tokens_per_s"])
             line += (f" {tps:>18.0f} {tps / bf16:>7.2f}x" if tps is not None
                      else f" {'-':>18} {'-':>8}")
         lines.append(line)

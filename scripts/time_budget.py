@@ -57,7 +57,7 @@ def reference_table() -> str:
     for kind, k in kinds.items():
         for key, r in k["runs"].items():
             tps = r["tokens_per_s"]
-            bf16 = tps.get("bf16 (again)", tps["bf16"])  # measured last, past the first model's slow start
+            bf16 = budget.bf16_rate(tps)
             rival = r.get("tokens_per_s_beside_rival") or {}
             for name, alone in tps.items():
                 beside = rival.get(name)

@@ -345,8 +345,7 @@ def reward_scoring(report: dict, profile: Profile) -> dict:
         why = "the job's torch threads: with the policy on the CPU, scoring and training take turns"
     native = report["cpu"]["bf16_usable"]
     dtype = torch.bfloat16 if native else torch.float32  # runtime.reward_compute_dtype("cpu")
-    spec = memory.spec_for_profile(profile)
-    dense = spec.n_layer * spec.linear_params_per_layer * dtype.itemsize
+    dense = memory.linear_bytes(memory.spec_for_profile(profile), "bf16" if native else "fp32")
     chosen = {prec: kernels.choose(prec, setting=profile.rm.cpu_kernel, compute_dtype=dtype, dense_bytes=dense,
                                    available_bytes=report["memory"]["ram_available_bytes"], native_bf16=native,
                                    int8_matmul=profile.rm.int8_cpu_matmul)

@@ -226,16 +226,21 @@ def matrix_bytes(d_in: int, d_out: int, precision: str, *, double_quant: bool = 
     return math.ceil(n / 2) + absmax
 
 
+def linear_bytes(spec: ModelSpec, precision: str, *, double_quant: bool = True) -> int:
+    """Bytes of every transformer layer's linear weights at `precision` (what bitsandbytes quantizes, and what a
+    reward model's dense copy holds dense: kernels.dense_copy)."""
+    return spec.n_layer * sum(matrix_bytes(a, b, precision, double_quant=double_quant)
+                              for shapes in spec.linears().values() for a, b in shapes)
+
+
 def weight_bytes(spec: ModelSpec, precision: str, *, lm_head: bool = True, double_quant: bool = True) -> int:
     """Bytes of the model's weights; lm_head=False drops an untied output projection (reward/value models)."""
     precision = _precision(precision)
     params = spec.n_params - (0 if lm_head else spec.lm_head_params)
     if precision in DENSE_BYTES:
         return params * DENSE_BYTES[precision]
-    quantized = sum(matrix_bytes(a, b, precision, double_quant=double_quant)
-                    for shapes in spec.linears().values() for a, b in shapes)
     rest = params - spec.n_layer * spec.linear_params_per_layer
-    return spec.n_layer * quantized + rest * DENSE_BYTES["bf16"]
+    return linear_bytes(spec, precision, double_quant=double_quant) + rest * DENSE_BYTES["bf16"]
 
 
 def lora_params(spec: ModelSpec, r: int, target_modules=None) -> int:
@@ -420,9 +425,7 @@ def _reward_model_bytes(spec: ModelSpec, precision: str, held: str, double_quant
     (kernels.dense_copy, `held` the host's compute dtype) holds its linear layers dense in that dtype."""
     out = weight_bytes(spec, precision, lm_head=False, double_quant=double_quant) + 4 * spec.hidden
     if held != precision:
-        out += spec.n_layer * (spec.linear_params_per_layer * DENSE_BYTES[held] - sum(
-            matrix_bytes(a, b, precision, double_quant=double_quant) for shapes in spec.linears().values()
-            for a, b in shapes))
+        out += linear_bytes(spec, held) - linear_bytes(spec, precision, double_quant=double_quant)
     return out
 
 

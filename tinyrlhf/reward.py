@@ -16,6 +16,7 @@ from torch import nn
 from .base_model import load_tokenizer
 from .chat import completion
 from .config import INT8_CPU_MATMULS, PRECISIONS, Profile, resolve_device
+from .cpu import native_bf16
 from .data import Pair, read_pairs
 from .distributed import per_rank, rank_record
 from .jobs import torch_threads
@@ -23,7 +24,6 @@ from .kernels import choose as choose_kernel
 from .kernels import dense_bytes, dense_copy, dtype_name
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
-    cpu_has_native_bf16,
     drop_scratch,
     lora_config,
     loss_curve,
@@ -240,9 +240,8 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     footprint = footprint_bytes(model)  # at its precision, before any dense copy
     if device == "cpu":
         kernel = choose_kernel(precision, setting=cpu_kernel, compute_dtype=dtype,
-                               dense_bytes=dense_bytes(model, dtype) if precision != "bf16" else 0,
-                               available_bytes=psutil.virtual_memory().available, native_bf16=cpu_has_native_bf16(),
-                               int8_matmul=int8_cpu_matmul)
+                               dense_bytes=dense_bytes(model, dtype), available_bytes=psutil.virtual_memory().available,
+                               native_bf16=native_bf16(), int8_matmul=int8_cpu_matmul)
         if precision != "bf16" and kernel["kernel"] == "dense":
             dense_copy(model, dtype)  # before any forward (an AVX512-BF16 CPU repacks NF4 weights at the first)
     matmul = None
@@ -297,7 +296,8 @@ def cpu_kernel_variants(precision: str) -> list[tuple[str, str, str]]:
     """(name, rm.cpu_kernel, rm.int8_cpu_matmul) of every CPU path a reward model at `precision` can score through;
     the names are those kernels.choose gives."""
     if precision == "int8":
-        return [("dense", "dense", "dequantized"), *((f"bitsandbytes {m}", "bitsandbytes", m) for m in INT8_CPU_MATMULS)]
+        return [("dense", "dense", "dequantized"),
+                *((f"bitsandbytes {m}", "bitsandbytes", m) for m in INT8_CPU_MATMULS)]
     if precision == "int4":
         return [("dense", "dense", "dequantized"), ("bitsandbytes", "bitsandbytes", "dequantized")]
     return []

@@ -114,18 +114,13 @@ def lora_config(model, *, r: int, alpha: int, dropout: float, target_modules, ta
                       modules_to_save=modules_to_save)
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 present: bf16 matmuls run natively rather than emulated."""
-    return native_bf16()
-
-
 def reward_compute_dtype(device: str):
     """The dtype of a `bf16` reward model's backbone: bf16 where the device runs it natively, else float32."""
     import torch
 
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 def check_target_modules(model, names) -> None:

@@ -42,8 +42,9 @@ def completion_batch(tokenizer, prompts: list[str], completions: list[str]) -> d
 def response_loss(logits, labels, reduction: str = "mean"):
     """Masked response-only cross-entropy: next-token loss over positions whose label is not -100.
 
-    The same objective SFTTrainer optimizes through the model's own loss (which upcasts to float32); written out
-    here so evaluation can sum it by token and so it can be checked in float64.
+    The same objective SFTTrainer optimizes through the model's own loss (which upcasts to float32), from full
+    logits; written out here so it can be checked in float64 and so `heldout_loss`, which makes logits only at the
+    reply's positions, can be checked against it (tests/test_sft_loss.py, tests/test_card_dtypes.py).
     """
     import torch
 

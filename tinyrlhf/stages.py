@@ -206,8 +206,9 @@ def failure_reason(e: BaseException) -> str:
     reason = f"{type(e).__name__}: {e}"
     if isinstance(e, torch.cuda.OutOfMemoryError):
         free = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
-        reason = (f"CUDA out of memory{'' if free is None else f' ({free:.1f} GiB free on the card at the failure)'}: lower "
-                  f"ppo.rollout_chunk or ppo.micro_batch (rm.batch_size for a reward model); {e}")
+        where = "" if free is None else f" ({free:.1f} GiB free on the card at the failure)"
+        reason = (f"CUDA out of memory{where}: lower ppo.rollout_chunk or ppo.micro_batch (rm.batch_size for a reward "
+                  f"model); {e}")
     return reason[:500]
 
 
@@ -294,9 +295,9 @@ def _fine_tune(profile: Profile, paths: Paths, force: bool, progress: bool):
     s, trust, device = profile.sft, profile.base.trust_remote_code, resolve_device(profile)
     ######## Base model (pre-trained here on the cpu profile) ########
     base_summary = build_base_model(profile, paths, force=force, progress=progress)
-    init_path = base_model.base_model_path(profile, paths)
+    init_path = base_model.base_model_path(profile, paths)  # the tokenizer's folder too (tokenizer_path)
     base_model.check_context(init_path, context_needed(profile), trust_remote_code=trust)
-    tokenizer = base_model.load_tokenizer(tokenizer_path(profile, paths), trust_remote_code=trust)
+    tokenizer = base_model.load_tokenizer(init_path, trust_remote_code=trust)
     test_pairs = data.read_pairs(paths.data_file("test"))[: s.eval_pairs]
     prompts = [p.prompt for p in test_pairs[: s.sample_prompts]]
     max_new = profile.data.max_response_tokens
