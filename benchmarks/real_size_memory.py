@@ -32,8 +32,8 @@ QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
 SETTINGS = {"data.source": "synthetic", "data.synthetic_pairs": 300, "data.max_prompt_tokens": 64,
             "data.max_response_tokens": 32, "sft.batch_size": 2, "sft.accum": 1, "sft.max_steps": 3,
             "sft.eval_pairs": 4, "sft.sample_prompts": 1, "rm.precisions": ["bf16", "int8", "int4"],
-            "rm.null_arm": False, "rm.batch_size": 2, "rm.accum": 1, "rm.max_steps": 2, "rm.eval_pairs": 4,
-            "ppo.seeds": [0], "ppo.ppo_batch": 4, "ppo.mini_batch": 2, "ppo.micro_batch": 2,
+            "rm.null_arm": False, "rm.noisy_arm": False, "rm.batch_size": 2, "rm.accum": 1, "rm.max_steps": 2, "rm.eval_pairs": 4,
+            "rm.seeds": [0], "ppo.ppo_batch": 4, "ppo.mini_batch": 2, "ppo.micro_batch": 2,
             "ppo.rollout_chunk": 2, "ppo.ppo_epochs": 1, "ppo.max_new": 32, "ppo.steps": 1, "eval.judge": "gold",
             "eval.prompts": 2, "eval.samples": 1, "eval.checkpoints": 1, "eval.cross_samples": 1,
             "eval.bootstrap": 20}
@@ -68,8 +68,8 @@ def measured(workdir: Path) -> list[dict]:
     """Each stage's measured peak, as its result recorded it (process peak RSS on CPU)."""
     results = workdir / "results"
     records = [json.loads((results / "sft_results.json").read_text())["memory"]]
-    rm = json.loads((results / "rm_results.json").read_text())["arms"]
-    records += [rm[p]["memory"] for p in SETTINGS["rm.precisions"]]
+    rm = json.loads((results / "rm_results.json").read_text())["models"]
+    records += [rm[f"{p}/seed0"]["memory"] for p in SETTINGS["rm.precisions"]]
     ppo = json.loads((results / "ppo_experiment_results.json").read_text())["arms"]
     records += [ppo[p]["seeds"][0]["memory"] for p in SETTINGS["rm.precisions"]]
     return [{"stage": r["stage"], "measured_bytes": r["measured_bytes"], "measured": r["measured"]} for r in records]

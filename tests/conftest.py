@@ -29,9 +29,9 @@ requires_hh = pytest.mark.skipif(not HH_FILE.exists(),
 
 # A whole pipeline in seconds: too short to learn anything, long enough to produce every artifact for real.
 TINY = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_dialogues": 200, "sft.max_steps": 2,
-        "rm.max_steps": 2, "rm.eval_pairs": 16, "ppo.steps": 2, "ppo.seeds": [0, 1], "ppo.ppo_batch": 8,
+        "rm.max_steps": 2, "rm.eval_pairs": 16, "ppo.steps": 2, "rm.seeds": [0, 1], "ppo.ppo_batch": 8,
         "ppo.mini_batch": 4, "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2,
-        "eval.checkpoints": 2, "eval.bootstrap": 50, "workers": 1}
+        "eval.checkpoints": 2, "eval.bootstrap": 50, "eval.bon_pool": 4, "workers": 1}
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,8 @@ def tiny_world(tmp_path_factory):
     from tinyrlhf.config import get_paths, get_profile
     from tinyrlhf.stages import run_data, run_rm, run_sft
 
-    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
+                                                   "rm.noisy_arm": False})
     paths = get_paths(tmp_path_factory.mktemp("tiny")).make()
     run_data(profile, paths, progress=False)
     run_sft(profile, paths, progress=False)
@@ -48,9 +49,9 @@ def tiny_world(tmp_path_factory):
     return profile, paths
 
 
-# The end-to-end run: the cpu profile with 3 seeds per arm and 32 x 4 evaluation replies instead of 5 and 48 x 8, enough to
-# see learning (asserted in test_pipeline.py), in about half the time of the full profile.
-E2E = {"ppo.seeds": [0, 1, 2], "eval.prompts": 32, "eval.samples": 4, "eval.bootstrap": 500}
+# The end-to-end run: the cpu profile with 3 reward-model seeds per arm, 32 x 4 evaluation replies and a pool of 16
+# instead of 5, 48 x 8 and 64, enough to see learning (asserted in test_pipeline.py) in about half the time.
+E2E = {"rm.seeds": [0, 1, 2], "eval.prompts": 32, "eval.samples": 4, "eval.bootstrap": 500, "eval.bon_pool": 16}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,5 +71,5 @@ def pipeline(tmp_path_factory):
     failed = [f"{o.name}: {o.error}" for o in outcomes if o.status != "ok"]
     assert not failed, failed
     profile, paths = get_profile("cpu", overrides=E2E), get_paths(root)
-    results = {kind: read_json(paths.result(kind)) for kind in ("data_stats", "sft", "rm", "ppo")}
+    results = {kind: read_json(paths.result(kind)) for kind in ("data_stats", "sft", "rm", "bon", "ppo")}
     return profile, paths, results, root / "executed"

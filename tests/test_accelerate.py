@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 SMALL = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_dialogues": 200, "sft.max_steps": 6,
          "sft.batch_size": 8, "sft.dropout": 0.0, "sft.eval_pairs": 16, "sft.sample_prompts": 2,
          "rm.precisions": ["bf16", "int4"], "rm.null_arm": False, "rm.max_steps": 3, "rm.batch_size": 8,
-         "rm.eval_pairs": 16, "ppo.seeds": [0], "ppo.steps": 2, "ppo.ppo_batch": 8, "ppo.mini_batch": 4,
+         "rm.eval_pairs": 16, "rm.seeds": [0], "ppo.steps": 2, "ppo.ppo_batch": 8, "ppo.mini_batch": 4,
          "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2, "eval.checkpoints": 2,
          "eval.bootstrap": 50}
 # The shipped DDP configuration, as the README runs it. On a CPU host it starts two processes and tinyrlhf forms the

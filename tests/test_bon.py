@@ -55,3 +55,42 @@ def test_the_frontier_fit_recovers_its_parameters():
     d = np.sqrt([bon.kl_bon(n) for n in (2, 4, 8, 16, 32, 64)])
     fit = bon.fit_bon_frontier(d, d * (0.9 - 0.3 * d))
     assert fit["alpha"] == pytest.approx(0.9) and fit["beta"] == pytest.approx(0.3)
+
+
+def _pool(rng, prompts=12, size=16):
+    quality = rng.normal(0, 1, (prompts, size))
+    return quality, quality + rng.normal(0, 0.3, (prompts, size))
+
+
+def test_paired_analysis_finds_n_star_and_a_worse_ranker_s_tax():
+    rng = np.random.default_rng(0)
+    quality, gold = _pool(rng)
+    seeds = 4
+    good = np.stack([quality + rng.normal(0, 0.3, quality.shape) for _ in range(seeds)])
+    proxies = {"bf16": good, "int8": good.copy(),  # the same rankings: no tax at all
+               "noisy": np.stack([quality + rng.normal(0, 3.0, quality.shape) for _ in range(seeds)]),
+               "null": np.stack([quality + rng.normal(0, 0.3, quality.shape) for _ in range(seeds)])}
+    out = bon.analyse(gold, proxies, reference="bf16", null="null")
+    assert out["ns"] == [1, 2, 4, 8, 16] and out["kl"][0] == 0.0 and out["pool_gold_mean"] == pytest.approx(gold.mean())
+    gains = [row["gold_gain_vs_sft"] for row in out["arms"]["bf16"]["by_n"]]
+    assert out["n_star"] == out["ns"][int(np.argmax(gains))]
+    assert out["arms"]["bf16"]["at_n_star"]["gold_gain_vs_sft"] == pytest.approx(max(gains))
+    star = out["arms"]["int8"]["at_n_star"]
+    assert star["tax_vs_bf16"] == pytest.approx(0.0) and star["tax_vs_bf16_ci95"] == pytest.approx([0.0, 0.0])
+    noisy = out["arms"]["noisy"]["at_n_star"]
+    assert noisy["tax_vs_bf16_ci95"][0] > 0  # a much worse ranker: detected
+    best_of_1 = [arm["by_n"][0]["gold_gain_vs_sft"] for arm in out["arms"].values()]
+    assert best_of_1 == pytest.approx([0.0] * 4)  # one candidate: the pool's mean, whatever ranks it
+    proxy = [row["proxy_gain"] for row in out["arms"]["bf16"]["by_n"]]
+    assert proxy == sorted(proxy)
+
+
+def test_a_reward_model_that_failed_is_left_out_of_its_seed_only():
+    rng = np.random.default_rng(1)
+    quality, gold = _pool(rng)
+    good = np.stack([quality + rng.normal(0, 0.3, quality.shape) for _ in range(3)])
+    broken = good.copy()
+    broken[1] = np.nan
+    out = bon.analyse(gold, {"bf16": good, "int4": broken}, reference="bf16", null=None)
+    assert out["arms"]["int4"]["status"] == "partial" and out["arms"]["int4"]["seeds_ok"] == [0, 2]
+    assert out["arms"]["int4"]["at_n_star"]["paired_seeds"] == [0, 2]

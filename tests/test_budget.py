@@ -18,7 +18,7 @@ def _machine(tflops=30.0, bandwidth=272.0, cpu=700.0) -> budget.Machine:
 
 def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
     rows = {r["stage"].split(" (")[0]: r for r in budget.predict(RTX, _machine())}
-    assert set(rows) == {"SFT", "reward models", "PPO", "evaluation"}
+    assert set(rows) == {"SFT", "reward models", "best-of-n", "PPO", "evaluation"}
     # SFT: steps x batch x accumulation x (prompt + reply) tokens, 6N FLOPs each with checkpointing, at MFU x peak
     n = budget.spec_for_profile(RTX).n_params
     tokens = 1000 * 2 * 8 * (384 + 128)
@@ -30,7 +30,11 @@ def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
         assert faster_cpu[r["stage"]]["cpu_hours"] == pytest.approx(r["cpu_hours"] / 2)
         assert faster_cpu[r["stage"]]["gpu_hours"] == pytest.approx(r["gpu_hours"])
         assert faster_card[r["stage"]]["gpu_hours"] <= r["gpu_hours"]
-    assert rows["PPO"]["hours"] == max(r["hours"] for r in rows.values())  # 12 runs x 100 updates dominate
+    assert rows["PPO"]["hours"] == max(r["hours"] for r in rows.values())  # the PPO runs' updates dominate
+    # best-of-n: every candidate scored once by every reward model of every best-of-n arm, on the CPU
+    pool = RTX.eval.prompts * RTX.eval.bon_pool
+    scored = len(RTX.bon_arms) * len(RTX.rm.seeds) * pool * (384 + 128)
+    assert rows["best-of-n"]["cpu_hours"] == pytest.approx(scored / 700.0 / 3600)
 
 
 def test_the_table_totals_the_stages():

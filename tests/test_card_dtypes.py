@@ -166,7 +166,7 @@ def test_a_bf16_policys_first_update_sees_ratio_one_and_kl_zero(tiny_world, tmp_
     profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
     p = profile.ppo
     run = ppo.train_ppo(paths.data_file("train"), out_dir=tmp_path / "policy", sft_path=paths.sft_merged,
-                        rm_path=paths.rm("bf16"), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
+                        rm_path=paths.rm("bf16", 0), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
                         micro_batch=p.micro_batch, rollout_chunk=4, ppo_epochs=1, ppo_lr=1e-12, max_new=p.max_new,
                         clip=p.clip, kl_coef=p.kl_coef, steps=1, missing_eos_penalty=p.missing_eos_penalty,
                         temperature=p.temperature, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
@@ -185,7 +185,7 @@ def test_a_reward_model_for_the_cpu_reads_its_adapter_onto_the_cpu(tiny_world, m
 
     _, paths = tiny_world
     monkeypatch.setattr(peft.peft_model, "infer_device", lambda: "meta")  # a device that is not the CPU
-    model, _ = load_reward_model(paths.rm("int4"))
+    model, _ = load_reward_model(paths.rm("int4", 0))
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
 
@@ -195,9 +195,9 @@ def test_the_dense_copy_in_bf16_is_bitsandbytes_bf16_training_forward(tiny_world
     from tinyrlhf.reward import load_reward_model
 
     _, paths = tiny_world
-    dense, info = load_reward_model(paths.rm("int4"), cpu_kernel="dense", compute_dtype=torch.bfloat16)
+    dense, info = load_reward_model(paths.rm("int4", 0), cpu_kernel="dense", compute_dtype=torch.bfloat16)
     assert info["kernel"]["kernel"] == "dense" and info["kernel"]["dtype"] == "bfloat16"
-    trained, _ = load_reward_model(paths.rm("int4"), cpu_kernel="bitsandbytes", compute_dtype=torch.bfloat16)
+    trained, _ = load_reward_model(paths.rm("int4", 0), cpu_kernel="bitsandbytes", compute_dtype=torch.bfloat16)
     trained.train()  # bitsandbytes' training forward (no dropout in these models)
     tok = info["tokenizer"]
     ids = torch.tensor([tok("\n\nHuman: How do I make tea?\n\nAssistant: Boil water, then steep the leaves.")["input_ids"]])

@@ -34,8 +34,9 @@ def test_unknown_profile_lists_allowed():
     ({"sft.nope": 1}, "sft has: batch_size"),
     ({"nope.x": 1}, "allowed: data, base, sft, rm, ppo"),
     ({"base.hidden_size": 100}, "multiple of 64"),
-    ({"ppo.seeds": [0, 0]}, "must be distinct"),
-    ({"ppo.seeds": ["a"]}, "integers in"),
+    ({"rm.seeds": [0, 0]}, "must be distinct"),
+    ({"rm.seeds": [0, 100]}, "must be below 100"),
+    ({"rm.seeds": ["a"]}, "integers in"),
     ({"seed": -1}, "seed must be integers in"),
     ({"sft.lr": float("nan")}, "sft.lr must be a finite number"),
     ({"rm.lr": float("inf")}, "rm.lr must be a finite number"),
@@ -51,8 +52,8 @@ def test_bad_values_fail_with_what_is_allowed(override, message):
 def test_overrides_by_keyword_and_env(monkeypatch):
     p = get_profile("cpu", sft__max_steps=7)
     assert p.sft.max_steps == 7 and p.sft.lr == get_profile("cpu").sft.lr
-    monkeypatch.setenv("TINYRLHF_OVERRIDES", json.dumps({"ppo.seeds": [3, 4]}))
-    assert get_profile("cpu").ppo.seeds == (3, 4)
+    monkeypatch.setenv("TINYRLHF_OVERRIDES", json.dumps({"rm.seeds": [3, 4]}))
+    assert get_profile("cpu").rm.seeds == (3, 4)
     monkeypatch.setenv("TINYRLHF_OVERRIDES", "{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         get_profile("cpu")

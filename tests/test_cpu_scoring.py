@@ -47,7 +47,7 @@ def test_grouped_scores_equal_the_whole_padded_batch_in_float32(tiny_world):
     from trl.experimental.utils import get_reward
 
     _, paths = tiny_world
-    model, info = load_reward_model(paths.rm("bf16"), compute_dtype=torch.float32)
+    model, info = load_reward_model(paths.rm("bf16", 0), compute_dtype=torch.float32)
     assert next(model.parameters()).dtype == torch.float32
     pad = info["tokenizer"].pad_token_id
     ids = _rollout_like(pad)
@@ -72,7 +72,7 @@ def test_grouped_scores_match_the_whole_padded_batch_in_bf16_within_its_resoluti
     from trl.experimental.utils import get_reward
 
     _, paths = tiny_world
-    model, info = load_reward_model(paths.rm("bf16"), compute_dtype=torch.bfloat16)
+    model, info = load_reward_model(paths.rm("bf16", 0), compute_dtype=torch.bfloat16)
     assert next(model.get_base_model().model.parameters()).dtype == torch.bfloat16
     pad = info["tokenizer"].pad_token_id
     ids = _rollout_like(pad)
@@ -90,7 +90,7 @@ def test_grouped_scores_match_the_whole_padded_batch_in_bf16_within_its_resoluti
 
 def test_scoring_runs_with_the_reward_models_threads_and_gives_them_back(tiny_world):
     _, paths = tiny_world
-    model, info = load_reward_model(paths.rm("bf16"))
+    model, info = load_reward_model(paths.rm("bf16", 0))
     wrapper = CPURewardModel(model, threads=1)
     seen = []
     handle = wrapper.lm_backbone.register_forward_pre_hook(lambda *a: seen.append(torch.get_num_threads()))
@@ -141,7 +141,7 @@ def test_int8_scoring_uses_bitsandbytes_cpu_training_forward_and_stays_close_to_
     import bitsandbytes as bnb
 
     profile, paths, results, _ = pipeline
-    model, info = load_reward_model(paths.rm("int8"), cpu_kernel="bitsandbytes")
+    model, info = load_reward_model(paths.rm("int8", 0), cpu_kernel="bitsandbytes")
     assert info["int8_matmul"] == "dequantized"
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     model.eval()
@@ -174,10 +174,10 @@ def test_dense_copy_is_the_forward_bitsandbytes_trains_with(pipeline, precision)
     import bitsandbytes as bnb
 
     _, paths, _, _ = pipeline
-    dense, info = load_reward_model(paths.rm(precision), cpu_kernel="dense", compute_dtype=torch.float32)
+    dense, info = load_reward_model(paths.rm(precision, 0), cpu_kernel="dense", compute_dtype=torch.float32)
     assert info["kernel"]["kernel"] == "dense" and info["kernel"]["dtype"] == "float32"
     assert not [m for m in dense.modules() if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))]
-    trained, _ = load_reward_model(paths.rm(precision), cpu_kernel="bitsandbytes", compute_dtype=torch.float32)
+    trained, _ = load_reward_model(paths.rm(precision, 0), cpu_kernel="bitsandbytes", compute_dtype=torch.float32)
     trained.train()  # bitsandbytes' training forward (no dropout in these models)
     tok = info["tokenizer"]
     ids = _rollout_like(tok.pad_token_id)

@@ -6,6 +6,7 @@ from conftest import HH_DIR, requires_hh
 
 from tinyrlhf.config import get_paths, get_profile
 from tinyrlhf.data import (
+    flip_labels,
     DataError,
     Malformed,
     Pair,
@@ -146,3 +147,13 @@ def test_real_hh_sample_parses_with_exact_counts(tmp_path, monkeypatch):
     assert stats["missing_subsets"] == []
     first = read_pairs(tmp_path / "data" / "train_prefs.jsonl")[0]
     assert first.prompt.startswith(H) and first.prompt.endswith(A)
+
+
+def test_label_noise_flips_the_stated_share_of_training_pairs_and_leaves_the_rest():
+    pairs = [Pair(f"p{i}", f"good {i}", f"bad {i}", "rude") for i in range(200)]
+    noisy, flipped = flip_labels(pairs, 0.25, seed=3)
+    assert len(flipped) == 50 == sum(n.chosen.startswith("bad") for n in noisy)
+    assert all(noisy[i].chosen == pairs[i].rejected and noisy[i].rejected == pairs[i].chosen for i in flipped)
+    assert all(noisy[i] == pairs[i] for i in set(range(200)) - set(flipped))
+    assert all(p.chosen.startswith("good") for p in pairs)  # the input (e.g. the test pairs) is never changed
+    assert flip_labels(pairs, 0.25, seed=3)[1] == flipped != flip_labels(pairs, 0.25, seed=4)[1]

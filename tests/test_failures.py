@@ -30,7 +30,7 @@ def test_a_failed_reward_model_is_recorded_and_ppo_skips_its_arm(workdir_copy, m
         return real(train, **kwargs)
 
     monkeypatch.setattr(stages, "train_reward_model", oom_for_int8)
-    profile = get_profile("cpu", overrides=FAST | {"rm.null_arm": False, "ppo.seeds": [0]})
+    profile = get_profile("cpu", overrides=FAST | {"rm.null_arm": False, "rm.seeds": [0]})
     rm = stages.run_rm(profile, workdir_copy, progress=False)
     assert rm["arms"]["int8"]["status"] == "failed" and "out of memory" in rm["arms"]["int8"]["reason"]
     assert rm["arms"]["bf16"]["status"] == rm["arms"]["int4"]["status"] == "ok"

@@ -27,7 +27,7 @@ def test_a_reward_model_named_by_path_judges_from_the_decoded_text(tiny_world, t
     AutoModelForSequenceClassification.from_pretrained(paths.sft_merged, num_labels=1).save_pretrained(external)
     AutoTokenizer.from_pretrained(paths.sft_merged).save_pretrained(external)
     profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
-                                                   "ppo.seeds": [0], "eval.judge": str(external)})
+                                                   "rm.seeds": [0], "eval.judge": str(external)})
     out = run_ppo(profile, wd, progress=False)
     assert out["judge"] == {"kind": "external", "name": str(external), "path": str(external),
                             "why": out["judge"]["why"]}

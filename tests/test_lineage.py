@@ -61,9 +61,9 @@ def test_a_missing_reward_model_file_reruns_the_reward_models(world):
     from tinyrlhf.stages import run_rm
 
     profile, paths = world
-    (paths.rm("int4") / "adapter_model.safetensors").unlink()
+    (paths.rm("int4", 0) / "adapter_model.safetensors").unlink()
     assert run_rm(profile, paths, progress=False)["reused"] is False
-    assert (paths.rm("int4") / "adapter_model.safetensors").exists()
+    assert (paths.rm("int4", 0) / "adapter_model.safetensors").exists()
 
 
 @requires_hh
@@ -88,9 +88,9 @@ def test_a_moved_workdir_is_reused_and_loads_its_own_models(world, tmp_path):
     profile, paths = world
     moved = get_paths(tmp_path / "moved")
     shutil.move(paths.root, moved.root)
-    info = json.loads((moved.rm("bf16") / "precision.json").read_text())
+    info = json.loads((moved.rm("bf16", 0) / "precision.json").read_text())
     assert not info["init_path"].startswith("/")
-    model, _ = load_reward_model(moved.rm("bf16"))
+    model, _ = load_reward_model(moved.rm("bf16", 0))
     assert model is not None
     assert run_rm(profile, moved, progress=False)["reused"] is True
 
@@ -167,14 +167,17 @@ def test_a_broken_reward_model_is_that_arms_failure_and_the_others_run(world):
     from tinyrlhf.stages import run_ppo
 
     profile, paths = world
-    (paths.rm("int4") / "adapter_model.safetensors").unlink()
+    (paths.rm("int4", 0) / "adapter_model.safetensors").unlink()
     result = run_ppo(profile, paths, progress=False)
-    assert [r["status"] for r in result["arms"]["bf16"]["seeds"]] == ["ok"] * len(profile.ppo.seeds)
-    reasons = [r["reason"] for r in result["arms"]["int4"]["seeds"]]
-    assert all("models/rm/int4/adapter_model.safetensors is missing" in r and "03_Reward_Modeling" in r
-               for r in reasons), reasons
-    (paths.rm("bf16") / "adapter_model.safetensors").write_bytes(b"broken")
-    with pytest.raises(PPOError, match="bf16 reward model"):
+    assert [r["status"] for r in result["arms"]["bf16"]["seeds"]] == ["ok"] * len(profile.rm.seeds)
+    int4 = result["arms"]["int4"]
+    assert [r["status"] for r in int4["seeds"]] == ["failed", "ok"] and int4["status"] == "partial"
+    reason = int4["seeds"][0]["reason"]
+    assert "models/rm/int4/seed0/adapter_model.safetensors is missing" in reason and "03_Reward_Modeling" in reason
+    assert int4["paired_seeds"] == [1]  # the failed seed is dropped from the comparison with bf16
+    for seed in profile.rm.seeds:
+        (paths.rm("bf16", seed) / "adapter_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(PPOError, match="every bf16 reward model"):
         run_ppo(profile, paths, progress=False)
 
 
@@ -188,14 +191,15 @@ def test_an_interrupted_ppo_stage_keeps_the_runs_it_finished(world, monkeypatch)
     original = stages._train_and_evaluate
     monkeypatch.setattr(stages, "_train_and_evaluate", lambda job, report: trained.append(job["arm"]) or original(
         job, report))
-    (paths.policy("int4", profile.ppo.seeds[-1]) / stages.RUN_FILE).unlink()  # this run was not finished
+    seeds = [seed for arm, _, seed in stages.ppo_runs(profile) if arm == "int4"]
+    (paths.policy("int4", seeds[-1]) / stages.RUN_FILE).unlink()  # this run was not finished
     again = stages.run_ppo(profile, paths, progress=False)
     assert trained == ["int4"]
     for arm in ("bf16", "int4"):
         assert again["arms"][arm]["gold_gain_vs_sft"] == first["arms"][arm]["gold_gain_vs_sft"]
     stages.run_ppo(profile, paths, force=True, progress=False)
-    assert len(trained) == 1 + 2 * len(profile.ppo.seeds)  # forced: every run trained again
-    seed = profile.ppo.seeds[0]
+    assert len(trained) == 1 + len(stages.ppo_runs(profile))  # forced: every run trained again
+    seed = seeds[0]
     assert stages.finished_run(paths.policy("bf16", seed), "other settings") is None  # kept only for the same key
     assert stages.finished_run(paths.policy("bf16", seed), json.loads(
         (paths.policy("bf16", seed) / stages.RUN_FILE).read_text())["key"]) is not None

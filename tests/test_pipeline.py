@@ -2,6 +2,8 @@
 instrument's claims hold (a gain under the gold judge, a null arm at zero), and the artifacts, result files and
 figures are what later stages and paper authors rely on. Bounds are below what was measured, with margin."""
 
+import json
+
 import pytest
 import torch
 
@@ -27,17 +29,25 @@ def test_base_model_and_sft_learn_and_reply_properly(pipeline):
 
 def test_reward_models_are_above_chance_in_every_category(pipeline):
     profile, _, results, _ = pipeline
-    arms = results["rm"]["arms"]
+    rm = results["rm"]
+    arms, models = rm["arms"], rm["models"]
     assert set(arms) == set(profile.arms) and all(a["status"] == "ok" for a in arms.values())
-    for arm, rec in arms.items():
+    assert len(models) == len(profile.arms) * len(profile.rm.seeds)
+    for arm in set(profile.arms) - {"noisy"}:  # every seed of every arm but the positive control
+        assert arms[arm]["above_chance_share"] >= 0.9, (arm, arms[arm])
+    for mid, rec in models.items():
         by = rec["by_category"]
-        assert set(by) == {"rude", "off_topic", "harmful"}
-        assert by["rude"]["accuracy"] >= 0.9 and by["harmful"]["accuracy"] >= 0.8, (arm, by)
-        assert by["off_topic"]["accuracy"] > 0.55, (arm, by)  # the hard one: the reply must match the request
-        assert rec["released"]
-    assert arms["int4"]["footprint_bytes"] < arms["int8"]["footprint_bytes"] < arms["bf16"]["footprint_bytes"]
-    assert arms["null"]["precision"] == "bf16" and arms["null"]["seed"] != arms["bf16"]["seed"]
-    assert arms["int8"]["mcnemar_vs_bf16"]["p_value"] <= 1.0 and arms["bf16"]["mcnemar_vs_bf16"] is None
+        assert set(by) == {"rude", "off_topic", "harmful"} and rec["released"]
+        if rec["arm"] != "noisy":
+            assert by["rude"]["accuracy"] >= 0.9 and by["harmful"]["accuracy"] >= 0.8, (mid, by)
+    first = {arm: models[f"{arm}/seed{profile.rm.seeds[0]}"] for arm in profile.arms}
+    assert first["int4"]["footprint_bytes"] < first["int8"]["footprint_bytes"] < first["bf16"]["footprint_bytes"]
+    assert first["null"]["precision"] == "bf16" and first["null"]["train_seed"] != first["bf16"]["train_seed"]
+    assert first["int8"]["train_seed"] == first["bf16"]["train_seed"]  # precisions paired within a seed
+    assert first["noisy"]["flipped_pairs"] == round(profile.rm.label_noise * first["noisy"]["train_pairs"])
+    assert first["int8"]["mcnemar_vs_bf16"]["p_value"] <= 1.0 and first["bf16"]["mcnemar_vs_bf16"] is None
+    # the positive control is worse: flipped labels cost accuracy on every seed
+    assert arms["noisy"]["accuracy_max"] < arms["bf16"]["accuracy_mean"], (arms["noisy"], arms["bf16"])
 
 
 @pytest.mark.parametrize("precision, layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit"), ("bf16", None)])
@@ -45,7 +55,7 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     from tinyrlhf.reward import Float32Head, evaluate_reward_model, load_reward_model
 
     profile, paths, results, _ = pipeline
-    model, info = load_reward_model(paths.rm(precision), cpu_kernel="bitsandbytes")
+    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel="bitsandbytes")
     kinds = {type(m).__name__ for m in model.modules()}
     if layer:
         assert layer in kinds
@@ -55,12 +65,12 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     assert type(head) is Float32Head and head.weight.dtype == torch.float32
     assert not model.training
     # Round trip: reloading as PPO does gives exactly the accuracy recorded when the stage evaluated its saved model.
-    model, info = load_reward_model(paths.rm(precision), cpu_kernel=profile.rm.cpu_kernel)
-    recorded = results["rm"]["arms"][precision]["cpu_kernel"]
+    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel=profile.rm.cpu_kernel)
+    recorded = results["rm"]["models"][f"{precision}/seed0"]["cpu_kernel"]
     assert (info["kernel"]["kernel"], info["kernel"]["dtype"]) == (recorded["kernel"], recorded["dtype"])
     pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
     again = evaluate_reward_model(model, info["tokenizer"], pairs)
-    assert again["accuracy"] == results["rm"]["arms"][precision]["accuracy"]
+    assert again["accuracy"] == results["rm"]["models"][f"{precision}/seed0"]["accuracy"]
 
 
 def test_ppo_gains_under_the_gold_judge_and_the_null_arm_sits_at_zero(pipeline):
@@ -68,7 +78,8 @@ def test_ppo_gains_under_the_gold_judge_and_the_null_arm_sits_at_zero(pipeline):
     ppo = results["ppo"]
     assert ppo["judge"]["kind"] == "gold" and ppo["null_arm"] == "null"
     bf16 = ppo["arms"]["bf16"]
-    assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(profile.ppo.seeds)
+    assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(profile.rm.seeds) * profile.ppo.runs_per_model
+    assert [r["rm_seed"] for r in bf16["seeds"]] == list(profile.rm.seeds)
     # The issue's claims: bf16's gain over SFT has its interval above 0; the null arm's tax interval holds 0.
     assert bf16["gold_gain_vs_sft_ci95"][0] > 0, bf16["gold_gain_vs_sft_ci95"]
     lo, hi = ppo["arms"]["null"]["tax_vs_bf16_ci95"]
@@ -86,11 +97,30 @@ def test_ppo_gains_under_the_gold_judge_and_the_null_arm_sits_at_zero(pipeline):
     assert bf16["tax_vs_bf16"] == 0.0
 
 
+def test_best_of_n_gains_on_the_pool_and_the_proxy_rises_with_n(pipeline):
+    profile, paths, results, _ = pipeline
+    bon = results["bon"]
+    assert bon["judge"]["kind"] == "gold" and bon["pool_size"] == profile.eval.bon_pool
+    assert bon["ns"][0] == 1 and bon["ns"][-1] == profile.eval.bon_pool
+    rows = [json.loads(line) for line in paths.bon_pool.read_text().splitlines()]
+    assert len(rows) == bon["candidates"] == bon["prompts"] * bon["pool_size"]
+    assert len(rows[0]["scores"]) == len(profile.bon_arms) * len(profile.rm.seeds)
+    assert sum(r["gold"] for r in rows) / len(rows) == pytest.approx(bon["pool_gold_mean"])
+    for arm in profile.bon_arms:
+        entry = bon["arms"][arm]
+        assert entry["status"] == "ok" and entry["seeds_ok"] == list(range(len(profile.rm.seeds)))
+        assert entry["by_n"][0]["gold_gain_vs_sft"] == pytest.approx(0.0, abs=1e-12)  # best of 1: the pool's mean
+        proxy = [row["proxy_gain"] for row in entry["by_n"]]
+        assert proxy == sorted(proxy) and proxy[-1] > 0  # best-of-n raises what it ranks by
+    star = bon["arms"]["bf16"]["at_n_star"]
+    assert star["n"] == bon["n_star"] > 1 and star["gold_gain_vs_sft_ci95"][0] > 0  # best-of-n beats sampling
+
+
 def test_every_policy_is_scored_by_the_judge_and_every_reward_model(pipeline):
     _, _, results, _ = pipeline
     m = results["ppo"]["cross_matrix"]
-    assert m["policies"] == ["sft", "bf16", "int8", "int4", "null"]
-    assert m["judges"] == ["judge", "bf16", "int8", "int4", "null"]
+    assert m["policies"] == ["sft", "bf16", "int8", "int4", "null", "noisy"]
+    assert m["judges"] == ["judge", "bf16", "int8", "int4", "null", "noisy"]
     assert all(v is not None for row in m["mean_reward"] for v in row)
     sft_row, bf16_row = m["mean_reward"][0], m["mean_reward"][1]
     assert bf16_row[1] > sft_row[1]  # PPO raised what it trained against
@@ -98,22 +128,22 @@ def test_every_policy_is_scored_by_the_judge_and_every_reward_model(pipeline):
 
 def test_results_validate_and_figures_redraw_from_the_json_alone(pipeline, tmp_path):
     _, paths, results, _ = pipeline
-    for kind in ("data_stats", "sft", "rm", "ppo"):
+    for kind in ("data_stats", "sft", "rm", "bon", "ppo"):
         schema.validate(results[kind], kind)
-    for name in ("rm_results.json", "ppo_experiment_results.json"):  # a paper author's copy, in another folder
+    for name in ("rm_results.json", "bon_results.json", "ppo_experiment_results.json"):  # a paper author's copy
         (tmp_path / name).write_text((paths.results / name).read_text())
     drawn = plots.draw_all(tmp_path, tmp_path / "figs")
-    assert len(drawn) == 9
+    assert len(drawn) == 14
     for files in drawn.values():
         assert all(f.exists() and f.stat().st_size > 1000 for f in files)
 
 
 def test_reruns_reuse_finished_stages(pipeline):
-    from tinyrlhf.stages import run_data, run_ppo, run_rm, run_sft
+    from tinyrlhf.stages import run_bon, run_data, run_ppo, run_rm, run_sft
 
     profile, paths, _, _ = pipeline
     before = paths.result("ppo").read_bytes()
-    for run in (run_data, run_sft, run_rm, run_ppo):
+    for run in (run_data, run_sft, run_rm, run_bon, run_ppo):
         assert run(profile, paths, progress=False)["reused"], run.__name__
     assert paths.result("ppo").read_bytes() == before
 
@@ -124,7 +154,7 @@ def test_reward_wrapper_stays_on_cpu_and_returns_scores_to_the_callers_device(pi
     from tinyrlhf.reward import CPURewardModel, load_reward_model
 
     _, paths, _, _ = pipeline
-    rm, info = load_reward_model(paths.rm("int8"))
+    rm, info = load_reward_model(paths.rm("int8", 0))
     wrapper = CPURewardModel(rm, "cpu")
     # What PPOTrainer does to the reward model: a no-op here, for a CUDA device too.
     assert wrapper.to("cuda") is wrapper and wrapper.to(torch.device("cuda", 0)) is wrapper
@@ -148,7 +178,7 @@ MEMORY_BAND = (0.5, 2.0)
 
 def test_measured_peaks_lie_within_the_stated_band_of_the_estimates(pipeline):
     _, _, results, _ = pipeline
-    records = [results["sft"]["memory"]] + [r["memory"] for r in results["rm"]["arms"].values()]
+    records = [results["sft"]["memory"]] + [r["memory"] for r in results["rm"]["models"].values()]
     records += [s["memory"] for a in results["ppo"]["arms"].values() for s in a["seeds"]]
     for rec in records:
         assert rec["measured"] == "process peak RSS" and rec["estimate_bytes"] > 0

@@ -19,17 +19,24 @@ from tinyrlhf.results import atomic_write_json
 from tinyrlhf.schema import SchemaError
 
 sys.path.insert(0, str(Path(__file__).parent))  # the builders live beside this file, in test_schema.py
-from test_schema import ARMS, make_ppo_results, make_rm_results
+from test_schema import ARMS, SEEDS, make_bon_results, make_ppo_results, make_rm_results
 
 ALL_FIGURES = {"rm_accuracy", "rm_costs", "ppo_gold_gain", "ppo_tax", "ppo_frontier", "ppo_training_curves",
                "ppo_time_memory", "ppo_cross_matrix", "rm_vs_ppo"}
+BON_FIGURES = {"bon_frontier", "bon_proxy_vs_gold", "bon_tax", "frontiers", "taxes"}
 REASON = "CUDA out of memory at step 3"
 
 
-def write_results(folder: Path, rm: dict | None, ppo: dict | None) -> Path:
+def every_seed(arm: str, reason: str = REASON) -> dict:
+    return {f"{arm}/seed{s}": reason for s in SEEDS}
+
+
+def write_results(folder: Path, rm: dict | None, ppo: dict | None, bon: dict | None = None) -> Path:
     """Save results the way the stages do (atomic, strict JSON)."""
     if rm is not None:
         atomic_write_json(folder / "rm_results.json", rm)
+    if bon is not None:
+        atomic_write_json(folder / "bon_results.json", bon)
     if ppo is not None:
         atomic_write_json(folder / "ppo_experiment_results.json", ppo)
     return folder
@@ -116,34 +123,39 @@ def test_each_arm_has_one_colour_across_figures():
     for fig in figures:
         colors = colors_by_precision(fig)
         assert {a: colors[a] for a in ARMS} == expected
-    assert len(set(expected.values())) == 4
+    assert len(set(expected.values())) == len(ARMS)
     assert to_hex(plots.precision_color("sft")) not in expected.values()
     with pytest.raises(KeyError, match="bf16"):
         plots.precision_color("fp8")
 
 
 def test_failed_arm_is_an_annotated_gap_not_a_crash(tmp_path):
-    rm = make_rm_results(failed={"int4": REASON})
+    rm = make_rm_results(failed=every_seed("int4"))
     ppo = make_ppo_results(failed={"int4": REASON})
+    bon = make_bon_results(failed=every_seed("int4"))
     figures = {name: draw(rm) for name, draw in plots.RM_FIGURES.items()}
     figures |= {name: draw(ppo) for name, draw in plots.PPO_FIGURES.items()}
     figures["rm_vs_ppo"] = plots.plot_rm_vs_ppo(rm, ppo)
+    figures["bon_frontier"] = plots.plot_bon_frontier(bon)
     for name, fig in figures.items():
         text = figure_text(fig)
         if name == "ppo_cross_matrix":
             assert "—" in text  # the failed policy's cells are marked as missing
+        elif name == "bon_frontier":
+            assert "failed" in text and "no scores" in text, f"{name}: {text}"
         else:
             assert "failed" in text and REASON in text, f"{name}: {text}"
         assert "int4" not in colors_by_precision(fig), name  # nothing drawn for it
     # And the whole pipeline, from files, with bf16 (the baseline of the tax) failed as well.
-    write_results(tmp_path, rm, make_ppo_results(failed={"bf16": "diverged", "int4": REASON}))
-    assert set(plots.draw_all(tmp_path)) == ALL_FIGURES
+    write_results(tmp_path, rm, make_ppo_results(failed={"bf16": "diverged", "int4": REASON}),
+                  make_bon_results(failed=every_seed("bf16", "diverged")))
+    assert set(plots.draw_all(tmp_path)) == ALL_FIGURES | BON_FIGURES
 
 
 def test_summary_table_gives_gains_and_taxes_with_intervals_that_do_not_wrap():
     ppo = make_ppo_results()
     table = plots.summary_table(ppo)
-    assert list(table["arm"]) == ["bf16", "int8", "int4", "null (bf16, other seed)"]
+    assert list(table["arm"]) == ["bf16", "int8", "int4", "null (bf16, other seed)", "noisy (bf16, flipped labels)"]
     bf16, int8 = ppo["arms"]["bf16"], ppo["arms"]["int8"]
     row = table.iloc[1]
     lo, hi = int8["gold_gain_vs_sft_ci95"]
@@ -156,29 +168,61 @@ def test_summary_table_gives_gains_and_taxes_with_intervals_that_do_not_wrap():
     failed = plots.summary_table(make_ppo_results(failed={"bf16": "diverged"}))
     bf16_row, int8_row = failed.iloc[0], failed.iloc[1]
     assert bf16_row["judge's gain vs SFT [95% CI]"] == bf16_row["KL"] == "failed"
-    assert bf16_row["status"] == "failed: seed 0: diverged; seed 1: diverged"
+    assert bf16_row["status"] == ("failed: diverged (RM seed 0, PPO seed 0, RM seed 1, PPO seed 1, RM seed 2, "
+                                  "PPO seed 2)")
     assert int8_row["tax vs bf16 [95% CI]"] == "—"  # no baseline, no tax
 
 
-def test_rm_table_formats_accuracy_per_category_and_mcnemar():
-    rm = make_rm_results(failed={"int4": REASON})
+def test_rm_table_summarises_each_arm_over_its_seeds():
+    rm = make_rm_results(failed=every_seed("int4") | {"int8/seed1": REASON})
     table = plots.rm_table(rm)
-    assert table.iloc[0]["accuracy [95% CI]"] == "0.83\u00a0[0.78,\u00a00.88]"
-    assert set(table.columns) >= {"rude", "off-topic", "harmful", "McNemar p vs bf16"}
-    assert table.iloc[0]["McNemar p vs bf16"] == "—" and table.iloc[1]["McNemar p vs bf16"] == "0.30"
-    assert table.iloc[2]["accuracy [95% CI]"] == "failed"
-    assert table.iloc[2]["status"] == f"failed: {REASON}"
+    bf16 = [m["accuracy"] for mid, m in rm["models"].items() if mid.startswith("bf16/")]
+    assert table.iloc[0]["accuracy: mean [min, max]"] == \
+        f"{sum(bf16) / 3:.2f} [{min(bf16):.2f}, {max(bf16):.2f}]".replace(" ", "\u00a0")
+    assert set(table.columns) >= {"rude: mean (min)", "off-topic: mean (min)", "harmful: mean (min)",
+                                  "above chance, every category"}
+    assert table.iloc[0]["seeds"] == "3/3" and table.iloc[1]["seeds"] == "2/3"
+    assert table.iloc[1]["status"] == "partial (2/3 seeds)"
+    assert table.iloc[2]["accuracy: mean [min, max]"] == "failed" and REASON in table.iloc[2]["status"]
     assert table.iloc[0]["footprint (MiB)"] == "48.00"
 
 
-def test_tax_sentences_say_whether_each_arm_is_apart_from_the_null_arm():
+def test_above_chance_needs_every_category_s_interval_above_one_half():
+    from tinyrlhf.reward import above_chance, seed_summary
+
+    rm = make_rm_results()
+    models = [rm["models"][f"bf16/seed{s}"] for s in SEEDS]
+    assert all(above_chance(m) for m in models) and seed_summary(models)["above_chance_share"] == 1.0
+    models[0]["by_category"]["off_topic"]["accuracy_ci95"] = [0.45, 0.7]  # at chance on one category
+    assert not above_chance(models[0]) and seed_summary(models)["above_chance_share"] == pytest.approx(2 / 3)
+
+
+def test_tax_sentences_state_the_controls_and_what_an_interval_rules_out():
     from tinyrlhf import display
 
     ppo = make_ppo_results()
     lines = display.tax_sentences(ppo)
     assert lines[0].startswith("bf16: gain over SFT")
-    assert any(line.startswith("int8: tax") and "null arm" in line for line in lines)
-    assert any(line.startswith("null (bf16, other seed): tax") and "noise floor" in line for line in lines)
+    assert any(line.startswith("null (bf16, other seed): tax") and "negative control" in line for line in lines)
+    assert any(line.startswith("noisy (bf16, flipped labels): tax") and "positive control" in line for line in lines)
+    bon = make_bon_results()
+    text = " ".join(display.bon_sentences(bon))
+    assert f"n* = {bon['n_star']}" in text and "positive control" in text
+    e = {"tax_vs_bf16": 0.01, "tax_vs_bf16_ci95": [-0.03, 0.05], "gain_diff_vs_bf16": -0.01,
+         "gain_diff_vs_bf16_ci95": [-0.04, 0.02], "tax_minus_null_ci95": [-0.05, 0.04]}
+    assert "costs less than 5.0% of bf16's gain (95%)" in display._tax_words("int4", e, "null")
+    assert "within the null arm's noise" in display._tax_words("int4", e, "null")
+    undefined = {"tax_vs_bf16": None, "tax_undefined": "bf16's gain interval reaches 0", "gain_diff_vs_bf16": -0.01}
+    assert display._tax_words("int4", undefined, "null").startswith("tax undefined (bf16's gain interval reaches 0)")
+
+
+def test_bon_tables_give_every_arm_at_n_star_and_every_n():
+    bon = make_bon_results()
+    table = plots.bon_table(bon)
+    assert list(table["arm"])[-2:] == ["int8 served (bf16-trained)", "int4 served (bf16-trained)"]
+    assert table.iloc[0]["tax vs bf16 [95% CI]"] == "+0.0%"
+    by_n = plots.bon_by_n_table(bon)
+    assert list(by_n["n"]) == bon["ns"] and "int4 tax" in by_n.columns and "bf16 tax" not in by_n.columns
 
 
 def test_import_keeps_a_chosen_backend_and_stays_light():
@@ -195,7 +239,7 @@ def test_saved_figures_are_shown_at_their_inline_size(tmp_path, monkeypatch):
     from tinyrlhf import display as show
 
     ppo = make_ppo_results()
-    written = plots.draw_all(write_results(tmp_path, make_rm_results(), ppo), tmp_path / "figures")
+    written = plots.draw_all(write_results(tmp_path, make_rm_results(), ppo, make_bon_results()), tmp_path / "figures")
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
     show.show_pngs(written)

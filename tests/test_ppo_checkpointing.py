@@ -16,7 +16,7 @@ def _run(paths, profile, out):
     from tinyrlhf import ppo
 
     p = profile.ppo
-    return ppo.train_ppo(paths.data_file("train"), out_dir=out, sft_path=paths.sft_merged, rm_path=paths.rm("bf16"),
+    return ppo.train_ppo(paths.data_file("train"), out_dir=out, sft_path=paths.sft_merged, rm_path=paths.rm("bf16", 0),
                          profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch, micro_batch=p.micro_batch,
                          rollout_chunk=p.rollout_chunk, ppo_epochs=p.ppo_epochs, ppo_lr=p.ppo_lr, max_new=p.max_new,
                          clip=p.clip, kl_coef=p.kl_coef, steps=p.steps, lr_scheduler=p.lr_scheduler,

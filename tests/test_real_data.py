@@ -12,13 +12,14 @@ pytestmark = [pytest.mark.slow, requires_hh]
 
 # The real data has no gold rules: the default judge ("auto") is then a bf16 reward model trained on the other half
 # (as on GPU profiles), so the README's `TINYRLHF_HH_DIR=../shared/hh-rlhf make run` runs to the end.
-SMALL = {"base.pretrain_steps": 10, "sft.max_steps": 3, "rm.max_steps": 3, "ppo.steps": 1, "ppo.seeds": [0],
+SMALL = {"base.pretrain_steps": 10, "sft.max_steps": 3, "rm.max_steps": 3, "ppo.steps": 1, "rm.seeds": [0],
          "ppo.ppo_batch": 8, "ppo.mini_batch": 8, "ppo.micro_batch": 8, "ppo.rollout_chunk": 8, "ppo.ppo_epochs": 1,
-         "eval.prompts": 8, "eval.samples": 2, "eval.checkpoints": 1, "eval.bootstrap": 50, "workers": 1}
+         "eval.prompts": 8, "eval.samples": 2, "eval.checkpoints": 1, "eval.bootstrap": 50, "eval.bon_pool": 4,
+         "workers": 1}
 
 
 def test_real_sample_runs_every_stage(tmp_path, monkeypatch):
-    from tinyrlhf.stages import run_data, run_ppo, run_rm, run_sft
+    from tinyrlhf.stages import run_bon, run_data, run_ppo, run_rm, run_sft
 
     monkeypatch.setenv("TINYRLHF_HH_DIR", str(HH_DIR))
     profile = get_profile("cpu", overrides=SMALL)
@@ -32,14 +33,21 @@ def test_real_sample_runs_every_stage(tmp_path, monkeypatch):
     assert len(sft["generations"]) == profile.sft.sample_prompts
 
     rm = run_rm(profile, paths, progress=False)
-    assert set(rm["arms"]) == {*PRECISIONS, "null", "judge"} and rm["judge_arm"] == "judge"
-    assert rm["arms"]["judge"]["train_pairs"] + rm["arms"]["bf16"]["train_pairs"] == stats["train"]
+    assert set(rm["arms"]) == {*PRECISIONS, "null", "noisy", "judge"} and rm["judge_arm"] == "judge"
+    models = rm["models"]
+    assert models["judge"]["train_pairs"] + models["bf16/seed0"]["train_pairs"] == stats["train"]
+    assert models["noisy/seed0"]["flipped_pairs"] == round(0.25 * models["noisy/seed0"]["train_pairs"])
     for p in PRECISIONS:
-        rec = rm["arms"][p]
+        rec = models[f"{p}/seed0"]
         assert rec["status"] == "ok", rec.get("reason")
         assert rec["n_test_pairs"] == min(stats["test"], profile.rm.eval_pairs)
         assert 0.0 <= rec["accuracy"] <= 1.0 and rec["accuracy_ci95"][0] <= rec["accuracy"] <= rec["accuracy_ci95"][1]
-        assert (paths.rm(p) / "adapter_model.safetensors").exists()
+        assert (paths.rm(p, 0) / "adapter_model.safetensors").exists()
+
+    bon = run_bon(profile, paths, progress=False)
+    assert bon["judge"]["kind"] == "reward_model" and bon["candidates"] == profile.eval.prompts * 4
+    assert all(bon["arms"][arm]["status"] == "ok" for arm in profile.bon_arms)
+    assert len(paths.bon_pool.read_text().splitlines()) == bon["candidates"]
 
     ppo = run_ppo(profile, paths, progress=False)
     assert ppo["judge"]["kind"] == "reward_model" and ppo["judge"]["path"] == str(paths.rm("judge"))
@@ -48,7 +56,7 @@ def test_real_sample_runs_every_stage(tmp_path, monkeypatch):
         assert (paths.policy(arm, 0) / "adapter_model.safetensors").exists()
     assert ppo["eval"]["prompts"] == len(ppo["sft"]["judge_per_prompt"]) == profile.eval.prompts
     for kind, name in (("data_stats", "data_stats.json"), ("sft", "sft_results.json"), ("rm", "rm_results.json"),
-                       ("ppo", "ppo_experiment_results.json")):
+                       ("bon", "bon_results.json"), ("ppo", "ppo_experiment_results.json")):
         saved = read_json(paths.results / name)
         schema.validate(saved, kind)
         assert saved["manifest"]["data_source"]["source"] == "local" if kind != "data_stats" else True

@@ -65,7 +65,7 @@ def test_a_ppo_run_gives_the_same_statistics_with_and_without_the_patch(tiny_wor
     p = profile.ppo
 
     def run(out):
-        return ppo.train_ppo(paths.data_file("train"), out_dir=out, sft_path=paths.sft_merged, rm_path=paths.rm("bf16"),
+        return ppo.train_ppo(paths.data_file("train"), out_dir=out, sft_path=paths.sft_merged, rm_path=paths.rm("bf16", 0),
                              profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
                              micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, ppo_epochs=p.ppo_epochs,
                              ppo_lr=p.ppo_lr, max_new=p.max_new, clip=p.clip, kl_coef=p.kl_coef, steps=p.steps,

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def _trainer(profile, paths, **overrides):
     p = profile.ppo
-    kwargs = dict(sft_path=str(paths.sft_merged), rm_path=paths.rm("int4"), out_dir=paths.root / "ppo_probe",
+    kwargs = dict(sft_path=str(paths.sft_merged), rm_path=paths.rm("int4", 0), out_dir=paths.root / "ppo_probe",
                   profile=profile, ppo_batch=8, ppo_epochs=2, max_new=p.max_new, ppo_lr=1e-3, clip=0.2,
                   kl_coef=0.05, mini_batch=4, micro_batch=2, rollout_chunk=4, missing_eos_penalty=1.5, steps=1,
                   target_modules=p.target_modules, seed=0) | overrides
@@ -58,7 +58,7 @@ def test_scores_do_not_depend_on_how_replies_are_batched(tiny_world):
     """In float32, where a matmul does not depend on the batch's shape at this tolerance on any CPU (in bf16 on a CPU
     with native bf16 it does, at bf16's resolution: test_cpu_scoring checks that case)."""
     profile, paths = tiny_world
-    model, info = load_reward_model(paths.rm("bf16"), compute_dtype=torch.float32)
+    model, info = load_reward_model(paths.rm("bf16", 0), compute_dtype=torch.float32)
     wrapper, tok = CPURewardModel(model), info["tokenizer"]
     policy = __import__("tinyrlhf.base_model", fromlist=["x"]).load_causal_lm(paths.sft_merged)
     prompts = ["\n\nHuman: How do I make tea?\n\nAssistant:",

@@ -160,7 +160,8 @@ def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
     seq = d.max_prompt_tokens + d.max_response_tokens  # the profile's limits: an upper bound on the work
     flops_per_s = machine.bf16_tflops * 1e12 * mfu
-    arms = len(profile.arms) + (1 if e.judge == "heldout" else 0)
+    seeds = len(r.seeds)
+    models = len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0)  # reward models trained
     rows = []
 
     sft_tokens = s.max_steps * s.batch_size * s.accum * seq
@@ -169,13 +170,20 @@ def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
 
     rm_tokens = r.max_steps * r.batch_size * r.accum * 2 * seq
     rm_cpu = r.eval_pairs * 2 * seq / machine.cpu_tokens_per_s
-    rows.append(_row(f"reward models (03), {arms} arms", arms * 4 * backbone * rm_tokens / flops_per_s,
-                     arms * rm_cpu, f"{rm_tokens / 1e6:.1f} M tokens trained per arm; "
-                                    f"{r.eval_pairs} test pairs scored on the CPU per arm"))
+    rows.append(_row(f"reward models (03), {models} models", models * 4 * backbone * rm_tokens / flops_per_s,
+                     models * rm_cpu, f"{rm_tokens / 1e6:.1f} M tokens trained per model "
+                                      f"({len(profile.arms)} arms x {seeds} seeds); "
+                                      f"{r.eval_pairs} test pairs scored on the CPU per model"))
 
-    runs = len(profile.arms) * len(p.seeds)
     step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)  # bf16 weights read per step
     ppo_seq = d.max_prompt_tokens + p.max_new
+    pool = e.prompts * e.bon_pool
+    scorers = len(profile.bon_arms) * seeds
+    rows.append(_row("best-of-n (03)", pool / EVAL_GENERATION_BATCH * p.max_new * step_s,
+                     scorers * pool * ppo_seq / machine.cpu_tokens_per_s,
+                     f"{pool} candidates generated, each scored by {scorers} reward models on the CPU"))
+
+    runs = len(profile.arms) * seeds * p.runs_per_model
     per_update_tokens = p.ppo_batch * ppo_seq
     gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s
                   + (4 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
@@ -185,7 +193,7 @@ def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
 
     replies = runs * (e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples) \
         + e.prompts * e.samples  # the SFT policy's replies too
-    scored = replies + runs * len(profile.arms) * e.prompts * e.cross_samples
+    scored = replies + runs * len(profile.arms) * e.prompts * e.cross_samples  # cross: every arm of the same seed
     eval_gpu = replies / EVAL_GENERATION_BATCH * p.max_new * step_s
     rows.append(_row("evaluation (04)", eval_gpu, scored * ppo_seq / machine.cpu_tokens_per_s,
                      f"{replies} replies generated, {scored} scored on the CPU"))

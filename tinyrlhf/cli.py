@@ -1,7 +1,7 @@
 """The command line: ``tinyrlhf run|plots|env`` (also ``python -m tinyrlhf``).
 
     tinyrlhf run                                  # every stage, default profile
-    tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'ppo.seeds=[0,1,2]'
+    tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'rm.seeds=[0,1,2]'
     tinyrlhf plots results/ paper/figures/
     tinyrlhf env
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PRECISIONS = ("bf16", "int8", "int4")
-NULL_ARM = "null"  # a second bf16 reward model with another seed: its "tax" is the noise floor
+NULL_ARM = "null"  # a second bf16 reward model with another seed: its "tax" is the noise floor (negative control)
+# bf16 trained with a share of the training labels flipped (Coste et al. 2023's label noise): a reward model known to
+# be worse, whose tax the instrument must detect (positive control)
+NOISY_ARM = "noisy"
+# Best-of-n only: each seed's bf16 reward model (trained in bf16) scored with its backbone quantized after training
+SERVED_PREFIX = "served-"
+NULL_SEED_OFFSET = 1000  # the null arm's reward model for seed s trains with seed s + this
 DATA_SOURCES = ("auto", "synthetic", "hub", "local")
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
 DEVICES = ("auto", "cpu", "cuda")
@@ -43,6 +49,8 @@ def hub_revision(revision: str) -> str | None:
     """The `revision=` argument for the hub: None for LATEST."""
     return None if revision == LATEST else revision
 
+
+PPO_RUN_STRIDE = 100  # PPOSettings.runs_per_model: run r's PPO seed is the reward-model seed + r * this
 
 SCRATCH_MODEL = "scratch-qwen2"  # the cpu profile's base model: a small Qwen2 built and pre-trained here
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -88,6 +96,7 @@ _RULES = {
     "threads": (_nonneg, "an integer >= 0 (0: torch's default)"),
     "rm_threads": (_nonneg, "an integer >= 0 (0: chosen from the cores, see PPOSettings)"),
     "max_pairs": (_nonneg, "an integer >= 0 (0: keep all)"),
+    "label_noise": (_share, "a share strictly between 0 and 1"),
 }
 
 
@@ -154,7 +163,14 @@ class SFTSettings:
 @dataclass(frozen=True)
 class RMSettings:
     precisions: tuple = PRECISIONS
-    null_arm: bool = True  # also train a second bf16 reward model with another seed, and run PPO against it
+    # The reward-model seeds: the unit of replication. Each seed trains one reward model per precision (the same
+    # seed: the same data order, LoRA and head initialisation, so precisions are paired within a seed), the null
+    # arm's and the noisy arm's; intervals resample them. With one reward model per arm, a second bf16 seed moved as
+    # much as int8 or int4 did.
+    seeds: tuple = (0, 1, 2, 3, 4)
+    null_arm: bool = True  # per seed, a second bf16 reward model (seed + NULL_SEED_OFFSET): the negative control
+    noisy_arm: bool = True  # per seed, bf16 with `label_noise` of the training labels flipped: the positive control
+    label_noise: float = 0.25
     batch_size: int = 8
     accum: int = 1
     lr: float = 1e-3
@@ -179,7 +195,9 @@ class RMSettings:
 
 @dataclass(frozen=True)
 class PPOSettings:
-    seeds: tuple = (0, 1, 2, 3, 4)
+    # PPO runs per reward model (arm and reward-model seed); run r against seed s uses PPO seed s + 100 * r, the
+    # same for every arm (paired)
+    runs_per_model: int = 1
     ppo_batch: int = 32  # rollouts per PPO update
     mini_batch: int = 8  # sequences per optimizer step: ppo_batch / mini_batch steps per PPO epoch
     micro_batch: int = 8  # sequences per forward/backward pass; gradients accumulate up to mini_batch
@@ -218,7 +236,9 @@ class EvalSettings:
     checkpoints: int = 5  # evaluations along each run, evenly spaced, the last at the end
     checkpoint_samples: int = 1  # replies per prompt at the earlier checkpoints
     cross_samples: int = 1  # replies per prompt scored by every other reward model (the cross matrix)
-    bootstrap: int = 2000  # resamples of the hierarchical bootstrap (seeds, then prompts)
+    bootstrap: int = 2000  # resamples for the frontier fits' intervals (the taxes' intervals are jackknife-t)
+    # Best-of-n: candidates the SFT policy samples per evaluation prompt, judged once, ranked by every reward model
+    bon_pool: int = 64
     show_samples: int = 3
 
 
@@ -248,8 +268,20 @@ class Profile:
 
     @property
     def arms(self) -> tuple:
-        """The reward models PPO trains against: one per precision, then the null arm."""
-        return tuple(self.rm.precisions) + ((NULL_ARM,) if self.rm.null_arm else ())
+        """The arms PPO trains against (a reward model per seed each): one per precision, the null and noisy arms."""
+        return (tuple(self.rm.precisions) + ((NULL_ARM,) if self.rm.null_arm else ())
+                + ((NOISY_ARM,) if self.rm.noisy_arm else ()))
+
+    @property
+    def bon_arms(self) -> tuple:
+        """The arms best-of-n compares: PPO's, and each quantized precision served from the bf16-trained models."""
+        served = tuple(SERVED_PREFIX + p for p in self.rm.precisions if p != "bf16") if "bf16" in self.rm.precisions \
+            else ()
+        return self.arms + served
+
+    def ppo_seed(self, rm_seed: int, run: int) -> int:
+        """The PPO seed of run `run` against the reward models of seed `rm_seed` (the same in every arm)."""
+        return rm_seed + PPO_RUN_STRIDE * run
 
 
 SECTIONS = {"data": DataSettings, "base": BaseSettings, "sft": SFTSettings, "rm": RMSettings, "ppo": PPOSettings,
@@ -270,9 +302,9 @@ PROFILES = {
                         gradient_checkpointing=True, eval_pairs=500),
         rm=RMSettings(batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05, target_modules=ATTENTION,
                       eval_pairs=1000),
-        ppo=PPOSettings(seeds=(0, 1, 2), ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=4, ppo_lr=1.41e-5,
+        ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=4, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=100),
-        eval=EvalSettings(judge="heldout", prompts=256, samples=4, checkpoints=5, checkpoint_samples=1),
+        eval=EvalSettings(judge="heldout", prompts=256, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
     ),
 }
 
@@ -341,7 +373,10 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {p.device!r}")
     _check_value("", "seed", p.seed, int)
     _check_seeds("seed", [p.seed])
-    _check_seeds("ppo.seeds", list(p.ppo.seeds))
+    _check_seeds("rm.seeds", list(p.rm.seeds))
+    if max(p.rm.seeds) >= PPO_RUN_STRIDE:
+        raise ConfigError(f"rm.seeds must be below {PPO_RUN_STRIDE} (a PPO seed is the reward-model seed + "
+                          f"{PPO_RUN_STRIDE} x the run), got {list(p.rm.seeds)!r}")
     _check_value("", "workers", p.workers, int)
     _check_value("", "threads", p.threads, int)
     if p.report_to not in REPORTERS:
@@ -510,11 +545,18 @@ class Paths:
     def sft_merged(self) -> Path:
         return self.sft / "merged"
 
-    def rm(self, precision: str) -> Path:
-        return self.models / "rm" / precision
+    def rm(self, arm: str, seed: int | None = None) -> Path:
+        """A reward model: an arm's for one reward-model seed, or (seed None) one of its own, like the judge."""
+        return self.models / "rm" / arm / (f"seed{seed}" if seed is not None else "")
 
-    def policy(self, precision: str, seed: int) -> Path:
-        return self.models / f"ppo_policy_{precision}" / f"seed{seed}"
+    @property
+    def bon_pool(self) -> Path:
+        """Best-of-n's candidates, their gold scores and every reward model's scores (JSON lines)."""
+        return self.models / "bon" / "pool.jsonl"
+
+    def policy(self, arm: str, seed: int) -> Path:
+        """A PPO policy: `seed` is its PPO seed (profile.ppo_seed)."""
+        return self.models / f"ppo_policy_{arm}" / f"seed{seed}"
 
     def result(self, kind: str) -> Path:
         """A stage's result file: kind "data_stats", "sft", "rm", "ppo" or "environment"."""
@@ -538,7 +580,7 @@ class Paths:
 
 DATA_FILES = {"train": "train_prefs.jsonl", "test": "test_prefs.jsonl", "sft": "sft_train.jsonl"}
 RESULT_FILES = {"data_stats": "data_stats.json", "sft": "sft_results.json", "rm": "rm_results.json",
-                "ppo": "ppo_experiment_results.json", "environment": "environment.json"}
+                "bon": "bon_results.json", "ppo": "ppo_experiment_results.json", "environment": "environment.json"}
 
 
 def repo_root() -> Path:

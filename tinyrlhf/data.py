@@ -248,6 +248,17 @@ def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int) -> tuple
     return train, test
 
 
+def flip_labels(pairs: list[Pair], share: float, seed: int) -> tuple[list[Pair], list[int]]:
+    """A copy of `pairs` with chosen and rejected swapped in round(share x len) of them, drawn with `seed`: the
+    label noise of Coste et al. 2023, for a reward model known to be worse (the positive control). Returns the
+    pairs and the sorted indices flipped."""
+    flipped = sorted(random.Random(seed).sample(range(len(pairs)), round(share * len(pairs))))
+    out = list(pairs)
+    for i in flipped:
+        out[i] = replace(pairs[i], chosen=pairs[i].rejected, rejected=pairs[i].chosen)
+    return out, flipped
+
+
 def percentiles(values: list[int]) -> dict:
     if not values:
         return {}

@@ -141,12 +141,12 @@ def kernel_check_table(result: dict) -> pd.DataFrame:
     """03's record of how each quantized reward model scores on the CPU (the kernel PPO uses) and how far
     bitsandbytes' own CPU paths are from it on the held-out pairs."""
     rows = []
-    for arm, rec in result["arms"].items():
+    for mid, rec in result["models"].items():
         check = rec.get("cpu_kernel_check")
         if rec.get("status") != "ok" or not check:
             continue
         for other, c in check["others"].items():
-            rows.append({"arm": arm, "scores with": f"{check['used']} ({rec['cpu_kernel']['dtype']})",
+            rows.append({"reward model": mid, "scores with": f"{check['used']} ({rec['cpu_kernel']['dtype']})",
                          "other CPU path": other, "same order": f"{c['same_order']:.1%}",
                          "largest score difference": f"{c['max_abs_score_difference']:.2g}",
                          "mean |margin|": f"{check['mean_abs_margin']:.2f}",
@@ -336,37 +336,96 @@ def generations_table(result: dict, width: int = 400) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ 03 reward models
 def plot_rm_loss(result: dict) -> Figure:
-    """Reward-model training loss per logged point, one line per arm in its colour."""
-    fig = Figure(figsize=(6.2, 3.2), layout="constrained")
+    """Reward-model training loss per logged point: a thin line per reward-model seed in its arm's colour."""
+    fig = Figure(figsize=(6.8, 3.4), layout="constrained")
     ax = fig.add_subplot()
-    for arm, entry in result["arms"].items():
-        curve = [v for v in entry.get("loss_curve") or [] if v is not None]
-        if entry.get("status") == "ok" and curve:
-            ax.plot(range(1, len(curve) + 1), curve, color=precision_color(arm), label=arm_label(arm), marker="o",
-                    ms=3)
-        else:
+    for arm, summary in result["arms"].items():
+        curves = [[v for v in m.get("loss_curve") or [] if v is not None]
+                  for m in result["models"].values() if m.get("arm") == arm and m.get("status") == "ok"]
+        curves = [c for c in curves if c]
+        for i, curve in enumerate(curves):
+            ax.plot(range(1, len(curve) + 1), curve, color=precision_color(arm), lw=1, alpha=0.6,
+                    label=f"{arm_label(arm)} ({len(curves)} seeds)" if i == 0 else None)
+        if not curves:
             ax.plot([], [], ls=":", color=precision_color(arm),
-                    label=f"{arm}: {textwrap.shorten(entry.get('reason') or 'no curve', 40, placeholder='…')}")
+                    label=f"{arm}: {textwrap.shorten(summary.get('reason') or 'no curve', 40, placeholder='…')}")
     ax.axhline(math.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("logged point")
     ax.set_ylabel("pairwise loss")
-    ax.set_title("Reward-model training loss", fontsize=10)
+    ax.set_title("Reward-model training loss (a line per seed)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
 def rm_category_sentences(result: dict) -> list[str]:
-    """Which reward models are above chance (the whole 95% interval over 0.5) in which category."""
+    """Per arm: how many of its seeds are above chance (the whole 95% interval over 0.5) in every category, and
+    which seed and category fall short."""
     lines = []
     for arm, e in result["arms"].items():
-        by = e.get("by_category") or {}
-        if e.get("status") != "ok" or not by:
+        models = [m for m in result["models"].values() if m.get("arm") == arm and m.get("status") == "ok"]
+        if not models:
             continue
-        weak = [c for c, v in by.items() if v["accuracy_ci95"][0] <= 0.5]
-        lines.append(f"{arm_label(arm)}: above chance in every category" if not weak else
-                     f"{arm_label(arm)}: not shown above chance on {', '.join(weak)} (interval reaches 0.5)")
+        weak = [f"{m['seed'] if m['seed'] is not None else arm} on {c}" for m in models
+                for c, v in (m.get("by_category") or {}).items() if v["accuracy_ci95"][0] <= 0.5]
+        share = e.get("above_chance_share")
+        text = f"{arm_label(arm)}: {share:.0%} of {len(e['seeds'])} seed(s) above chance in every category"
+        lines.append(text + ("." if not weak else f"; not shown above chance: seed {', seed '.join(weak)} "
+                                                  "(interval reaches 0.5)."))
     return lines
+
+
+def pool_samples_table(bon: dict, width: int = 300) -> pd.DataFrame:
+    """A few candidates of best-of-n's pool as text, with the judge's score and whether they ended."""
+    cut = lambda t: (t or "").strip() if len(t or "") <= width else t[:width] + " …"
+    return pd.DataFrame([{"prompt": cut(s["prompt"]), "candidate": cut(s["response"]),
+                          "ended": "yes" if s.get("ended", True) else "no (cut at max_new)",
+                          "judge": _num(s.get("gold"), ".2f")} for s in bon.get("samples") or []],
+                        columns=["prompt", "candidate", "ended", "judge"])
+
+
+def bon_sentences(bon: dict) -> list[str]:
+    """Best-of-n in words: where bf16 peaks, each arm's tax at n* with what its interval rules out, and the
+    controls' verdicts."""
+    star = bon.get("n_star")
+    bf16 = (bon["arms"].get("bf16") or {}).get("at_n_star") or {}
+    if star is None or bf16.get("gold_gain_vs_sft") is None:
+        return ["No best-of-n gain for bf16: nothing to compare against."]
+    g = bf16.get("gold_gain_vs_sft_ci95") or [None, None]
+    lines = [f"bf16's best-of-n gold gain peaks at n* = {star}: {bf16['gold_gain_vs_sft']:+.3f} over the SFT "
+             f"policy's mean ({bon['pool_gold_mean']:.3f}), 95% CI [{_num(g[0], '+.3f')}, {_num(g[1], '+.3f')}]."]
+    for arm, e in bon["arms"].items():
+        if arm == "bf16":
+            continue
+        lines.append(f"{arm_label(arm)}: " + _tax_words(arm, (e.get("at_n_star") or {}), bon.get("null_arm")))
+    return lines
+
+
+def _tax_words(arm: str, e: dict, null: str | None) -> str:
+    """One arm's tax in words: value and interval, or why there is none; what the interval rules out; the null and
+    noisy arms' verdicts as controls; whether it is apart from the null arm."""
+    diff, dci = e.get("gain_diff_vs_bf16"), e.get("gain_diff_vs_bf16_ci95")
+    absolute = "" if diff is None else (f"gain difference {diff:+.3f}" + (
+        f" [{dci[0]:+.3f}, {dci[1]:+.3f}]" if dci else ""))
+    if e.get("tax_vs_bf16") is None or not e.get("tax_vs_bf16_ci95"):
+        return f"tax undefined ({e.get('tax_undefined') or 'no interval'}); {absolute or 'no gain difference'}."
+    lo, hi = e["tax_vs_bf16_ci95"]
+    text = f"tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}] ({absolute})"
+    if arm == null:
+        return text + "; the negative control: " + ("its interval contains 0, as it must." if lo <= 0 <= hi else
+                                                    "its interval EXCLUDES 0: the instrument sees an effect where "
+                                                    "there is none.")
+    if arm == "noisy":
+        return text + "; the positive control: " + ("detected (its interval excludes 0)." if lo > 0 else
+                                                    "NOT detected: the instrument missed a known effect.")
+    if lo <= 0 <= hi:
+        text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain (95%)"
+    else:
+        text += "; resolved: " + ("a loss" if lo > 0 else "a gain over bf16")
+    ci = e.get("tax_minus_null_ci95")
+    if ci is not None:
+        text += "; " + ("apart from the null arm" if not ci[0] <= 0 <= ci[1] else "within the null arm's noise")
+    return text + "."
 
 
 # -------------------------------------------------------------------------------------------------- 04 PPO
@@ -376,42 +435,35 @@ def judge_line(result: dict) -> str:
 
 
 def tax_sentences(result: dict) -> list[str]:
-    """In words: each arm's gain, and whether its tax is distinguishable from the null arm's."""
+    """In words: bf16's gain, and each arm's tax with what its interval rules out and the controls' verdicts."""
     lines = []
     bf16 = result["arms"].get("bf16", {})
     g = bf16.get("gold_gain_vs_sft_ci95")
     if bf16.get("gold_gain_vs_sft") is not None:
         lines.append(f"bf16: gain over SFT {bf16['gold_gain_vs_sft']:+.3f} under the judge, 95% CI "
-                     f"[{g[0]:+.3f}, {g[1]:+.3f}]: " + ("PPO improves on SFT." if g and g[0] > 0 else
-                                                          "not shown to improve on SFT."))
-    null = result.get("null_arm")
+                     + (f"[{g[0]:+.3f}, {g[1]:+.3f}]: " if g else "none (too few seeds): ")
+                     + ("PPO improves on SFT." if g and g[0] > 0 else "not shown to improve on SFT."))
     for arm, e in result["arms"].items():
-        if arm == "bf16" or e.get("tax_vs_bf16") is None or not e.get("tax_vs_bf16_ci95"):
-            continue
-        lo, hi = e["tax_vs_bf16_ci95"]
-        text = f"{arm_label(arm)}: tax {e['tax_vs_bf16']:+.0%} [{lo:+.0%}, {hi:+.0%}], half-width " \
-               f"{(hi - lo) / 2:.0%}"
-        apart = distinguishable_from_null(e)
-        if arm == null:
-            text += "; this is the noise floor: " + ("it contains 0, as it should." if lo <= 0 <= hi else
-                                                     "it excludes 0: retraining the reward model moves the result.")
-        elif apart is not None:
-            text += "; " + ("distinguishable from the null arm." if apart else
-                            "not distinguishable from the null arm (within the noise of a reward-model seed).")
-        lines.append(text)
+        if arm != "bf16" and e.get("status") in ("ok", "partial"):
+            lines.append(f"{arm_label(arm)}: " + _tax_words(arm, e, result.get("null_arm")))
     return lines
 
 
 def projection_lines(result: dict) -> list[str]:
     """Seeds (and prompts) that would bring each tax interval to a given half-width, from the variance components
-    measured."""
+    measured, with the spread of each projection when the seeds are resampled."""
     lines = []
     for arm, e in result["arms"].items():
         proj = e.get("projection") or {}
         by_seeds = proj.get("half_width_by_seeds") or {}
         if not by_seeds:
             continue
-        line = f"{arm_label(arm)}: " + ", ".join(f"{s} seeds → ±{hw:.0%}" for s, hw in by_seeds.items())
+        spread = proj.get("half_width_by_seeds_range") or {}
+        parts = []
+        for s, hw in by_seeds.items():
+            r = spread.get(s)
+            parts.append(f"{s} seeds → ±{hw:.0%}" + (f" ({r[0]:.0%}-{r[1]:.0%})" if r else ""))
+        line = f"{arm_label(arm)}: " + ", ".join(parts)
         best = proj.get("reaches_target")
         if best:
             line += (f"; ±{proj['target']:.0%} is reached with {best['seeds']} seeds and "
@@ -442,7 +494,8 @@ def samples_table(result: dict, n: int = 3, width: int = 300) -> pd.DataFrame:
     for arm, e in result["arms"].items():
         seeds = [s for s in e.get("seeds") or [] if s.get("status") == "ok"]
         if seeds:
-            groups.append((f"PPO vs {arm_label(arm)} (seed {seeds[0]['seed']})", seeds[0].get("samples") or []))
+            groups.append((f"PPO vs {arm_label(arm)} (RM seed {seeds[0].get('rm_seed')}, PPO seed {seeds[0]['seed']})",
+                           seeds[0].get("samples") or []))
     for policy, samples in groups:
         for s in samples[:n]:
             rows.append({"policy": policy, "prompt": cut(s["prompt"]), "reply": cut(s["response"]),

@@ -144,13 +144,16 @@ def kl_per_reply(policy, rollouts: Rollouts, *, temperature: float, chunk: int =
 
 
 def proxy_scores(reward_model, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float,
-                 chunk: int = 64) -> list[float]:
-    """Every reply scored by a reward model (a reward.CPURewardModel) through the one scoring path."""
+                 chunk: int = 64, report=None) -> list[float]:
+    """Every reply scored by a reward model (a reward.CPURewardModel) through the one scoring path;
+    `report(done, total)` follows the replies scored."""
     scores = []
     for i in range(0, len(rollouts.texts), chunk):
         scores += score_rollouts(reward_model, rollouts.queries[i: i + chunk], rollouts.responses[i: i + chunk],
                                  pad_token_id=rollouts.pad_token_id, eos_token_id=eos_token_id,
                                  missing_eos_penalty=missing_eos_penalty).cpu().tolist()
+        if report:
+            report(len(scores), len(rollouts.texts))
     return scores
 
 
@@ -269,12 +272,14 @@ def _avg(runs: list[dict], key: str):
 
 def aggregate_arm(arm: str, runs: list[dict], stats: dict, sft: dict, precision: str, *, resamples: int,
                   seed: int) -> dict:
-    """One arm over its seeds: status, means, the bootstrap statistics (`stats`) and the frontier."""
+    """One arm over its runs (every reward-model seed, every PPO seed): status, means, the statistics (`stats`)
+    and the frontier."""
     ok = [r for r in runs if r["status"] == "ok"]
     judged, spread, _ = mean_std_ci([r["judge_mean"] for r in ok])
     rec = {"precision": precision, "status": "ok" if ok and len(ok) == len(runs) else "partial" if ok else "failed",
-           "reason": None if len(ok) == len(runs) else "; ".join(
-               f"seed {r['seed']}: {r['reason']}" for r in runs if r["status"] != "ok"),
+           "reason": None if len(ok) == len(runs) else grouped_reasons(
+               [(f"RM seed {r.get('rm_seed')}, PPO seed {r['seed']}", r["reason"]) for r in runs
+                if r["status"] != "ok"]),
            "judge_mean": judged, "judge_std_over_seeds": spread,
            **{k: _avg(ok, k) for k in ("proxy_mean", "kl_mean", "eos_share", "length_mean", "win_rate_vs_sft")},
            "train_seconds_mean": _avg(ok, "train_seconds"),
@@ -284,56 +289,83 @@ def aggregate_arm(arm: str, runs: list[dict], stats: dict, sft: dict, precision:
     return rec
 
 
+def grouped_reasons(failures: list[tuple[str, str]]) -> str:
+    """"reason (who)" for every failure, those sharing a reason named once, the reason first (a legend or table
+    cell shortens the end): "killed (RM seed 0, RM seed 1)"."""
+    by_reason: dict[str, list[str]] = {}
+    for who, reason in failures:
+        by_reason.setdefault(str(reason), []).append(who)
+    return "; ".join(f"{reason} ({', '.join(who)})" for reason, who in by_reason.items())
+
+
 def frontier(arm: str, runs: list[dict], sft: dict, *, resamples: int, seed: int) -> dict:
     """Judge and proxy gain over SFT against d = sqrt(KL) at every checkpoint of every run (SFT at d = 0), and
-    R(d) = d (alpha - beta log d) fitted to the judge's points."""
+    R(d) = d (alpha - beta log d) fitted to the judge's points. A run's proxy gain is measured under its own reward
+    model (the SFT policy scored by that model)."""
     points = [{"seed": None, "step": 0, "d": 0.0, "kl": 0.0, "gold_gain": 0.0, "proxy_gain": 0.0}]
     for run in runs:
+        sft_proxy = sft["cross"].get(f"{arm}/seed{run['rm_seed']}")
         for ck in run["checkpoints"]:
             kl = max(ck["kl_mean"], 0.0)
-            points.append({"seed": run["seed"], "step": ck["step"], "kl": ck["kl_mean"], "d": kl ** 0.5,
-                           "gold_gain": ck["judge_mean"] - sft["judge_mean"],
-                           "proxy_gain": ck["proxy_mean"] - sft["cross"][arm]})
+            points.append({"seed": run["seed"], "rm_seed": run["rm_seed"], "step": ck["step"], "kl": ck["kl_mean"],
+                           "d": kl ** 0.5, "gold_gain": ck["judge_mean"] - sft["judge_mean"],
+                           "proxy_gain": None if sft_proxy is None else ck["proxy_mean"] - sft_proxy})
     fit = fit_frontier([p | {"run": p["seed"]} for p in points if p["seed"] is not None], resamples=resamples,
                        seed=seed)
     return {"points": points, "fit": fit}
 
 
-def cross_matrix(sft: dict, runs: dict, arms, usable) -> dict:
-    """Mean reward of every policy (SFT, then each arm's runs averaged over seeds) under the judge and under every
-    arm's reward model."""
-    judges = ["judge", *usable]
-    rows = [[sft["judge_mean"], *(sft["cross"].get(a) for a in usable)]]
+def cross_matrix(sft: dict, runs: dict, arms, rm_seeds) -> dict:
+    """Mean reward of every policy (SFT, then each arm's runs) under the judge and under every arm's reward models:
+    a policy trained against seed s is scored by each arm's model of seed s, averaged over seeds (the SFT policy by
+    every seed's)."""
+    judges = ["judge", *arms]
+
+    def under(arm, rows):
+        values = [v for r in rows for v in [r["cross"].get(f"{arm}/seed{r['rm_seed']}")] if v is not None]
+        return sum(values) / len(values) if values else None
+
+    sft_rows = [{"cross": sft["cross"], "rm_seed": s} for s in rm_seeds]
+    rows = [[sft["judge_mean"], *(under(a, sft_rows) for a in arms)]]
     for arm in arms:
         ok = [r for r in runs[arm] if r["status"] == "ok"]
-        rows.append([_avg(ok, "judge_mean"), *(_avg([{"v": r["cross"].get(a)} for r in ok], "v") for a in usable)]
-                    if ok else [None] * len(judges))
+        rows.append([_avg(ok, "judge_mean"), *(under(a, ok) for a in arms)] if ok else [None] * len(judges))
     return {"policies": ["sft", *arms], "judges": judges, "mean_reward": rows}
 
 
-def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, usable, null: str | None,
-                      bootstrap: int, seed: int, eval_info: dict) -> dict:
-    """The ppo stage's result from the SFT evaluation and every run's record: win rates, the bootstrap statistics
-    of every arm (gains, taxes, the null arm), the frontier, the projection and the cross matrix. `runs` maps
-    arm -> run records in seed order; `precisions` maps arm -> its reward model's precision."""
+def seed_cells(runs: list[dict], rm_seeds, n_prompts: int) -> np.ndarray:
+    """(reward-model seeds x prompts) of the judge's per-prompt means, the PPO runs of one reward model averaged
+    (PPO seeds nested within reward-model seeds); NaN for a seed whose runs all failed."""
+    cells = np.full((len(rm_seeds), n_prompts), np.nan)
+    for i, s in enumerate(rm_seeds):
+        ok = [r["judge_per_prompt"] for r in runs if r.get("rm_seed") == s and r["status"] == "ok"]
+        if ok:
+            cells[i] = np.mean(np.array(ok, dtype=float), axis=0)
+    return cells
+
+
+def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, rm_seeds, null: str | None,
+                      noisy: str | None, bootstrap: int, seed: int, eval_info: dict) -> dict:
+    """The ppo stage's result from the SFT evaluation and every run's record: win rates, every arm's statistics
+    (gains, taxes, the controls; intervals over reward-model seeds and prompts, stats.arm_statistics), the
+    frontier, the projection and the cross matrix. `runs` maps arm -> run records (each with its rm_seed);
+    `precisions` maps arm -> its reward models' precision."""
     sft_judged = sft.pop("judge_scores", None)
     for rec in (r for rs in runs.values() for r in rs if r["status"] == "ok"):
         judged = rec.pop("judge_scores", None)
         if judged is not None and sft_judged is not None:
             rec["win_rate_vs_sft"] = win_rate(judged, sft_judged)
     n_prompts = len(sft["judge_per_prompt"])
-    cells = {arm: np.array([r["judge_per_prompt"] if r["status"] == "ok" else [np.nan] * n_prompts
-                            for r in runs[arm]], dtype=float) for arm in usable}
+    cells = {arm: seed_cells(runs[arm], rm_seeds, n_prompts) for arm in runs}
     sft_cells = np.array(sft["judge_per_prompt"], dtype=float)
-    stats = arm_statistics(cells, sft_cells, reference="bf16", null=null, resamples=bootstrap, seed=seed)
+    stats = arm_statistics(cells, sft_cells, reference="bf16", null=null)
     arms = {}
     for arm in runs:
         arms[arm] = aggregate_arm(arm, runs[arm], stats.get(arm, {}), sft, precisions[arm], resamples=bootstrap,
                                   seed=seed)
-        if arm in stats and arm != "bf16":
-            arms[arm]["projection"] = projection(cells, sft_cells, reference="bf16", arm=arm,
-                                                 resamples=max(200, bootstrap // 4), seed=seed)
-    return {"judge": judge, "null_arm": null,
-            "eval": eval_info | {"interval": "95% percentile, hierarchical bootstrap over seeds and prompts, "
-                                             "paired across arms"},
-            "sft": sft, "arms": arms, "cross_matrix": cross_matrix(sft, runs, list(runs), usable)}
+        if arm != "bf16":
+            arms[arm]["projection"] = projection(cells, sft_cells, reference="bf16", arm=arm, seed=seed)
+    return {"judge": judge, "null_arm": null, "noisy_arm": noisy, "rm_seeds": list(rm_seeds),
+            "eval": eval_info | {"interval": "95%, Student's t (Satterthwaite df) on crossed jackknife variances "
+                                             "over reward-model seeds and prompts, paired across arms"},
+            "sft": sft, "arms": arms, "cross_matrix": cross_matrix(sft, runs, list(runs), rm_seeds)}

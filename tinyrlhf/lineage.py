@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .results import sha256_file
 
-UPSTREAM = {"data_stats": (), "sft": ("data_stats",), "rm": ("sft",), "ppo": ("sft", "rm")}
+UPSTREAM = {"data_stats": (), "sft": ("data_stats",), "rm": ("sft",), "bon": ("sft", "rm"), "ppo": ("sft", "rm")}
 
 
 def _files(path: Path) -> list[Path]:

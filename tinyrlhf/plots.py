@@ -1,6 +1,7 @@
 """Figures and tables of the experiment, drawn from the result JSON files alone.
 
-Everything here reads the dicts stored in ``results/rm_results.json`` and ``results/ppo_experiment_results.json``
+Everything here reads the dicts stored in ``results/rm_results.json``, ``results/bon_results.json`` and
+``results/ppo_experiment_results.json``
 (never live models or trainers), so a paper's figures can be redrawn from those files on any machine:
 
     python -m tinyrlhf.plots results/ [out_dir]        # or: draw_all("results", "paper/figures")
@@ -34,10 +35,13 @@ from .results import atomic_file
 from .schema import FILE_NAMES, validate_file
 
 # Okabe-Ito palette: distinguishable under the common colour-vision deficiencies and in greyscale print.
-PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "null": "#CC79A7", "judge": "#000000",
-                    "sft": "#999999"}
-ARMS = ("bf16", "int8", "int4", "null", "judge")  # the canonical order of arms in every figure and table
-ARM_LABELS = {"null": "null (bf16, other seed)", "judge": "heldout judge"}
+PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "null": "#CC79A7", "noisy": "#E69F00",
+                    "served-int8": "#56B4E9", "served-int4": "#8C564B", "judge": "#000000", "sft": "#999999"}
+# the canonical order of arms in every figure and table
+ARMS = ("bf16", "int8", "int4", "null", "noisy", "served-int8", "served-int4", "judge")
+ARM_LABELS = {"null": "null (bf16, other seed)", "noisy": "noisy (bf16, flipped labels)",
+              "served-int8": "int8 served (bf16-trained)", "served-int4": "int4 served (bf16-trained)",
+              "judge": "heldout judge"}
 MIB = 2**20
 MISSING = "—"
 DONE = ("ok", "partial")  # statuses whose aggregate metrics exist ("partial": some seeds failed)
@@ -174,8 +178,27 @@ def _seed_runs(entry: dict | None, *, ok_only: bool = True) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- reward models
+def seed_models(rm: dict, arm: str, *, ok_only: bool = True) -> list[dict]:
+    """An arm's reward models, one per reward-model seed, from rm_results.json's `models`."""
+    return [m for m in rm.get("models", {}).values() if m.get("arm") == arm and (m.get("status") == "ok" or
+                                                                                not ok_only)]
+
+
+def _strip(ax, rm: dict, arms: list[str], value) -> None:
+    """Every seed's reward model as a dot (value(model) on y), the arm's mean as a bar; a failed arm is a gap."""
+    for i, arm in enumerate(arms):
+        values = [v for m in seed_models(rm, arm) if (v := value(m)) is not None]
+        if not values:
+            _mark_gap(ax, i, _failure_label(rm["arms"].get(arm)))
+            continue
+        jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+        ax.scatter(np.add(i, jitter), values, s=16, color=precision_color(arm), alpha=0.8, gid=_gid(arm), zorder=3)
+        ax.hlines(np.mean(values), i - 0.3, i + 0.3, color=precision_color(arm), lw=2)
+    _categorical(ax, arms)
+
+
 def _draw_rm_accuracy(ax, rm: dict, arms: list[str]) -> None:
-    _bars(ax, rm, "accuracy", arms=arms, interval_key="accuracy_ci95")
+    _strip(ax, rm, arms, lambda m: m.get("accuracy"))
     ax.axhline(0.5, color="black", ls=":", lw=1, label="chance")
     ax.set_ylim(0, 1.05)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -183,50 +206,219 @@ def _draw_rm_accuracy(ax, rm: dict, arms: list[str]) -> None:
 
 
 def plot_rm_accuracy(rm: dict) -> Figure:
-    """Test-set preference accuracy per reward model, overall and per category of pair (95% Wilson intervals),
-    with the chance line."""
-    arms = _arms(rm)
-    categories = sorted({c for e in rm["arms"].values() if _done(e) for c in (e.get("by_category") or {})})
-    fig = Figure(figsize=(4.0 + 2.4 * bool(categories), 3.4), layout="constrained")
-    axes = fig.subplots(1, 2 if categories else 1, squeeze=False)[0]
-    _draw_rm_accuracy(axes[0], rm, arms)
-    n = {e.get("n_test_pairs") for e in rm["arms"].values() if _done(e)} - {None}
-    axes[0].set_title("overall" + (f", n = {n.pop()} pairs" if len(n) == 1 else ""), fontsize=10)
-    if categories:
-        ax, width = axes[1], 0.8 / max(1, len(arms))
-        for j, arm in enumerate(arms):
-            entry = rm["arms"][arm]
-            if not _done(entry):
-                continue
-            by = entry.get("by_category") or {}
-            for i, c in enumerate(categories):
-                if c in by:
-                    acc, ci = by[c]["accuracy"], by[c]["accuracy_ci95"]
-                    ax.bar(i + (j - (len(arms) - 1) / 2) * width, acc, width=width, color=precision_color(arm),
-                           yerr=_yerr(acc, ci), capsize=2, error_kw={"elinewidth": 0.8},
-                           label=arm_label(arm) if i == 0 else None, gid=_gid(arm) if i == 0 else None)
-        ax.axhline(0.5, color="black", ls=":", lw=1, label="chance")
-        ax.set_xticks(range(len(categories)), [c.replace("_", "-") for c in categories])
+    """Test-set preference accuracy of every reward model (a dot per reward-model seed, a bar at the arm's mean),
+    overall and per category of pair, with the chance line: the spread across seeds at a glance."""
+    arms = [a for a in _arms(rm) if a != "judge"]
+    categories = sorted({c for m in rm.get("models", {}).values() if m.get("status") == "ok"
+                         for c in (m.get("by_category") or {})})
+    panels = [("overall", lambda m: m.get("accuracy"))] + [
+        (c.replace("_", "-"), lambda m, c=c: (m.get("by_category") or {}).get(c, {}).get("accuracy"))
+        for c in categories]
+    fig = Figure(figsize=(2.3 * len(panels) + 0.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, value) in zip(axes, panels):
+        _strip(ax, rm, arms, value)
+        ax.axhline(0.5, color="black", ls=":", lw=1)
         ax.set_ylim(0, 1.05)
-        ax.set_title("by category of rejected reply", fontsize=10)
-        _outside_legend(ax)
-    fig.suptitle("Reward-model accuracy (95% CI)", fontsize=11)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
+    axes[0].set_ylabel("preference accuracy (test pairs)")
+    seeds = len(rm.get("seeds") or [])
+    fig.suptitle(f"Reward-model accuracy: a dot per reward-model seed ({seeds}), bar at the mean; dotted: chance",
+                 fontsize=11)
     return fig
 
 
 def plot_rm_costs(rm: dict) -> Figure:
-    """Footprint, training time and scoring throughput per reward model, as small multiples."""
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    """Footprint, training time and scoring throughput per arm (means over its seeds), as small multiples."""
+    fig = Figure(figsize=(9.5, 3.6), layout="constrained")
     panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.2f}"),
               ("train_seconds", 1.0, "training time (s)", "{:.0f}"),
               ("throughput_pairs_per_s", 1.0, "CPU scoring (pairs/s)", "{:.0f}")]
-    arms = _arms(rm)
+    arms = [a for a in _arms(rm) if a != "judge"]
+    means = {"arms": {arm: (rm["arms"].get(arm) or {}) | {
+        key: (float(np.mean(v)) if (v := [m[key] for m in seed_models(rm, arm) if m.get(key) is not None]) else None)
+        for key, *_ in panels} for arm in arms}}
     for ax, (key, scale, label, fmt) in zip(fig.subplots(1, 3), panels):
-        _bars(ax, rm, key, arms=arms, scale=scale, label_fmt=fmt)
+        _bars(ax, means, key, arms=arms, scale=scale, label_fmt=fmt)
         ax.set_title(label, fontsize=10)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
         ax.margins(y=0.12)
-    fig.suptitle("Reward-model costs", fontsize=11)
+    fig.suptitle("Reward-model costs (mean over seeds)", fontsize=11)
     return fig
+
+
+# ------------------------------------------------------------------------------------------------- best-of-n
+def _bon_arms(bon: dict) -> list[str]:
+    return [a for a in _arms(bon) if a != "judge"]
+
+
+def _bon_curve(entry: dict, key: str = "gold_gain_vs_sft"):
+    rows = entry.get("by_n") or []
+    return ([r["n"] for r in rows], [r.get(key) for r in rows], [r.get(f"{key}_ci95") for r in rows])
+
+
+def _draw_bon_frontier(ax, bon: dict) -> None:
+    d = np.sqrt(bon["kl"])
+    for arm in _bon_arms(bon):
+        entry = bon["arms"][arm]
+        if not _done(entry):
+            ax.plot([], [], ls=":", color=precision_color(arm), label=f"{arm_label(arm)}: {_failure_label(entry)}")
+            continue
+        _, gains, cis = _bon_curve(entry)
+        color = precision_color(arm)
+        dashed = arm.startswith("served-")
+        ax.plot(d, [np.nan if g is None else g for g in gains], marker="o", ms=3, color=color,
+                ls="--" if dashed else "-", label=arm_label(arm), gid=_gid(arm))
+        lo = [np.nan if c is None else c[0] for c in cis]
+        hi = [np.nan if c is None else c[1] for c in cis]
+        ax.fill_between(d, lo, hi, color=color, alpha=0.12, lw=0)
+    if bon.get("n_star"):
+        x = math.sqrt(bon["kl"][bon["ns"].index(bon["n_star"])])
+        ax.axvline(x, color="0.4", ls=":", lw=1)
+        ax.annotate(f"n* = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="0.3")
+    ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
+    top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
+    top.set_xticks(d, [str(n) for n in bon["ns"]], fontsize=7)
+    top.set_xlabel("n (best of n)", fontsize=8)
+    ax.set_xlabel("d = sqrt(KL_bon), KL_bon = log n − (n−1)/n")
+    ax.set_ylabel("gold gain over the SFT policy")
+
+
+def _draw_rl_frontier(ax, ppo: dict) -> None:
+    for arm in _ppo_arms(ppo):
+        front = _value(ppo["arms"][arm], "frontier")
+        if not front:
+            continue
+        color = precision_color(arm)
+        points = [p for p in front["points"] if p.get("seed") is not None]
+        d = [p["d"] for p in points]
+        ax.scatter(d, [p["gold_gain"] for p in points], s=10, color=color, alpha=0.45, gid=_gid(arm))
+        fit = front["fit"]
+        if fit.get("alpha") is not None and d:
+            x = np.linspace(1e-3, max(d) * 1.05, 100)
+            ax.plot(x, x * (fit["alpha"] - fit["beta"] * np.log(x)), color=color, lw=1.8, label=arm_label(arm))
+    ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
+    ax.set_xlabel("d = sqrt(KL to the SFT policy)")
+    ax.set_ylabel("gold gain over the SFT policy")
+
+
+def plot_bon_frontier(bon: dict, ppo: dict | None = None) -> Figure:
+    """Gao et al.'s Figure 1 for this experiment: best-of-n's gold gain against d = sqrt(KL_bon) for every arm on
+    the shared pool (95% bands over reward-model seeds and prompts; dashed: quantized only to serve), and, when the
+    PPO results are given, RL's gain against d = sqrt(KL) on the same judge beside it."""
+    fig = Figure(figsize=(10.4 if ppo else 6.6, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2 if ppo else 1, squeeze=False)[0]
+    _draw_bon_frontier(axes[0], bon)
+    axes[0].set_title(f"Best-of-n on one pool ({bon['pool_size']} candidates x {bon['prompts']} prompts)",
+                      fontsize=10)
+    if ppo:
+        _draw_rl_frontier(axes[1], ppo)
+        axes[1].set_title("RL (PPO): every checkpoint of every run, R(d) = d(α − β log d)", fontsize=10)
+        _legend_failures(axes[1], ppo)
+    _outside_legend(axes[-1] if ppo else axes[0])
+    fig.suptitle("Gold reward against KL: best-of-n and RL", fontsize=11)
+    return fig
+
+
+def plot_bon_proxy_vs_gold(bon: dict) -> Figure:
+    """Over-optimisation in best-of-n: each arm's own proxy gain keeps rising with n while the gold gain peaks."""
+    fig = Figure(figsize=(6.6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    d = np.sqrt(bon["kl"])
+    for arm in _bon_arms(bon):
+        entry = bon["arms"][arm]
+        if not _done(entry):
+            continue
+        _, proxy, _ = _bon_curve(entry, "proxy_gain")
+        _, gold, _ = _bon_curve(entry)
+        color = precision_color(arm)
+        ax.plot(d, [np.nan if v is None else v for v in proxy], color=color, ls=":", lw=1.2)
+        ax.plot(d, [np.nan if v is None else v for v in gold], color=color, lw=1.6, label=arm_label(arm))
+    ax.plot([], [], color="0.3", ls=":", label="proxy (own reward model)")
+    ax.plot([], [], color="0.3", label="gold")
+    ax.set_xlabel("d = sqrt(KL_bon)")
+    ax.set_ylabel("gain over the pool's mean")
+    ax.set_title("Best-of-n: the proxy rises, the gold reward peaks", fontsize=10)
+    _outside_legend(ax)
+    return fig
+
+
+def plot_taxes(bon: dict | None = None, ppo: dict | None = None) -> Figure:
+    """Both taxes side by side with 95% intervals: best-of-n at n* and PPO, each beside its tax minus the null
+    arm's (hollow): a tax is resolved when its interval excludes 0, and told apart from reward-model noise when the
+    hollow one does. An arm whose tax is undefined (bf16's gain interval reaches 0) says so."""
+    panels = []
+    if bon:
+        panels.append(("best-of-n at n* = " + str(bon.get("n_star")), {a: (bon["arms"][a].get("at_n_star") or {}) | {
+            "status": bon["arms"][a].get("status")} for a in _bon_arms(bon)}))
+    if ppo:
+        panels.append(("PPO", {a: ppo["arms"][a] for a in _ppo_arms(ppo)}))
+    fig = Figure(figsize=(4.6 * len(panels) + 0.6, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, entries) in zip(axes, panels):
+        arms = [a for a in entries if a != "bf16"]
+        for i, arm in enumerate(arms):
+            e = entries[arm]
+            if _point_with_interval(ax, i - 0.12, arm, e, "tax_vs_bf16", fmt="s", scale=100,
+                                    missing=e.get("tax_undefined") or "tax: n/a") is None:
+                continue
+            v, ci = _value(e, "tax_minus_null"), _value(e, "tax_minus_null_ci95")
+            if v is not None:
+                ax.errorbar(i + 0.12, v * 100, yerr=_yerr(v * 100, None if ci is None else [c * 100 for c in ci]),
+                            fmt="o", mfc="white", ms=6, capsize=3, color=precision_color(arm), zorder=3)
+        ax.axhline(0, color="black", lw=0.8)
+        _categorical(ax, arms)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("tax: % of bf16's gold gain lost")
+    axes[0].errorbar([], [], fmt="s", color="0.3", label="tax vs bf16")
+    axes[0].errorbar([], [], fmt="o", mfc="white", color="0.3", label="tax − null arm's tax")
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle("The quantization tax, 95% CI over reward-model seeds and prompts", fontsize=11)
+    return fig
+
+
+def bon_table(bon: dict) -> pd.DataFrame:
+    """Best-of-n's headline at n*: one row per arm."""
+    rows = []
+    for arm in _bon_arms(bon):
+        e = bon["arms"][arm]
+        star = (e.get("at_n_star") or {}) | {"status": e.get("status")}
+        apart = distinguishable_from_null(star)
+        rows.append({
+            "arm": arm_label(arm),
+            "gold gain at n* [95% CI]": _with_ci(star, "gold_gain_vs_sft", "+.3f"),
+            "tax vs bf16 [95% CI]": _with_ci(star, "tax_vs_bf16", "+.1f", 100.0, "%")
+            if star.get("tax_vs_bf16") is not None or arm == "bf16" else (star.get("tax_undefined") or MISSING),
+            "gain − bf16's [95% CI]": _with_ci(star, "gain_diff_vs_bf16", "+.3f"),
+            "tax − null's [95% CI]": _with_ci(star, "tax_minus_null", "+.1f", 100.0, "%")
+            if star.get("tax_minus_null") is not None else MISSING,
+            "apart from null?": MISSING if apart is None or arm in ("bf16", bon.get("null_arm")) else (
+                "yes" if apart else "no"),
+            "seeds": f"{len(e.get('seeds_ok') or [])}",
+            "status": _status(e),
+        })
+    return pd.DataFrame(rows)
+
+
+def bon_by_n_table(bon: dict, arms=None) -> pd.DataFrame:
+    """Every n: each arm's gold gain and tax (the ratio only where bf16's gain interval excludes 0)."""
+    rows = []
+    for k, n in enumerate(bon["ns"]):
+        row = {"n": n, "KL_bon": f"{bon['kl'][k]:.2f}"}
+        for arm in arms or _bon_arms(bon):
+            r = (bon["arms"][arm].get("by_n") or [{}] * len(bon["ns"]))[k]
+            row[f"{arm} gain"] = _fmt(r.get("gold_gain_vs_sft"), "+.3f")
+            if arm != "bf16":
+                row[f"{arm} tax"] = "undefined" if r.get("tax_undefined") else _fmt(
+                    None if r.get("tax_vs_bf16") is None else 100 * r["tax_vs_bf16"], "+.1f") + "%"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------------- PPO
@@ -270,24 +462,8 @@ def plot_gold_gain(ppo: dict) -> Figure:
 
 
 def plot_tax(ppo: dict) -> Figure:
-    """Tax relative to bf16 per arm with its 95% interval; the null arm's interval shaded across: a tax inside it
-    is within the noise of retraining the reward model with another seed."""
-    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    arms = [a for a in _ppo_arms(ppo) if a != "bf16"]
-    null = ppo["arms"].get(ppo.get("null_arm") or "", {})
-    band = _value(null, "tax_vs_bf16_ci95")
-    if band:
-        ax.axhspan(band[0] * 100, band[1] * 100, color=precision_color("null"), alpha=0.15, lw=0,
-                   label="null arm's 95% interval")
-    for i, arm in enumerate(arms):
-        _point_with_interval(ax, i, arm, ppo["arms"][arm], "tax_vs_bf16", fmt="s", scale=100, missing="tax: n/a")
-    ax.axhline(0, color="black", lw=0.8)
-    _categorical(ax, arms)
-    ax.set_ylabel("tax vs bf16 (% of bf16's gain lost)")
-    ax.set_title("Quantization tax, 95% CI (seeds x prompts bootstrap)", fontsize=10)
-    _outside_legend(ax)
-    return fig
+    """PPO's tax per arm with its 95% interval, beside its tax minus the null arm's (plot_taxes' PPO panel)."""
+    return plot_taxes(None, ppo)
 
 
 def plot_frontier(ppo: dict) -> Figure:
@@ -439,7 +615,7 @@ def _cell(entry: dict, key: str, spec: str, scale: float = 1.0) -> str:
 def _status(entry: dict) -> str:
     status = entry.get("status", "?")
     if status == "failed":
-        return f"failed: {_reason(entry, 80)}"
+        return f"failed: {_reason(entry, 120)}"
     seeds = entry.get("seeds")
     if status == "partial" and seeds:
         return f"partial ({len(_seed_runs(entry))}/{len(seeds)} seeds)"
@@ -475,46 +651,53 @@ def summary_table(ppo: dict) -> pd.DataFrame:
 
 
 def rm_table(rm: dict) -> pd.DataFrame:
-    """Reward models side by side: accuracy with its 95% CI, per category, agreement and McNemar vs bf16, costs."""
+    """Reward models side by side, one row per arm over its seeds: accuracy (mean, range), per category (mean, the
+    weakest seed), the share of seeds above chance in every category, agreement with the same seed's bf16 model,
+    costs."""
     categories = sorted({c for e in rm["arms"].values() if _done(e) for c in (e.get("by_category") or {})})
     rows = []
     for arm in _arms(rm):
         e = rm["arms"][arm]
-        row = {"reward model": arm_label(arm), "accuracy [95% CI]": _with_ci(e, "accuracy", ".2f")}
+        models = seed_models(rm, arm)
+        row = {"reward model": arm_label(arm), "seeds": f"{len(models)}/{len(e.get('seeds') or [])}",
+               "accuracy: mean [min, max]": "failed" if not _done(e) else
+               f"{e['accuracy_mean']:.2f} [{e['accuracy_min']:.2f}, {e['accuracy_max']:.2f}]".replace(" ", "\u00a0")}
         for c in categories:
             cat = (e.get("by_category") or {}).get(c) if _done(e) else None
-            row[c.replace("_", "-")] = "failed" if not _done(e) else MISSING if cat is None else \
-                f"{cat['accuracy']:.2f} [{cat['accuracy_ci95'][0]:.2f}, {cat['accuracy_ci95'][1]:.2f}]".replace(
-                    " ", "\u00a0")
-        mc = _value(e, "mcnemar_vs_bf16")
-        row |= {"agreement w/ bf16": _cell(e, "agreement_with_bf16", ".3f"),
-                "McNemar p vs bf16": MISSING if not mc else f"{mc['p_value']:.2f}",
+            row[f"{c.replace('_', '-')}: mean (min)"] = "failed" if not _done(e) else MISSING if cat is None else \
+                f"{cat['mean']:.2f} ({cat['min']:.2f})".replace(" ", "\u00a0")
+        agreement = [m["agreement_with_bf16"] for m in models if m.get("agreement_with_bf16") is not None]
+        row |= {"above chance, every category": _cell(e, "above_chance_share", ".0%"),
+                "agreement w/ bf16 (same seed)": _fmt(float(np.mean(agreement)) if agreement else None, ".3f"),
                 "footprint (MiB)": _cell(e, "footprint_bytes", ".2f", MIB),
-                "train (s)": _cell(e, "train_seconds", ".0f"),
-                "CPU scoring (pairs/s)": _cell(e, "throughput_pairs_per_s", ".0f"),
-                "status": _status(e)}
+                "train (s)": _cell(e, "train_seconds_mean", ".0f"),
+                "status": f"partial ({len(models)}/{len(e['seeds'])} seeds)" if e.get("status") == "partial"
+                else _status(e)}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------- draw_all
 RM_FIGURES = {"rm_accuracy": plot_rm_accuracy, "rm_costs": plot_rm_costs}
+BON_FIGURES = {"bon_frontier": plot_bon_frontier, "bon_proxy_vs_gold": plot_bon_proxy_vs_gold,
+               "bon_tax": lambda bon: plot_taxes(bon)}
 PPO_FIGURES = {"ppo_gold_gain": plot_gold_gain, "ppo_tax": plot_tax, "ppo_frontier": plot_frontier,
                "ppo_training_curves": plot_training_curves, "ppo_time_memory": plot_time_memory,
                "ppo_cross_matrix": plot_cross_matrix}
 
 
-def load_results(results_dir: str | os.PathLike) -> tuple[dict | None, dict | None]:
-    """(rm, ppo) results read from results_dir and validated; None for a file that does not exist."""
+def load_results(results_dir: str | os.PathLike) -> dict[str, dict | None]:
+    """{"rm", "bon", "ppo"}: the results read from results_dir and validated; None for a file that does not
+    exist."""
     results_dir = Path(results_dir)
     loaded = {}
-    for kind in ("rm", "ppo"):
+    for kind in ("rm", "bon", "ppo"):
         path = results_dir / FILE_NAMES[kind]
         loaded[kind] = validate_file(path, kind) if path.exists() else None
-    if loaded["rm"] is None and loaded["ppo"] is None:
-        raise FileNotFoundError(f"neither {results_dir / FILE_NAMES['rm']} nor {results_dir / FILE_NAMES['ppo']} "
-                                "exists: run 03_Reward_Modeling and/or 04_PPO_Alignment first")
-    return loaded["rm"], loaded["ppo"]
+    if all(v is None for v in loaded.values()):
+        raise FileNotFoundError(f"none of {', '.join(FILE_NAMES[k] for k in loaded)} exists in {results_dir}: run "
+                                "03_Reward_Modeling and/or 04_PPO_Alignment first")
+    return loaded
 
 
 def draw_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, list[Path]]:
@@ -522,15 +705,21 @@ def draw_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
 
     Figures go to out_dir (default results_dir/figures). A missing file only skips its figures.
     """
-    rm, ppo = load_results(results_dir)
+    loaded = load_results(results_dir)
+    rm, bon, ppo = loaded["rm"], loaded["bon"], loaded["ppo"]
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
     figures = {}
     if rm is not None:
         figures |= {name: lambda f=f: f(rm) for name, f in RM_FIGURES.items()}
+    if bon is not None:
+        figures |= {name: lambda f=f: f(bon) for name, f in BON_FIGURES.items()}
     if ppo is not None:
         figures |= {name: lambda f=f: f(ppo) for name, f in PPO_FIGURES.items()}
     if rm is not None and ppo is not None:
         figures["rm_vs_ppo"] = lambda: plot_rm_vs_ppo(rm, ppo)
+    if bon is not None and ppo is not None:  # Gao et al.'s Figure 1, and both taxes side by side
+        figures["frontiers"] = lambda: plot_bon_frontier(bon, ppo)
+        figures["taxes"] = lambda: plot_taxes(bon, ppo)
     return {name: save_figure(draw(), out_dir, name) for name, draw in figures.items()}
 
 
@@ -538,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tinyrlhf.plots", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir", type=Path, help="folder holding rm_results.json / ppo_experiment_results.json")
+    parser.add_argument("results_dir", type=Path, help="folder holding rm_results.json, bon_results.json and/or "
+                                                       "ppo_experiment_results.json")
     parser.add_argument("out_dir", type=Path, nargs="?", help="where figures go (default: RESULTS_DIR/figures)")
     args = parser.parse_args(argv)
     try:

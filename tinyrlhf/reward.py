@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -211,8 +212,12 @@ def _stay_in_train_mode(self, mode: bool = True):
 
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
-                      int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None):
+                      int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None,
+                      serve_precision: str | None = None):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
+
+    `serve_precision` loads its backbone at another precision instead (a bf16-trained model served at int8 or int4:
+    the same adapter and head on the quantized backbone), for best-of-n's "served at low precision" arms.
 
     On the CPU a quantized model scores through the kernel `kernels.choose` picks from `cpu_kernel` (rm.cpu_kernel)
     and this machine: its dense copy (kernels.dense_copy), or bitsandbytes' layers, where an int8 model multiplies
@@ -228,7 +233,7 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     info = json.loads(info_path.read_text())
     init_path = str((path / info["init_path"]).resolve()) if info.get("init_is_local") else info["init_path"]
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    precision = info["precision"]
+    precision = serve_precision or info["precision"]
     backbone, _ = load_backbone(init_path, precision, pad_token_id=tok.pad_token_id, device=device,
                                 double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code,
                                 compute_dtype=compute_dtype)
@@ -248,7 +253,8 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     if precision == "int8" and (kernel is None or kernel["kernel"] != "dense"):
         matmul = int8_cpu_matmul if device == "cpu" else "llm.int8"
         pin_int8_matmul(model, matmul)
-    return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel, "footprint_bytes": footprint}
+    return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel, "footprint_bytes": footprint,
+                          "trained_precision": info["precision"], "precision": precision}
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
@@ -344,6 +350,46 @@ def accuracy_by_category(pairs: list[Pair], wins: list[bool]) -> dict:
             groups.setdefault(pair.category, []).append(win)
     return {c: {"n": len(w), "accuracy": sum(w) / len(w), "accuracy_ci95": wilson_ci(sum(w), len(w))}
             for c, w in sorted(groups.items())}
+
+
+def above_chance(record: dict) -> bool:
+    """A reward model's test accuracy above chance in every category (overall when the pairs carry none): the lower
+    end of its 95% Wilson interval above 0.5, so a model at chance does not pass by luck."""
+    cells = list(record.get("by_category", {}).values()) or [record]
+    return all(c["accuracy_ci95"][0] > 0.5 for c in cells)
+
+
+def _by_reason(failed: list[dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in failed:
+        out.setdefault(str(r.get("reason")), []).append(str(r["seed"]))
+    return out
+
+
+def seed_summary(records: list[dict]) -> dict:
+    """One arm over its reward-model seeds: status ("ok" when every seed trained, "partial", "failed"), accuracy's
+    mean and spread, per category, and the share of seeds above chance in every category."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    first = records[0]
+    out = {"precision": first["precision"], "seeds": [r["seed"] for r in records],
+           "status": "ok" if len(ok) == len(records) else "partial" if ok else "failed",
+           "reason": None if len(ok) == len(records) else "; ".join(
+               f"{reason} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" for reason, seeds in _by_reason(
+                   [r for r in records if r.get("status") != "ok"]).items()),
+           "label_noise": first.get("label_noise") or 0.0}
+    if not ok:
+        return out | {"accuracy_mean": None, "accuracy_sd": None, "above_chance_share": None, "by_category": {}}
+    acc = np.array([r["accuracy"] for r in ok])
+    categories = sorted({c for r in ok for c in r.get("by_category", {})})
+    return out | {
+        "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(ok) > 1 else None,
+        "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+        "above_chance_share": sum(above_chance(r) for r in ok) / len(records),
+        "by_category": {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+                        for c in categories
+                        for v in [[r["by_category"][c]["accuracy"] for r in ok if c in r["by_category"]]]},
+        "footprint_bytes": int(np.mean([r["footprint_bytes"] for r in ok])),
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in ok]))}
 
 
 def footprint_bytes(model) -> int:

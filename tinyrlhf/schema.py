@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .config import INT8_CPU_MATMULS, NULL_ARM, PRECISIONS
+from .config import INT8_CPU_MATMULS, NOISY_ARM, NULL_ARM, PRECISIONS, SERVED_PREFIX
 from .results import read_json
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -105,14 +105,15 @@ _LOSS_PPL = _obj(["loss", "perplexity"], loss=_nullable(NUM), perplexity=_nullab
 SFT_RESULTS_SCHEMA = _result_schema("sft_results.json: supervised fine-tuning", ["before", "after"],
                                     before=_LOSS_PPL, after=_LOSS_PPL)
 
-ARM_NAMES = [*PRECISIONS, NULL_ARM, "judge"]
+ARM_NAMES = [*PRECISIONS, NULL_ARM, NOISY_ARM, "judge"]
+BON_ARM_NAMES = [*ARM_NAMES, *(SERVED_PREFIX + p for p in PRECISIONS if p != "bf16")]
 CATEGORY_ACCURACY = {"type": "object", "additionalProperties": _obj(
     ["n", "accuracy", "accuracy_ci95"], n={"type": "integer", "minimum": 1}, accuracy=UNIT,
     accuracy_ci95=_interval(UNIT))}
 MCNEMAR = _nullable(_obj(["only_first_right", "only_second_right", "p_value"], only_first_right=NONNEG_INT,
                          only_second_right=NONNEG_INT, p_value=UNIT))
 RM_METRICS = {
-    "precision": {"enum": list(PRECISIONS)}, "seed": INT,
+    "precision": {"enum": list(PRECISIONS)}, "train_seed": INT, "label_noise": UNIT, "flipped_pairs": NONNEG_INT,
     "accuracy": UNIT, "accuracy_ci95": _interval(UNIT), "by_category": CATEGORY_ACCURACY, "mean_margin": NUM,
     "agreement_with_bf16": UNIT, "rank_correlation_with_bf16": {"type": "number", "minimum": -1, "maximum": 1},
     "mcnemar_vs_bf16": MCNEMAR,
@@ -132,18 +133,32 @@ CPU_KERNEL_CHECK = _obj(["used", "others", "mean_abs_margin"], used=STR, accurac
                             max_abs_score_difference=NONNEG, accuracy=UNIT, pairs_per_s=NONNEG)})
 
 
-def _by_arm(entry: dict) -> dict:
-    return {"type": "object", "propertyNames": {"enum": ARM_NAMES}, "minProperties": 1,
+def _by_arm(entry: dict, names=ARM_NAMES) -> dict:
+    return {"type": "object", "propertyNames": {"enum": names}, "minProperties": 1,
             "additionalProperties": entry}
 
 
+MODEL_ID = {"type": "string", "pattern": f"^(({'|'.join(ARM_NAMES)})/seed[0-9]+|judge)$"}
+SEED_SUMMARY = _run_entry(
+    ["ok", "partial", "failed"], ["ok", "partial"],
+    {"accuracy_mean": UNIT, "accuracy_sd": NONNEG, "accuracy_min": UNIT, "accuracy_max": UNIT,
+     "above_chance_share": UNIT, "footprint_bytes": NONNEG_INT, "train_seconds_mean": NONNEG,
+     "by_category": {"type": "object", "additionalProperties": _obj(["mean", "min", "max"], mean=UNIT, min=UNIT,
+                                                                     max=UNIT)}},
+    keep_nullable=("accuracy_sd",), required=["precision", "seeds"], precision={"enum": list(PRECISIONS)},
+    seeds={"type": "array", "items": _nullable(INT), "minItems": 1}, label_noise=UNIT)
 RM_RESULTS_SCHEMA = _result_schema(
-    "rm_results.json: one reward model per arm (precisions, the null arm, the heldout judge)", ["arms"],
+    "rm_results.json: one reward model per arm and reward-model seed (precisions, the null and noisy arms) and the "
+    "heldout judge's", ["models", "arms", "seeds"],
     # Comparisons with bf16 stay nullable: there is nothing to compare with when bf16 itself failed.
-    arms=_by_arm(_run_entry(["ok", "failed"], ["ok"], RM_METRICS,
-                            keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"),
-                            cpu_kernel=_nullable(CPU_KERNEL), cpu_kernel_check=_nullable(CPU_KERNEL_CHECK))),
-    null_arm=_nullable(STR), judge_arm=_nullable(STR),
+    models={"type": "object", "propertyNames": MODEL_ID, "minProperties": 1,
+            "additionalProperties": _run_entry(
+                ["ok", "failed"], ["ok"], RM_METRICS, required=["arm", "seed"], arm={"enum": ARM_NAMES},
+                seed=_nullable(INT),
+                keep_nullable=("agreement_with_bf16", "rank_correlation_with_bf16", "mcnemar_vs_bf16"),
+                cpu_kernel=_nullable(CPU_KERNEL), cpu_kernel_check=_nullable(CPU_KERNEL_CHECK))},
+    arms=_by_arm(SEED_SUMMARY), seeds={"type": "array", "items": INT, "minItems": 1},
+    null_arm=_nullable(STR), noisy_arm=_nullable(STR), judge_arm=_nullable(STR), label_noise=UNIT,
 )
 
 SAMPLES = {"type": "array", "items": _obj(["prompt", "response", "judged_reward"], prompt=STR, response=STR,
@@ -163,15 +178,18 @@ SEED_METRICS = {**EVALUATION, "proxy_mean": NUM, "proxy_per_prompt": PER_PROMPT,
                 "reward_kernel": _nullable(CPU_KERNEL),
                 "checkpoints": {"type": "array", "items": CHECKPOINT, "minItems": 1},
                 "history": {"type": "array", "items": HISTORY_ROW}}
-SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed"], seed=INT)
-FRONTIER_POINT = _obj(["step", "d", "kl", "gold_gain", "proxy_gain"], seed=_nullable(INT), step=NONNEG_INT,
-                      d=NONNEG, kl=NUM, gold_gain=NUM, proxy_gain=NUM)
+SEED_RUN = _run_entry(["ok", "failed"], ["ok"], SEED_METRICS, required=["seed", "rm_seed"], seed=INT, rm_seed=INT)
+FRONTIER_POINT = _obj(["step", "d", "kl", "gold_gain", "proxy_gain"], seed=_nullable(INT), rm_seed=_nullable(INT),
+                      step=NONNEG_INT, d=NONNEG, kl=NUM, gold_gain=NUM, proxy_gain=_nullable(NUM))
 FRONTIER = _obj(["points", "fit"], points={"type": "array", "items": FRONTIER_POINT},
                 fit=_obj(["alpha", "beta", "alpha_ci95", "beta_ci95"], alpha=_nullable(NUM), beta=_nullable(NUM),
                          alpha_ci95=_nullable(_interval(NUM)), beta_ci95=_nullable(_interval(NUM))))
-PROJECTION = _obj(["variance_seeds", "variance_prompts", "half_width_by_seeds", "half_width_grid", "target",
-                   "reaches_target"], variance_seeds=_nullable(NONNEG), variance_prompts=_nullable(NONNEG),
+COMPONENTS = _obj(["seed", "prompt", "residual", "seeds", "prompts"], seed=NONNEG, prompt=NONNEG,
+                  residual=_nullable(NONNEG), seeds=NONNEG_INT, prompts=NONNEG_INT)
+PROJECTION = _obj(["components", "half_width_by_seeds", "half_width_grid", "target", "reaches_target"],
+                  components=_nullable(COMPONENTS),
                   half_width_by_seeds={"type": "object", "additionalProperties": NONNEG},
+                  half_width_by_seeds_range={"type": "object", "additionalProperties": _nullable(_interval(NUM))},
                   half_width_grid={"type": "array", "items": _obj(["seeds", "prompt_factor", "half_width"],
                                                                   seeds=NONNEG_INT, prompt_factor=NONNEG_INT,
                                                                   half_width=NONNEG)},
@@ -183,6 +201,13 @@ ARM_METRICS = {
     "tax_vs_bf16_ci95": _interval(NUM), "gain_diff_vs_bf16": NUM, "gain_diff_vs_bf16_ci95": _interval(NUM),
     "train_seconds_mean": NONNEG, "peak_memory_bytes_max": NONNEG_INT, "frontier": FRONTIER,
 }
+# What stats.arm_statistics adds beside the gains and taxes (both stages)
+COMPARISON = {"tax_undefined": _nullable(STR), "tax_ruled_out_above": _nullable(NUM),
+              "tax_minus_null": _nullable(NUM), "tax_minus_null_ci95": _nullable(_interval(NUM)),
+              "seeds_used": {"type": "array", "items": NONNEG_INT},
+              "paired_seeds": {"type": "array", "items": NONNEG_INT}}
+_NULLABLE_STATS = ("judge_std_over_seeds", "gold_gain_vs_sft_ci95", "tax_vs_bf16", "tax_vs_bf16_ci95",
+                   "gain_diff_vs_bf16", "gain_diff_vs_bf16_ci95")
 PPO_RESULTS_SCHEMA = _result_schema(
     "ppo_experiment_results.json: PPO against each arm's reward model, judged by a judge no arm trained against",
     ["judge", "eval", "sft", "arms", "cross_matrix"],
@@ -198,20 +223,41 @@ PPO_RESULTS_SCHEMA = _result_schema(
     # and there is no tax when bf16 failed (and no interval from too few draws), hence those stay nullable.
     arms=_by_arm(_run_entry(
         ["ok", "partial", "failed"], ["ok", "partial"], ARM_METRICS, required=["seeds"],
-        keep_nullable=("judge_std_over_seeds", "gold_gain_vs_sft_ci95", "tax_vs_bf16", "tax_vs_bf16_ci95",
-                       "gain_diff_vs_bf16", "gain_diff_vs_bf16_ci95"),
-        seeds={"type": "array", "items": SEED_RUN},
-        projection=_nullable(PROJECTION))),  # every arm but bf16 (the reference has no tax)
+        keep_nullable=_NULLABLE_STATS, seeds={"type": "array", "items": SEED_RUN},
+        projection=_nullable(PROJECTION), **COMPARISON)),  # projection: every arm but bf16
+    noisy_arm=_nullable(STR), rm_seeds={"type": "array", "items": INT},
     cross_matrix=_obj(["policies", "judges", "mean_reward"],
                       policies={"type": "array", "items": STR, "minItems": 1},
                       judges={"type": "array", "items": STR, "minItems": 1},
                       mean_reward={"type": "array", "items": {"type": "array", "items": _nullable(NUM)}}),
 )
 
+BON_STATS = {"gold_gain_vs_sft": _nullable(NUM), "gold_gain_vs_sft_ci95": _nullable(_interval(NUM)),
+             "tax_vs_bf16": _nullable(NUM), "tax_vs_bf16_ci95": _nullable(_interval(NUM)),
+             "gain_diff_vs_bf16": _nullable(NUM), "gain_diff_vs_bf16_ci95": _nullable(_interval(NUM)), **COMPARISON}
+BON_RESULTS_SCHEMA = _result_schema(
+    "bon_results.json: best-of-n of every arm on one gold-judged candidate pool from the SFT policy",
+    ["judge", "prompts", "pool_size", "ns", "kl", "n_star", "pool_gold_mean", "arms", "scorers"],
+    judge=_obj(["kind", "name", "why"], kind={"enum": ["gold", "reward_model", "external"]}, name=STR, why=STR),
+    prompts={"type": "integer", "minimum": 1}, pool_size={"type": "integer", "minimum": 1},
+    ns={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+    kl={"type": "array", "items": NONNEG, "minItems": 1}, n_star=_nullable(INT), pool_gold_mean=NUM,
+    pool_eos_share=UNIT, pool_length_mean=NONNEG,
+    scorers={"type": "object", "additionalProperties": _obj(["arm", "seed", "status"], arm=STR, seed=INT,
+                                                             status={"enum": ["ok", "failed"]}, reason=REASON)},
+    arms=_by_arm(_run_entry(
+        ["ok", "partial", "failed"], ["ok", "partial"],
+        {"by_n": {"type": "array", "items": _obj(["n", "gold_gain_vs_sft"], n=INT, proxy_gain=_nullable(NUM),
+                                                 **BON_STATS), "minItems": 1},
+         "frontier": _obj(["alpha", "beta"], alpha=_nullable(NUM), beta=_nullable(NUM))},
+        at_n_star=_nullable(_obj(["n"], n=INT, **BON_STATS)), seeds_ok={"type": "array", "items": NONNEG_INT},
+        projection=_nullable(PROJECTION)), BON_ARM_NAMES),
+)
+
 SCHEMAS = {"data_stats": DATA_STATS_SCHEMA, "sft": SFT_RESULTS_SCHEMA, "rm": RM_RESULTS_SCHEMA,
-           "ppo": PPO_RESULTS_SCHEMA}
+           "bon": BON_RESULTS_SCHEMA, "ppo": PPO_RESULTS_SCHEMA}
 FILE_NAMES = {"data_stats": "data_stats.json", "sft": "sft_results.json", "rm": "rm_results.json",
-              "ppo": "ppo_experiment_results.json"}
+              "bon": "bon_results.json", "ppo": "ppo_experiment_results.json"}
 
 
 def _schema_problems(obj, kind: str):
@@ -223,13 +269,17 @@ def _schema_problems(obj, kind: str):
 
 def _intervals(obj, kind: str):
     """Every [low, high] interval of a valid result, with its JSON path."""
-    arms = obj.get("arms", {}) if kind in ("rm", "ppo") else {}
-    names = {"rm": ["accuracy_ci95"], "ppo": ["gold_gain_vs_sft_ci95", "tax_vs_bf16_ci95",
-                                              "gain_diff_vs_bf16_ci95"]}.get(kind, [])
-    for arm, entry in arms.items():
-        for name in names:
-            if entry.get(name) is not None:
-                yield f"$.arms.{arm}.{name}", entry[name]
+    stats = ["gold_gain_vs_sft_ci95", "tax_vs_bf16_ci95", "gain_diff_vs_bf16_ci95", "tax_minus_null_ci95"]
+    if kind == "rm":
+        for mid, entry in obj.get("models", {}).items():
+            if entry.get("accuracy_ci95") is not None:
+                yield f"$.models.{mid}.accuracy_ci95", entry["accuracy_ci95"]
+    for arm, entry in (obj.get("arms", {}) if kind in ("ppo", "bon") else {}).items():
+        rows = [("", entry)] + [(f".by_n[{i}]", row) for i, row in enumerate(entry.get("by_n") or [])]
+        for where, row in rows:
+            for name in stats:
+                if row.get(name) is not None:
+                    yield f"$.arms.{arm}{where}.{name}", row[name]
 
 
 def _semantic_problem(obj, kind: str):
@@ -250,7 +300,7 @@ def _semantic_problem(obj, kind: str):
 def validate(obj, kind: str, *, source: str | Path | None = None):
     """Check a result against its schema; return it unchanged, or raise SchemaError naming the first problem.
 
-    kind: "data_stats", "sft", "rm" or "ppo". source: the file it came from, for the message.
+    kind: "data_stats", "sft", "rm", "bon" or "ppo". source: the file it came from, for the message.
     """
     if kind not in SCHEMAS:
         raise ValueError(f"unknown result kind {kind!r}; allowed: {', '.join(SCHEMAS)}")

@@ -19,8 +19,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import base_model, data, distributed, evaluate, lineage, schema
-from .config import NULL_ARM, Paths, Profile, hh_dir, resolve_device, resolve_source
+import numpy as np
+
+from . import base_model, bon, data, distributed, evaluate, lineage, schema
+from .config import (
+    NOISY_ARM,
+    NULL_ARM,
+    NULL_SEED_OFFSET,
+    SERVED_PREFIX,
+    Paths,
+    Profile,
+    hh_dir,
+    resolve_device,
+    resolve_source,
+)
 from .evaluate import experiment_result
 from .jobs import run_jobs
 from .memory import measured_vs_estimate
@@ -29,6 +41,7 @@ from .results import (
     MemoryMeter,
     atomic_folder,
     atomic_write_json,
+    atomic_write_jsonl,
     current_rss_bytes,
     data_source_of,
     manifest,
@@ -42,6 +55,7 @@ from .reward import (
     compare_cpu_kernels,
     evaluate_reward_model,
     load_reward_model,
+    seed_summary,
     train_reward_model,
 )
 from .runtime import collected, free_memory, progress_bar, progress_callback
@@ -69,11 +83,14 @@ SFT = Stage("sft", "sft", ("data", "base", "sft"), "02_SFT_Finetuning",
             "build the base model (cpu profile), LoRA SFT, held-out loss before/after")
 RM = Stage("rm", "rm", ("data", "base", "sft", "rm"), "03_Reward_Modeling",
            "one reward model per precision, evaluated on held-out pairs")
+# best-of-n samples and scores its pool as PPO's rollouts are (ppo.max_new, temperature, missing_eos_penalty)
+BON = Stage("bon", "bon", ("data", "base", "sft", "rm", "ppo", "eval"), "03_Reward_Modeling",
+            "best-of-n: one candidate pool from the SFT policy, judged once, ranked by every reward model")
 PPO = Stage("ppo", "ppo", ("data", "base", "sft", "rm", "ppo", "eval"), "04_PPO_Alignment",
-            "PPO against each reward model per seed, evaluation, the quantization tax")
+            "PPO against each reward model (every arm, every reward-model seed), evaluation, the quantization tax")
 
 
-BY_KIND = {st.kind: st for st in (DATA, SFT, RM, PPO)}
+BY_KIND = {st.kind: st for st in (DATA, SFT, RM, BON, PPO)}
 
 
 class StaleInputError(RuntimeError):
@@ -400,20 +417,40 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
 
 
 # ------------------------------------------------------------------------------------------- 03 reward models
-def rm_arms(profile: Profile) -> dict[str, dict]:
-    """Every reward model the rm stage trains: one per precision, the null arm (bf16, another seed) and, for the
-    heldout judge, the judge (bf16, a third seed, trained on the other half of the training pairs)."""
-    arms = {p: {"precision": p, "seed": profile.seed, "half": "a"} for p in profile.rm.precisions}
-    if profile.rm.null_arm:
-        arms[NULL_ARM] = {"precision": "bf16", "seed": profile.seed + 1, "half": "a"}
+def rm_models(profile: Profile) -> dict[str, dict]:
+    """Every reward model the rm stage trains, by id ("arm/seedS"): for each reward-model seed S one per precision
+    (training seed S: paired), the null arm's (bf16, seed S + NULL_SEED_OFFSET) and the noisy arm's (bf16, seed S,
+    `rm.label_noise` of the training labels flipped); for the heldout judge one more (bf16, its own seed, trained on
+    the other half of the training pairs)."""
+    r = profile.rm
+    models = {}
+    for seed in r.seeds:
+        spec = {"seed": seed, "half": "a", "label_noise": 0.0}
+        for p in r.precisions:
+            models[model_id(p, seed)] = spec | {"arm": p, "precision": p, "train_seed": seed}
+        if r.null_arm:
+            models[model_id(NULL_ARM, seed)] = spec | {"arm": NULL_ARM, "precision": "bf16",
+                                                       "train_seed": seed + NULL_SEED_OFFSET}
+        if r.noisy_arm:
+            models[model_id(NOISY_ARM, seed)] = spec | {"arm": NOISY_ARM, "precision": "bf16", "train_seed": seed,
+                                                        "label_noise": r.label_noise}
     if profile.eval.judge == "heldout":
-        arms[JUDGE_ARM] = {"precision": "bf16", "seed": profile.seed + 2, "half": "b"}
-    return arms
+        models[JUDGE_ARM] = {"arm": JUDGE_ARM, "precision": "bf16", "seed": None, "train_seed": profile.seed + 2,
+                             "half": "b", "label_noise": 0.0}
+    return models
+
+
+def model_id(arm: str, seed: int | None) -> str:
+    return arm if seed is None else f"{arm}/seed{seed}"
+
+
+def rm_path(paths: Paths, spec: dict) -> Path:
+    return paths.rm(spec["arm"], spec["seed"])
 
 
 def run_rm(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
     """03: the reward models from the SFT model, one job each; one that fails is recorded, the rest go on."""
-    return cycle(RM, profile, paths, force=force, outputs=[paths.rm(arm) for arm in rm_arms(profile)],
+    return cycle(RM, profile, paths, force=force, outputs=[rm_path(paths, s) for s in rm_models(profile).values()],
                  compute=lambda: _reward_models(profile, paths, progress))
 
 
@@ -426,24 +463,31 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
         else {"a": train}
 
     ######## One job per reward model ########
-    arms = rm_arms(profile)
-    jobs = [{"profile": profile, "paths": paths, "arm": arm, "train": halves[spec["half"]], **spec}
-            for arm, spec in arms.items()]
-    labels = [f"RM {arm} ({i + 1}/{len(jobs)})" for i, arm in enumerate(arms)]
+    models = rm_models(profile)
+    jobs = [{"profile": profile, "paths": paths, "id": mid, "train": halves[spec["half"]], **spec}
+            for mid, spec in models.items()]
+    labels = [f"RM {mid} ({i + 1}/{len(jobs)})" for i, mid in enumerate(models)]
     records = run_jobs(_rm_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
                        overall="Reward models finished",
-                       progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
+                       progress=progress, failed=lambda job, reason: {
+                           "status": "failed", "reason": reason, "arm": job["arm"], "precision": job["precision"],
+                           "seed": job["seed"], "train_seed": job["train_seed"]})
 
     if not distributed.is_main():
         return None
-    ######## Every reward model beside bf16 on the same test pairs ########
-    records = dict(zip(arms, records))
-    compare_with_reference(records, "bf16")
-    return {"arms": records, "null_arm": NULL_ARM if profile.rm.null_arm else None,
-            "judge_arm": JUDGE_ARM if JUDGE_ARM in arms else None}, {
-        "data_source": data_source_of(paths),
-        "timings": {a: r.get("train_seconds") for a, r in records.items()},
-        "peak_memory": {a: r.get("peak_memory_bytes") for a, r in records.items()}}
+    ######## Every reward model beside the bf16 model of its seed, on the same test pairs; each arm over seeds ########
+    records = dict(zip(models, records))
+    compare_with_reference(records, profile.rm.seeds)
+    arms = {arm: seed_summary([records[model_id(arm, s)] for s in profile.rm.seeds]) for arm in profile.arms}
+    if JUDGE_ARM in records:
+        arms[JUDGE_ARM] = seed_summary([records[JUDGE_ARM]])
+    return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds),
+            "null_arm": NULL_ARM if profile.rm.null_arm else None,
+            "noisy_arm": NOISY_ARM if profile.rm.noisy_arm else None, "label_noise": profile.rm.label_noise,
+            "judge_arm": JUDGE_ARM if JUDGE_ARM in records else None}, {
+        "seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
+        "timings": {m: r.get("train_seconds") for m, r in records.items()},
+        "peak_memory": {m: r.get("peak_memory_bytes") for m, r in records.items()}}
 
 
 class TrainThenEvaluate:
@@ -463,34 +507,40 @@ class TrainThenEvaluate:
 
 def _rm_job(job: dict, report) -> dict:
     """Train one reward model, reload it as saved (proving it loads at its precision) and evaluate it on CPU."""
-    profile, paths, arm, precision = job["profile"], job["paths"], job["arm"], job["precision"]
+    profile, paths, precision = job["profile"], job["paths"], job["precision"]
     r, trust, progress = profile.rm, profile.base.trust_remote_code, TrainThenEvaluate(report)
+    who = {"arm": job["arm"], "precision": precision, "seed": job["seed"], "train_seed": job["train_seed"],
+           "label_noise": job["label_noise"]}
     try:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
-        with atomic_folder(paths.rm(arm)) as written:
+        train, flipped = job["train"], []
+        if job["label_noise"]:  # the positive control: the same pairs, a share of them with their labels swapped
+            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"])
+        with atomic_folder(rm_path(paths, job)) as written:
             run = train_reward_model(
-                job["train"], init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
+                train, init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
                 out_dir=written, batch_size=r.batch_size, lr=r.lr, epochs=r.epochs, accum=r.accum,
                 warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
                 lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
                 max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                seed=job["seed"], profile=profile, callbacks=[progress_callback(progress)])
+                seed=job["train_seed"], profile=profile, callbacks=[progress_callback(progress)])
         free_memory()
         if not distributed.is_main():  # evaluation and records are the main process's
-            return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"]}
-        model, info = load_reward_model(paths.rm(arm), trust_remote_code=trust, device="cpu",
+            return {"status": "ok", "reason": None, **who}
+        model, info = load_reward_model(rm_path(paths, job), trust_remote_code=trust, device="cpu",
                                         int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"]}
-        if precision != "bf16":  # how far bitsandbytes' own CPU paths are from the kernel PPO scores with
-            ev["cpu_kernel_check"] = compare_cpu_kernels(paths.rm(arm), tokenizer, test, ev, info["kernel"]["kernel"],
-                                                         trust_remote_code=trust)
+        # How far bitsandbytes' own CPU paths are from the kernel PPO scores with: once per precision (first seed)
+        if precision != "bf16" and job["seed"] == r.seeds[0]:
+            ev["cpu_kernel_check"] = compare_cpu_kernels(rm_path(paths, job), tokenizer, test, ev,
+                                                         info["kernel"]["kernel"], trust_remote_code=trust)
         progress.evaluated()
         footprint = info["footprint_bytes"]
         ref = weakref.ref(model)
         del model
-        return {"status": "ok", "reason": None, "precision": precision, "seed": job["seed"],
-                "train_pairs": len(job["train"]), **ev,
+        return {"status": "ok", "reason": None, **who,
+                "train_pairs": len(train), "flipped_pairs": len(flipped), **ev,
                 "footprint_bytes": footprint, "train_seconds": run["train_seconds"],
                 "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
                 "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
@@ -499,19 +549,19 @@ def _rm_job(job: dict, report) -> dict:
                 "rss_after_release_bytes": current_rss_bytes()} | (
             {"ranks": run["ranks"]} if distributed.launched() else {})
     except Exception as e:  # recorded; the other reward models go on
-        record = failure(e) | {"precision": precision, "seed": job["seed"]}
+        record = failure(e) | who
     free_memory()  # outside the except block, where the failed run's frames are no longer held
     return record
 
 
-def compare_with_reference(records: dict, reference: str) -> None:
-    """Agreement, rank correlation and McNemar's paired test of every finished reward model against `reference`
-    on the same test pairs; the per-pair scores are then dropped (they are not part of the result file)."""
-    ref = records.get(reference, {})
-    for arm, rec in records.items():
+def compare_with_reference(records: dict, seeds) -> None:
+    """Agreement, rank correlation and McNemar's paired test of every finished reward model against the bf16 model
+    of its own seed, on the same test pairs; the per-pair scores are then dropped (not part of the result file)."""
+    for rec in records.values():
         if rec.get("status") != "ok":
             continue
-        if arm == reference:
+        ref = records.get(model_id("bf16", rec["seed"]), {}) if rec["seed"] in seeds else {}
+        if rec["arm"] == "bf16":
             rec.update(agreement_with_bf16=1.0, rank_correlation_with_bf16=1.0, mcnemar_vs_bf16=None)
         elif ref.get("status") == "ok":
             wins, ref_wins = rec["wins"], ref["wins"]
@@ -526,13 +576,154 @@ def compare_with_reference(records: dict, reference: str) -> None:
             rec.pop(key, None)
 
 
+# -------------------------------------------------------------------------------------------- 03 best-of-n
+def run_bon(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
+    """03, after the reward models: paired best-of-n (Gao et al. 2022) on one candidate pool, the tax of every arm
+    before any PPO run."""
+    return cycle(BON, profile, paths, force=force, outputs=[paths.bon_pool],
+                 compute=lambda: _best_of_n(profile, paths, progress))
+
+
+def bon_scorers(profile: Profile) -> dict[str, dict]:
+    """Every (arm, seed) that ranks the pool: the models PPO trains against, and each quantized precision served
+    from the bf16-trained model of the same seed (its backbone quantized after training)."""
+    scorers = {}
+    for arm in profile.bon_arms:
+        for seed in profile.rm.seeds:
+            served = arm.startswith(SERVED_PREFIX)
+            trained = "bf16" if served else arm
+            scorers[model_id(arm, seed)] = {"arm": arm, "seed": seed, "model_arm": trained,
+                                            "model": model_id(trained, seed),
+                                            "serve_precision": arm[len(SERVED_PREFIX):] if served else None}
+    return scorers
+
+
+def _best_of_n(profile: Profile, paths: Paths, progress: bool):
+    if not distributed.is_main():  # inference only: the main process samples and scores, the others wait
+        return None
+    if not (paths.sft_merged / "config.json").exists():
+        raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
+    p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
+    rm_result = read_json(paths.result("rm"))
+    models = intact_rm_records(paths, rm_result)
+    judge = judge_spec(profile, paths, models)
+    prompts = evaluate.eval_prompts([q.prompt for q in data.read_pairs(paths.data_file("test"))], e.prompts,
+                                    profile.seed)
+
+    ######## The pool: bon_pool replies per prompt from the SFT policy, sampled as PPO samples, judged once ########
+    tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
+    policy = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=trust, device=resolve_device(profile))
+    t0 = time.perf_counter()
+    pool = evaluate.sample(policy, tokenizer, prompts, samples=e.bon_pool, max_new=p.max_new,
+                           temperature=p.temperature, seed=profile.seed, chunk=max(p.rollout_chunk, 8),
+                           report=progress_bar("Sampling the candidate pool", progress))
+    del policy
+    free_memory()
+    gold = evaluate.load_judge(judge, trust_remote_code=trust).scores(
+        pool, eos_token_id=tokenizer.eos_token_id, missing_eos_penalty=p.missing_eos_penalty)
+    sample_seconds = time.perf_counter() - t0
+
+    ######## Every reward model (and each bf16 model served quantized) scores every candidate ########
+    scorers = bon_scorers(profile)
+    jobs = [{"profile": profile, "paths": paths, "pool": pool, "eos": tokenizer.eos_token_id, "id": sid, **spec,
+             "skip": None if models.get(spec["model"], {}).get("status") == "ok" else
+             f"reward model {spec['model']} failed in 03: {models.get(spec['model'], {}).get('reason')}"}
+            for sid, spec in scorers.items()]
+    scores = run_jobs(_score_pool_job, jobs, workers=profile.workers, threads=profile.threads,
+                      labels=[f"Ranking the pool: {sid}" for sid in scorers], overall="Reward models scored",
+                      progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
+
+    ######## Best-of-n per arm: gains, taxes at every n and at n*, intervals over seeds and prompts ########
+    n_prompts, size = len(prompts), e.bon_pool
+    shape = lambda values: np.asarray(values, dtype=float).reshape(n_prompts, size)
+    proxies = {arm: np.stack([shape(rec["scores"]) if rec["status"] == "ok" else np.full((n_prompts, size), np.nan)
+                              for (sid, spec), rec in zip(scorers.items(), scores) if spec["arm"] == arm])
+               for arm in profile.bon_arms}
+    analysis = bon.analyse(shape(gold), proxies, reference="bf16",
+                           null=NULL_ARM if NULL_ARM in profile.arms else None)
+    _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
+    result = {"judge": judge, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
+              **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
+              "samples": _pool_samples(pool, gold, e.show_samples), "arms_info": _bon_arms_info(profile, models),
+              **analysis}
+    return result, {"seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
+                    "timings": {"sample_seconds": sample_seconds,
+                                "scoring_seconds": sum(rec.get("seconds") or 0 for rec in scores)}}
+
+
+def _pool_facts(pool) -> dict:
+    lengths = pool.lengths()
+    return {"pool_eos_share": sum(pool.has_eos) / len(pool.has_eos), "pool_length_mean": sum(lengths) / len(lengths)}
+
+
+def _scorer_records(scorers: dict, scores: list[dict]) -> dict:
+    """Who ranked the pool, with which kernel and how long it took; the scores themselves are in the pool file."""
+    return {sid: {"arm": spec["arm"], "seed": spec["seed"], "model": spec["model"],
+                  "serve_precision": spec["serve_precision"], "status": rec["status"], "reason": rec.get("reason"),
+                  "kernel": rec.get("kernel"), "seconds": rec.get("seconds")}
+            for (sid, spec), rec in zip(scorers.items(), scores)}
+
+
+def _bon_arms_info(profile: Profile, models: dict) -> dict:
+    """Each best-of-n arm's precisions: the one its reward models trained at, and the one they scored at."""
+    info = {}
+    for arm in profile.bon_arms:
+        served = arm.startswith(SERVED_PREFIX)
+        trained = "bf16" if served else models.get(model_id(arm, profile.rm.seeds[0]), {}).get("precision", arm)
+        info[arm] = {"served": served, "trained_precision": trained,
+                     "scored_precision": arm[len(SERVED_PREFIX):] if served else trained}
+    return info
+
+
+def _score_pool_job(job: dict, report) -> dict:
+    """One reward model's scores of every candidate, through PPO's CPU scoring path."""
+    if job["skip"]:
+        return {"status": "failed", "reason": job["skip"]}
+    profile, paths = job["profile"], job["paths"]
+    try:
+        t0 = time.perf_counter()
+        model, info = load_reward_model(paths.rm(job["model_arm"], job["seed"]),
+                                        trust_remote_code=profile.base.trust_remote_code, device="cpu",
+                                        int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
+                                        serve_precision=job["serve_precision"])
+        scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), job["pool"], eos_token_id=job["eos"],
+                                       missing_eos_penalty=profile.ppo.missing_eos_penalty, report=report)
+        record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],
+                  "seconds": time.perf_counter() - t0}
+        del model
+    except Exception as e:  # recorded; the other scorers go on
+        record = failure(e)
+    free_memory()
+    return record
+
+
+def _pool_samples(pool, gold, k: int) -> list[dict]:
+    """The first `k` candidates of the first prompt, as text, with their gold score: what the pool looks like."""
+    return [{"prompt": pool.prompt_of_row[i], "response": pool.texts[i], "gold": gold[i], "ended": pool.has_eos[i]}
+            for i in range(min(k, len(pool.texts)))]
+
+
+def _write_pool(path: Path, pool, gold, scores: dict) -> None:
+    """Every candidate, its gold score and every reward model's score, one JSON line each (for reading samples)."""
+    atomic_write_jsonl(path, [{"prompt": pool.prompt_of_row[i], "reply": pool.texts[i], "ended": pool.has_eos[i],
+                               "gold": gold[i], "scores": {sid: (s[i] if s else None) for sid, s in scores.items()}}
+                              for i in range(len(pool.texts))])
+
+
 # ------------------------------------------------------------------------------------------------------ 04 PPO
 def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """04: PPO against every arm's reward model for every seed, evaluated along training by the judge and the
-    proxy; the cross matrix; gains, taxes and the null arm with hierarchical-bootstrap intervals; the frontier."""
-    policies = [paths.policy(a, s) for a in profile.arms for s in profile.ppo.seeds]
+    """04: PPO against every arm's reward model of every reward-model seed, evaluated along training by the judge
+    and the proxy; the cross matrix; gains, taxes and the controls with intervals over seeds and prompts; the
+    frontier."""
+    policies = [paths.policy(arm, seed) for arm, _, seed in ppo_runs(profile)]
     return cycle(PPO, profile, paths, force=force, outputs=policies,
                  compute=lambda: _experiment(profile, paths, progress, keep_finished=not force))
+
+
+def ppo_runs(profile: Profile) -> list[tuple[str, int, int]]:
+    """(arm, reward-model seed, PPO seed) of every PPO run: `ppo.runs_per_model` per reward model."""
+    return [(arm, rm_seed, profile.ppo_seed(rm_seed, r)) for arm in profile.arms for rm_seed in profile.rm.seeds
+            for r in range(profile.ppo.runs_per_model)]
 
 
 def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True):
@@ -542,43 +733,45 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     base_model.check_context(paths.sft_merged, context_needed(profile),
                              trust_remote_code=profile.base.trust_remote_code)
     rm_records = intact_rm_records(paths, read_json(paths.result("rm")))
-    usable = [a for a in profile.arms if rm_records.get(a, {}).get("status") == "ok"]
-    if "bf16" not in usable:
-        raise PPOError("the bf16 reward model is missing or failed: every tax is relative to it; rerun "
+    usable = [mid for mid in rm_models(profile) if mid != JUDGE_ARM and rm_records.get(mid, {}).get("status") == "ok"]
+    if not any(rm_records[mid]["arm"] == "bf16" for mid in usable):
+        raise PPOError("every bf16 reward model is missing or failed: every tax is relative to bf16; rerun "
                        "03_Reward_Modeling")
     judge = judge_spec(profile, paths, rm_records)
     prompts = evaluate.eval_prompts([p.prompt for p in data.read_pairs(paths.data_file("test"))],
                                     profile.eval.prompts, profile.seed)
 
-    ######## One job for the SFT policy, one per arm and seed; each run is evaluated along training ########
+    ######## One job for the SFT policy, one per PPO run; each run is evaluated along training ########
     jobs = _policy_jobs(profile, paths, {"profile": profile, "paths": paths, "prompts": prompts, "judge": judge,
                                          "scorers": usable}, rm_records, keep_finished)
-    labels = ["Evaluating the SFT policy"] + [f"PPO {j['arm']} · seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
-                                              for i, j in enumerate(jobs[1:])]
+    labels = ["Evaluating the SFT policy"] + [
+        f"PPO {j['arm']} · RM seed {j['rm_seed']} · PPO seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
+        for i, j in enumerate(jobs[1:])]
     results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
                        overall="Policies finished (SFT evaluation and every PPO run)",
                        progress=progress,
-                       failed=lambda job, reason: {"seed": job["seed"], "status": "failed", "reason": reason})
+                       failed=lambda job, reason: {"seed": job["seed"], "rm_seed": job.get("rm_seed"),
+                                                   "status": "failed", "reason": reason})
     if not distributed.is_main():
         return None
     sft, runs = results[0], {arm: [] for arm in profile.arms}
     for job, rec in zip(jobs[1:], results[1:]):
-        runs[job["arm"]].append(rec)
+        runs[job["arm"]].append(rec | {"rm_seed": job["rm_seed"]})
     if sft.get("status") != "ok":
         raise PPOError(f"the SFT policy could not be evaluated: {sft.get('reason')}")
 
-    ######## Statistics: gains, taxes, the null arm, the frontier ########
+    ######## Statistics: gains, taxes, the controls, the frontier ########
     return _experiment_result(profile, paths, judge, prompts, sft, runs, usable)
 
 
 def intact_rm_records(paths: Paths, rm_result: dict) -> dict:
-    """The rm stage's records per arm, an arm whose files are missing or changed since 03 wrote them marked failed
-    (that arm's failure, not the stage's)."""
+    """The rm stage's records per reward model, one whose files are missing or changed since 03 wrote them marked
+    failed (that model's failure, not the stage's)."""
     records = {}
-    for arm, rec in rm_result["arms"].items():
-        problem = rec.get("status") == "ok" and lineage.output_problem(rm_result, paths.root, paths.relative(
-            paths.rm(arm)))
-        records[arm] = rec | {"status": "failed", "reason": f"{problem}; rerun 03_Reward_Modeling"} if problem else rec
+    for mid, rec in rm_result["models"].items():
+        problem = rec.get("status") == "ok" and lineage.output_problem(
+            rm_result, paths.root, paths.relative(paths.rm(rec["arm"], rec["seed"])))
+        records[mid] = rec | {"status": "failed", "reason": f"{problem}; rerun 03_Reward_Modeling"} if problem else rec
     return records
 
 
@@ -597,7 +790,7 @@ def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
         if rec.get("status") != "ok":
             raise PPOError(f"the heldout judge's reward model failed in 03: {rec.get('reason')}")
         return {"kind": "reward_model", "path": str(paths.rm(JUDGE_ARM)),
-                "name": f"bf16 reward model, other half of the training pairs, seed {rec['seed']}",
+                "name": f"bf16 reward model, other half of the training pairs, seed {rec['train_seed']}",
                 "why": "trained on pairs no arm saw, with another seed; every arm is a column of the cross matrix"}
     return {"kind": "external", "name": judge, "path": judge,
             "why": "named by eval.judge; it reads the decoded replies with its own tokenizer"}
@@ -607,20 +800,20 @@ RUN_FILE = "run.json"  # a finished PPO run's record, beside its adapter
 
 
 def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict, keep_finished: bool) -> list[dict]:
-    """The SFT policy's evaluation, then one job per arm and seed: skipped when its reward model failed, and
-    (unless forced) carrying its record when an interrupted earlier attempt finished it with the same settings and
+    """The SFT policy's evaluation, then one job per PPO run: skipped when its reward model failed, and (unless
+    forced) carrying its record when an interrupted earlier attempt finished it with the same settings and
     inputs."""
     ups = [lineage.fingerprint_of(read_json(paths.result(kind))) for kind in ("sft", "rm")]
     key = ":".join(map(str, [config_hash(PPO, profile), *ups, *base["scorers"]]))
-    jobs = [base | {"arm": "sft", "seed": profile.seed}]
-    for arm in profile.arms:
-        for seed in profile.ppo.seeds:
-            job = base | {"arm": arm, "seed": seed, "key": key}
-            if arm not in base["scorers"]:
-                job["skip"] = rm_records.get(arm, {}).get("reason") or "no reward model"
-            elif keep_finished and (done := finished_run(paths.policy(arm, seed), key)) is not None:
-                job["finished"] = done
-            jobs.append(job)
+    jobs = [base | {"arm": "sft", "seed": profile.seed, "rm_seed": None}]
+    for arm, rm_seed, seed in ppo_runs(profile):
+        mid = model_id(arm, rm_seed)
+        job = base | {"arm": arm, "rm_seed": rm_seed, "seed": seed, "key": key}
+        if mid not in base["scorers"]:
+            job["skip"] = rm_records.get(mid, {}).get("reason") or "no reward model"
+        elif keep_finished and (done := finished_run(paths.policy(arm, seed), key)) is not None:
+            job["finished"] = done
+        jobs.append(job)
     kept = sum("finished" in j for j in jobs)
     if kept:
         log.info("ppo: %d run(s) finished by an earlier, interrupted attempt are kept", kept)
@@ -643,8 +836,8 @@ def _policy_job(job: dict, report) -> dict:
     if "finished" in job:
         return job["finished"]
     if job.get("skip"):
-        return {"seed": job["seed"], "status": "failed", "reason": f"reward model {job['arm']} failed in 03: "
-                                                                      f"{job['skip']}"}
+        return {"seed": job["seed"], "status": "failed",
+                "reason": f"reward model {model_id(job['arm'], job['rm_seed'])} failed in 03: {job['skip']}"}
     if job["arm"] == "sft" and not distributed.is_main():
         return {"seed": job["seed"], "status": "ok", "reason": None}  # evaluation only: the main process's
     try:
@@ -694,7 +887,7 @@ def _train_and_evaluate(job: dict, report) -> dict:
         return {k: v for k, v in summary.items() if not k.endswith("_per_prompt") and k != "samples"}
 
     with atomic_folder(paths.policy(arm, seed)) as written:
-        run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(arm),
+        run = train_ppo(paths.data_file("train"), sft_path=str(paths.sft_merged), rm_path=paths.rm(arm, job["rm_seed"]),
                         out_dir=written, profile=profile, ppo_batch=p.ppo_batch, ppo_epochs=p.ppo_epochs,
                         max_new=p.max_new, ppo_lr=p.ppo_lr, clip=p.clip, kl_coef=p.kl_coef, mini_batch=p.mini_batch,
                         micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, lr_scheduler=p.lr_scheduler,
@@ -704,12 +897,13 @@ def _train_and_evaluate(job: dict, report) -> dict:
                         on_checkpoint=on_checkpoint if distributed.is_main() else None, on_update=progress)
     if not distributed.is_main():
         return {"seed": seed, "status": "ok", "reason": None}  # evaluation and records are the main process's
-    precision = rm_arms(profile)[arm]["precision"]
-    cross = _cross_scores(profile, paths, job["scorers"], final["rollouts"].first(e.cross_samples),
+    precision = rm_models(profile)[model_id(arm, job["rm_seed"])]["precision"]
+    same_seed = [mid for mid in job["scorers"] if mid.endswith(f"/seed{job['rm_seed']}")]
+    cross = _cross_scores(profile, paths, same_seed, final["rollouts"].first(e.cross_samples),
                           tokenizer.eos_token_id)
     progress.evaluated()
     record = to_json_ready({
-        "seed": seed, "status": "ok", "reason": None, **final["summary"], "cross": cross,
+        "seed": seed, "rm_seed": job["rm_seed"], "status": "ok", "reason": None, **final["summary"], "cross": cross,
         "judge_scores": final["judged"], "checkpoints": run["checkpoints"], "history": run["history"],
         "train_seconds": run["train_seconds"], "peak_memory_bytes": run["peak_memory"]["peak_bytes"],
         "peak_memory": run["peak_memory"], "memory": measured_vs_estimate(profile, f"ppo_{precision}",
@@ -724,15 +918,17 @@ def _train_and_evaluate(job: dict, report) -> dict:
     return record
 
 
-def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: int) -> dict:
-    """Mean reward of the replies under every arm's reward model (one row of the cross matrix)."""
+def _cross_scores(profile: Profile, paths: Paths, model_ids, rollouts, eos_token_id: int) -> dict:
+    """Mean reward of the replies under each of the reward models `model_ids` (a row of the cross matrix)."""
     out = {}
-    for arm in arms:
-        model, _ = load_reward_model(paths.rm(arm), trust_remote_code=profile.base.trust_remote_code, device="cpu",
+    specs = rm_models(profile)
+    for mid in model_ids:
+        model, _ = load_reward_model(rm_path(paths, specs[mid]), trust_remote_code=profile.base.trust_remote_code,
+                                     device="cpu",
                                      int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
         scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
-        out[arm] = sum(scores) / len(scores)
+        out[mid] = sum(scores) / len(scores)
         ref = weakref.ref(model)
         del model
         collected(ref)
@@ -741,20 +937,22 @@ def _cross_scores(profile: Profile, paths: Paths, arms, rollouts, eos_token_id: 
 
 def _experiment_result(profile: Profile, paths: Paths, judge: dict, prompts, sft: dict, runs: dict, usable):
     e = profile.eval
+    specs = rm_models(profile)
     result = experiment_result(
-        judge, sft, runs, precisions={a: rm_arms(profile)[a]["precision"] for a in profile.arms}, usable=usable,
-        null=NULL_ARM if NULL_ARM in usable else None, bootstrap=e.bootstrap, seed=profile.seed,
+        judge, sft, runs, precisions={a: specs[model_id(a, profile.rm.seeds[0])]["precision"] for a in profile.arms},
+        rm_seeds=list(profile.rm.seeds), null=NULL_ARM if NULL_ARM in profile.arms else None,
+        noisy=NOISY_ARM if NOISY_ARM in profile.arms else None, bootstrap=e.bootstrap, seed=profile.seed,
         eval_info={"prompts": len(prompts), "samples": e.samples, "checkpoint_samples": e.checkpoint_samples,
                    "checkpoint_steps": evaluate.checkpoint_steps(profile.ppo.steps, e.checkpoints),
                    "missing_eos_penalty": profile.ppo.missing_eos_penalty, "bootstrap": e.bootstrap})
-    return result, {"seeds": profile.ppo.seeds, "data_source": data_source_of(paths),
+    return result, {"seeds": [seed for _, _, seed in ppo_runs(profile)], "data_source": data_source_of(paths),
                     "timings": {f"{a}/{r['seed']}": r.get("train_seconds") for a, rs in runs.items() for r in rs},
                     "peak_memory": {a: rec.get("peak_memory_bytes_max") for a, rec in result["arms"].items()}}
 
 
 # ------------------------------------------------------------------------------------------------- all stages
 STAGES: dict[str, tuple[Stage, Callable]] = {"data": (DATA, run_data), "sft": (SFT, run_sft), "rm": (RM, run_rm),
-                                             "ppo": (PPO, run_ppo)}
+                                             "bon": (BON, run_bon), "ppo": (PPO, run_ppo)}
 
 
 def run(names, profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:

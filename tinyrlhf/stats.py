@@ -3,9 +3,10 @@
 - `wilson_ci`: a proportion's 95% interval (reward-model accuracy).
 - `mcnemar`: the exact paired test of two classifiers on the same pairs (reward models across precisions).
 - `mean_std_ci`: mean, sample standard deviation and a t-interval.
-- `bootstrap_arms`: the quantization tax. Hierarchical bootstrap over seeds and prompts, paired across arms: every
-  resample draws seed indices and prompt indices once and applies them to every arm and to the SFT reference, so
-  what the arms share cancels in their differences.
+- `arm_statistics`: the quantization tax, gains and differences with `crossed_jackknife` intervals: reward-model
+  seeds crossed with prompts (every seed's models answer, or rank candidates for, the same prompts), paired across
+  arms by seed and prompt, Student's t with Satterthwaite's degrees of freedom (correct with 5 seeds, where a
+  percentile bootstrap covered 85-91%). `variance_components` and `projection`: what more seeds or prompts buy.
 - `fit_frontier`: Gao, Schulman & Hilton (2022), "Scaling laws for reward model overoptimization": the gold reward
   gain against d = sqrt(KL) follows R(d) = d (alpha - beta log d) for best-of-n and RL alike; fitted by least
   squares, with intervals from resampling runs.
@@ -84,58 +85,184 @@ def percentile_ci(draws) -> list[float] | None:
 
 
 # ------------------------------------------------------------------------------------------------- the tax
-def arm_statistics(cells: dict[str, np.ndarray], sft: np.ndarray, *, reference: str, null: str | None,
-                   resamples: int, seed: int = 0, levels: str = "both") -> dict[str, dict]:
-    """Gains over SFT, taxes relative to `reference` and differences from the null arm, each with a 95% interval.
+def t975(df: float) -> float:
+    """Student's t two-sided 95% quantile at `df` degrees of freedom (possibly fractional: Satterthwaite's), from
+    the table by linear interpolation in 1/df (exact at integers; within 0.5% between them)."""
+    if not df or df < 1:
+        df = 1.0
+    if df >= len(T975):
+        return Z95 + (T975[-1] - Z95) * len(T975) / df  # the table's last step continued in 1/df towards z
+    lo = int(math.floor(df))
+    if lo == df:
+        return T975[lo - 1]
+    a, b = T975[lo - 1], T975[lo]
+    w = (1 / lo - 1 / df) / (1 / lo - 1 / (lo + 1))
+    return a + w * (b - a)
 
-    cells[arm]: array (seeds x prompts) of the judge's mean score per (seed, prompt), NaN for a failed seed;
-    sft: array (prompts,) of the SFT policy's. Tax of an arm = 1 - gain / gain_reference. The bootstrap draws seed
-    indices (paired across arms: seed s of every arm shares PPO seed s) and prompt indices (shared by the arms and
-    SFT); levels="seeds" or "prompts" resamples only one of them (for the variance components).
+
+def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
+    """A 95% interval for a statistic of a seeds x prompts design (crossed: every seed answers every prompt),
+    correct in small samples: delete-one jackknife variances over seeds and over prompts, added (the seed-by-prompt
+    interaction counted in both: slightly conservative), and Student's t with Satterthwaite's degrees of freedom,
+    which with few seeds are about S - 1. For a mean, the seed part is exactly var(seed means) / S, the unbiased
+    estimate a percentile bootstrap over S seeds understates by (S - 1) / S (and its quantiles are too narrow
+    besides). Deterministic: no resampling. `statistic(seed_idx, prompt_idx)` takes index arrays."""
+    all_s, all_p = np.arange(n_seeds), np.arange(n_prompts)
+    value = statistic(all_s, all_p)
+    if value is None or not math.isfinite(value):
+        return {"value": None, "se": None, "df": None, "ci95": None}
+
+    def jack(n, leave):
+        if n < 2:
+            return 0.0, 0
+        vals = np.array([leave(i) for i in range(n)], dtype=float)
+        if not np.all(np.isfinite(vals)):
+            return float("nan"), n - 1
+        return float((n - 1) / n * np.sum((vals - vals.mean()) ** 2)), n - 1
+
+    v_s, df_s = jack(n_seeds, lambda i: statistic(np.delete(all_s, i), all_p))
+    v_p, df_p = jack(n_prompts, lambda i: statistic(all_s, np.delete(all_p, i)))
+    total = v_s + v_p
+    if not math.isfinite(total) or n_seeds < 2:
+        return {"value": float(value), "se": None, "df": None, "ci95": None, "var_seeds": _finite(v_s),
+                "var_prompts": _finite(v_p)}
+    parts = (v_s ** 2 / df_s if df_s else 0.0) + (v_p ** 2 / df_p if df_p else 0.0)
+    df = total ** 2 / parts if parts > 0 else float(max(df_s, 1))
+    half = t975(df) * math.sqrt(total)
+    return {"value": float(value), "se": math.sqrt(total), "df": df, "ci95": [value - half, value + half],
+            "var_seeds": v_s, "var_prompts": v_p}
+
+
+def _mean_of(values: np.ndarray, s, p) -> float:
+    return float(np.mean(values[np.ix_(s, p)]))
+
+
+def arm_statistics(cells: dict[str, np.ndarray], base: np.ndarray, *, reference: str, null: str | None) -> dict:
+    """Gains over the baseline, taxes relative to `reference` and the difference from the null arm's tax, each
+    with a crossed-jackknife t interval (crossed_jackknife) over seeds and prompts.
+
+    cells[arm]: array (seeds x prompts) of the judge's mean score per (seed, prompt), NaN for a failed seed; seed
+    index i of every arm shares reward-model seed i, so comparisons are paired by seed and by prompt. base: array
+    (prompts,) of the baseline's (the SFT policy's, or the candidate pool's mean). Each comparison keeps the seeds
+    finished in every arm it involves (a seed failed in one arm is dropped from that comparison, not unpaired).
+    The tax 1 - gain / gain_ref is reported only where the reference's gain interval excludes 0 (on the seeds the
+    comparison keeps); elsewhere it is None, the gain difference leads, and `tax_undefined` says why.
     """
-    rng = np.random.default_rng(seed)
-    n_seeds, n_prompts = next(iter(cells.values())).shape
-    point = _gains(cells, sft, np.arange(n_seeds), np.arange(n_prompts))
-    draws = []
-    for _ in range(resamples):
-        s = rng.integers(0, n_seeds, n_seeds) if levels in ("both", "seeds") else np.arange(n_seeds)
-        p = rng.integers(0, n_prompts, n_prompts) if levels in ("both", "prompts") else np.arange(n_prompts)
-        draws.append(_gains(cells, sft, s, p))
-    return {arm: _summaries(arm, point, draws, reference, null) for arm in cells}
+    return {arm: _arm_summary(arm, cells, base, reference, null) for arm in cells}
 
 
-def _gains(cells, sft, s, p) -> dict[str, float]:
-    base = float(np.mean(sft[p]))
-    out = {}
-    for arm, values in cells.items():
-        picked = values[np.ix_(s, p)]
-        out[arm] = float(np.mean(picked[~np.isnan(picked)])) - base if (~np.isnan(picked)).any() else float("nan")
+def _ok_seeds(cells, *arms) -> np.ndarray:
+    ok = np.ones(next(iter(cells.values())).shape[0], dtype=bool)
+    for a in arms:
+        ok &= ~np.isnan(cells[a]).any(axis=1)
+    return np.flatnonzero(ok)
+
+
+def _gain_fn(values, base):
+    return lambda s, p: _mean_of(values, s, p) - float(np.mean(base[p]))
+
+
+def _tax_fn(values, ref, base):
+    def tax(s, p):
+        g_ref = _mean_of(ref, s, p) - float(np.mean(base[p]))
+        return None if g_ref == 0 else 1.0 - (_mean_of(values, s, p) - float(np.mean(base[p]))) / g_ref
+    return tax
+
+
+def _arm_summary(arm, cells, base, reference, null) -> dict:
+    n_prompts = len(base)
+    own = _ok_seeds(cells, arm)
+    gain = crossed_jackknife(_gain_fn(cells[arm][own], base), len(own), n_prompts) if len(own) else {}
+    out = {"gold_gain_vs_sft": gain.get("value"), "gold_gain_vs_sft_ci95": gain.get("ci95"),
+           "seeds_used": [int(i) for i in own]}
+    if reference not in cells:
+        return out
+    common = _ok_seeds(cells, arm, reference)
+    a, r = cells[arm][common], cells[reference][common]
+    diff = crossed_jackknife(lambda s, p: _mean_of(a, s, p) - _mean_of(r, s, p), len(common), n_prompts) \
+        if len(common) else {}
+    ref_gain = crossed_jackknife(_gain_fn(r, base), len(common), n_prompts) if len(common) else {}
+    ref_ci = ref_gain.get("ci95")
+    out |= {"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
+            "gain_diff_df": diff.get("df"), "paired_seeds": [int(i) for i in common],
+            "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None}
+    if arm == reference:
+        out |= {"tax_vs_bf16": 0.0, "gain_diff_vs_bf16": 0.0, "gain_diff_vs_bf16_ci95": None}
+    elif ref_ci is None or ref_ci[0] <= 0:
+        out["tax_undefined"] = ("bf16's gain interval reaches 0 on these seeds: a ratio to it is not defined"
+                                if ref_ci is not None else "too few seeds shared with bf16 for an interval")
+    else:
+        tax = crossed_jackknife(_tax_fn(a, r, base), len(common), n_prompts)
+        out |= {"tax_vs_bf16": tax.get("value"), "tax_vs_bf16_ci95": tax.get("ci95"), "tax_df": tax.get("df")}
+    if out["tax_vs_bf16_ci95"] is not None:
+        lo, hi = out["tax_vs_bf16_ci95"]
+        # the largest tax the interval rules out when it holds 0: "costs less than hi of bf16's gain (95%)"
+        out["tax_ruled_out_above"] = hi if lo <= 0 <= hi else None
+    if null is not None and null in cells and arm not in (reference, null) and ref_ci is not None and ref_ci[0] > 0:
+        both = _ok_seeds(cells, arm, reference, null)
+        a3, r3, n3 = cells[arm][both], cells[reference][both], cells[null][both]
+        ta, tn = _tax_fn(a3, r3, base), _tax_fn(n3, r3, base)
+
+        def minus_null(s, p):
+            x, y = ta(s, p), tn(s, p)
+            return None if x is None or y is None else x - y
+        mn = crossed_jackknife(minus_null, len(both), n_prompts) if len(both) else {}
+        out |= {"tax_minus_null": mn.get("value"), "tax_minus_null_ci95": mn.get("ci95")}
     return out
 
 
-def _tax(gains: dict, arm: str, reference: str) -> float | None:
-    ref = gains.get(reference)
-    return None if not ref or not math.isfinite(ref) else 1.0 - gains[arm] / ref
+def variance_components(diff: np.ndarray) -> dict:
+    """Method-of-moments variance components of a seeds x prompts table of paired differences (an arm minus bf16),
+    two-way crossed without replication: seed (reward-model seed, with the PPO seeds within it), prompt, and the
+    residual (seed x prompt interaction and sampling noise). Negative estimates are set to 0."""
+    d = np.asarray(diff, dtype=float)
+    n_s, n_p = d.shape
+    grand, seed_means, prompt_means = d.mean(), d.mean(1), d.mean(0)
+    ms_s = n_p * np.sum((seed_means - grand) ** 2) / (n_s - 1) if n_s > 1 else float("nan")
+    ms_p = n_s * np.sum((prompt_means - grand) ** 2) / (n_p - 1) if n_p > 1 else float("nan")
+    resid = d - seed_means[:, None] - prompt_means[None, :] + grand
+    ms_e = np.sum(resid ** 2) / ((n_s - 1) * (n_p - 1)) if n_s > 1 and n_p > 1 else float("nan")
+    return {"seed": max(0.0, (ms_s - ms_e) / n_p), "prompt": max(0.0, (ms_p - ms_e) / n_s), "residual": ms_e,
+            "seeds": n_s, "prompts": n_p}
 
 
-def _finite(v) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
+def _projected_half(comp: dict, seeds: int, prompt_factor: float, ref_gain: float) -> float:
+    var = comp["seed"] / seeds + (comp["prompt"] + comp["residual"] / seeds) / (comp["prompts"] * prompt_factor)
+    return t975(max(seeds - 1, 1)) * math.sqrt(var) / abs(ref_gain)
 
 
-def _summaries(arm, point, draws, reference, null) -> dict:
-    has_ref = _finite(point.get(reference)) is not None
-    out = {"gold_gain_vs_sft": _finite(point[arm]), "gold_gain_vs_sft_ci95": percentile_ci([d[arm] for d in draws]),
-           "tax_vs_bf16": _finite(_tax(point, arm, reference)),
-           "tax_vs_bf16_ci95": percentile_ci([_tax(d, arm, reference) for d in draws]) if has_ref else None,
-           "gain_diff_vs_bf16": _finite(point[arm] - point[reference]) if has_ref else None,
-           "gain_diff_vs_bf16_ci95": percentile_ci([d[arm] - d[reference] for d in draws]) if has_ref else None}
-    if null is not None and null in point and has_ref:
-        diffs = [_tax(d, arm, reference) - _tax(d, null, reference) for d in draws
-                 if _tax(d, arm, reference) is not None and _tax(d, null, reference) is not None]
-        null_tax = _finite(_tax(point, null, reference))
-        out["tax_minus_null"] = None if out["tax_vs_bf16"] is None or null_tax is None else \
-            out["tax_vs_bf16"] - null_tax
-        out["tax_minus_null_ci95"] = percentile_ci(diffs)
+def projection(cells, base, *, reference: str, arm: str, seeds_options=(5, 10, 20, 40), prompt_factors=(1, 2, 4),
+               target: float = 0.25, resamples: int = 500, seed: int = 0) -> dict:
+    """What design would bring the tax interval of `arm` to a given half-width (`target`, as a share of bf16's
+    gain), from the variance components of its paired differences (variance_components): var = seed / S' +
+    (prompt + residual / S') / (f P), t with S' - 1 degrees of freedom. `*_range` is the spread of each projection
+    when the seeds themselves are resampled (the components are estimated from few seeds: the projection is
+    uncertain too). `reaches_target`: the cheapest design (seeds x prompt factor) whose projected half-width is <=
+    target, or None."""
+    common = _ok_seeds(cells, arm, reference)
+    out = {"components": None, "half_width_by_seeds": {}, "half_width_by_seeds_range": {}, "half_width_grid": [],
+           "target": target, "reaches_target": None}
+    if len(common) < 2:
+        return out
+    a, r = cells[arm][common], cells[reference][common]
+    ref_gain = float(np.mean(r) - np.mean(base))
+    if ref_gain == 0:
+        return out
+    comp = variance_components(a - r)
+    out["components"] = comp
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(common), len(common))
+        draws.append(variance_components(a[pick] - r[pick]) | {"seeds": len(common)})
+    for s in seeds_options:
+        out["half_width_by_seeds"][str(s)] = _projected_half(comp, s, 1, ref_gain)
+        spread = [_projected_half(c, s, 1, ref_gain) for c in draws if math.isfinite(c["residual"])]
+        out["half_width_by_seeds_range"][str(s)] = percentile_ci(spread)
+    out["half_width_grid"] = [{"seeds": s, "prompt_factor": f, "half_width": _projected_half(comp, s, f, ref_gain)}
+                              for s in seeds_options for f in prompt_factors]
+    fits = [g for g in out["half_width_grid"] if g["half_width"] <= target]
+    out["reaches_target"] = min(fits, key=lambda g: (g["seeds"] * g["prompt_factor"], g["seeds"])) if fits else None
     return out
 
 
@@ -143,33 +270,8 @@ def half_width(ci) -> float | None:
     return None if ci is None else (ci[1] - ci[0]) / 2
 
 
-def projection(cells, sft, *, reference: str, arm: str, resamples: int, seed: int = 0,
-               seeds_options=(5, 10, 20, 40), prompt_factors=(1, 2, 4), target: float = 0.25) -> dict:
-    """What design would bring the tax interval of `arm` to a given half-width, from the variance components the
-    data show: var(tax) = v_seeds * S / S' + v_prompts / f, for S' seeds and f times the prompts (v_prompts holds
-    the sample noise too, so f times the replies per prompt shrinks at most that part). `reaches_target`: the
-    cheapest design (seeds x prompt factor) whose projected half-width is <= target, or None."""
-    var = {}
-    for level in ("seeds", "prompts"):
-        stats = arm_statistics(cells, sft, reference=reference, null=None, resamples=resamples, seed=seed,
-                               levels=level)
-        hw = half_width(stats[arm]["tax_vs_bf16_ci95"])
-        var[level] = None if hw is None else (hw / Z95) ** 2
-    out = {"variance_seeds": var["seeds"], "variance_prompts": var["prompts"], "half_width_by_seeds": {},
-           "half_width_grid": [], "target": target, "reaches_target": None}
-    if None in var.values():
-        return out
-    n_seeds = next(iter(cells.values())).shape[0]
-
-    def hw_of(s, f):
-        return Z95 * math.sqrt(var["seeds"] * n_seeds / s + var["prompts"] / f)
-
-    out["half_width_by_seeds"] = {str(s): hw_of(s, 1) for s in seeds_options}
-    out["half_width_grid"] = [{"seeds": s, "prompt_factor": f, "half_width": hw_of(s, f)}
-                              for s in seeds_options for f in prompt_factors]
-    fits = [g for g in out["half_width_grid"] if g["half_width"] <= target]
-    out["reaches_target"] = min(fits, key=lambda g: (g["seeds"] * g["prompt_factor"], g["seeds"])) if fits else None
-    return out
+def _finite(v) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------------------------------ frontier
