@@ -44,10 +44,7 @@ def test_reward_models_are_above_chance_in_every_category(pipeline):
     assert first["int4"]["footprint_bytes"] < first["int8"]["footprint_bytes"] < first["bf16"]["footprint_bytes"]
     assert first["null"]["precision"] == "bf16" and first["null"]["train_seed"] != first["bf16"]["train_seed"]
     assert first["int8"]["train_seed"] == first["bf16"]["train_seed"]  # precisions paired within a seed
-    assert first["noisy"]["flipped_pairs"] == round(profile.rm.label_noise * first["noisy"]["train_pairs"])
     assert first["int8"]["mcnemar_vs_bf16"]["p_value"] <= 1.0 and first["bf16"]["mcnemar_vs_bf16"] is None
-    # the positive control is worse: flipped labels cost accuracy on every seed
-    assert arms["noisy"]["accuracy_max"] < arms["bf16"]["accuracy_mean"], (arms["noisy"], arms["bf16"])
 
 
 @pytest.mark.parametrize("precision, layer", [("int8", "Linear8bitLt"), ("int4", "Linear4bit"), ("bf16", None)])
@@ -117,10 +114,9 @@ def test_best_of_n_gains_on_the_pool_and_the_proxy_rises_with_n(pipeline):
 
 
 def test_every_policy_is_scored_by_the_judge_and_every_reward_model(pipeline):
-    _, _, results, _ = pipeline
+    profile, _, results, _ = pipeline
     m = results["ppo"]["cross_matrix"]
-    assert m["policies"] == ["sft", "bf16", "int8", "int4", "null", "noisy"]
-    assert m["judges"] == ["judge", "bf16", "int8", "int4", "null", "noisy"]
+    assert m["policies"] == ["sft", *profile.arms] and m["judges"] == ["judge", *profile.arms]
     assert all(v is not None for row in m["mean_reward"] for v in row)
     sft_row, bf16_row = m["mean_reward"][0], m["mean_reward"][1]
     assert bf16_row[1] > sft_row[1]  # PPO raised what it trained against

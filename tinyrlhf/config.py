@@ -300,8 +300,10 @@ PROFILES = {
         base=BaseSettings(model="Qwen/Qwen2.5-0.5B"),
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=1000, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
-        rm=RMSettings(batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05, target_modules=ATTENTION,
-                      eval_pairs=1000),
+        # 3 reward-model seeds x 5 arms: 15 reward models and 15 PPO runs, about the old 4 arms x 3 PPO seeds (issue 25
+        # sizes this design to the card)
+        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05,
+                      target_modules=ATTENTION, eval_pairs=1000),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=4, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=100),
         eval=EvalSettings(judge="heldout", prompts=256, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),

@@ -278,8 +278,8 @@ def _draw_bon_frontier(ax, bon: dict) -> None:
     if bon.get("n_star"):
         x = math.sqrt(bon["kl"][bon["ns"].index(bon["n_star"])])
         ax.axvline(x, color="0.4", ls=":", lw=1)
-        ax.annotate(f"n* = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=8, color="0.3")
+        ax.annotate(f"n* = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -12),
+                    textcoords="offset points", fontsize=8, color="0.3", ha="right")  # left of the line: never clipped
     ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
     top.set_xticks(d, [str(n) for n in bon["ns"]], fontsize=7)
