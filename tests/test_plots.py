@@ -212,8 +212,8 @@ def test_tax_sentences_state_the_controls_and_what_an_interval_rules_out():
          "gain_diff_vs_bf16_ci95": [-0.04, 0.02], "tax_minus_null_ci95": [-0.05, 0.04]}
     assert "costs less than 5.0% of bf16's gain (95%)" in display._tax_words("int4", e, "null")
     assert "within the null arm's noise" in display._tax_words("int4", e, "null")
-    undefined = {"tax_vs_bf16": None, "tax_undefined": "bf16's gain interval reaches 0", "gain_diff_vs_bf16": -0.01}
-    assert display._tax_words("int4", undefined, "null").startswith("tax undefined (bf16's gain interval reaches 0)")
+    undefined = {"tax_vs_bf16": None, "tax_undefined": "bf16's gain interval does not exclude 0", "gain_diff_vs_bf16": -0.01}
+    assert display._tax_words("int4", undefined, "null").startswith("tax undefined (bf16's gain interval does not exclude 0)")
 
 
 def test_bon_tables_give_every_arm_at_n_star_and_every_n():

@@ -81,6 +81,8 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None) -
     across arms), and its proxy's best-of-n gain (which must rise with n). n* is the n where bf16's mean gold gain
     peaks; the headline compares the arms there, where a ratio to bf16's gain means most.
     """
+    if reference not in proxies:
+        raise ValueError(f"best-of-n compares every arm with {reference!r}, which is not among {list(proxies)}")
     gold = np.asarray(gold, dtype=float)
     n_prompts, pool = gold.shape
     ns = list(ns or sizes(pool))

@@ -335,12 +335,13 @@ def cross_matrix(sft: dict, runs: dict, arms, rm_seeds) -> dict:
 
 def seed_cells(runs: list[dict], rm_seeds, n_prompts: int) -> np.ndarray:
     """(reward-model seeds x prompts) of the judge's per-prompt means, the PPO runs of one reward model averaged
-    (PPO seeds nested within reward-model seeds); NaN for a seed whose runs all failed."""
+    (PPO seeds nested within reward-model seeds); NaN for a seed any of whose runs failed (a seed averaged over
+    fewer runs in one arm would no longer be paired with the others' on PPO seeds)."""
     cells = np.full((len(rm_seeds), n_prompts), np.nan)
     for i, s in enumerate(rm_seeds):
-        ok = [r["judge_per_prompt"] for r in runs if r.get("rm_seed") == s and r["status"] == "ok"]
-        if ok:
-            cells[i] = np.mean(np.array(ok, dtype=float), axis=0)
+        mine = [r for r in runs if r.get("rm_seed") == s]
+        if mine and all(r["status"] == "ok" for r in mine):
+            cells[i] = np.mean(np.array([r["judge_per_prompt"] for r in mine], dtype=float), axis=0)
     return cells
 
 

@@ -350,7 +350,7 @@ def plot_bon_proxy_vs_gold(bon: dict) -> Figure:
 def plot_taxes(bon: dict | None = None, ppo: dict | None = None) -> Figure:
     """Both taxes side by side with 95% intervals: best-of-n at n* and PPO, each beside its tax minus the null
     arm's (hollow): a tax is resolved when its interval excludes 0, and told apart from reward-model noise when the
-    hollow one does. An arm whose tax is undefined (bf16's gain interval reaches 0) says so."""
+    hollow one does. An arm whose tax is undefined (bf16's gain interval does not exclude 0) says so."""
     panels = []
     if bon:
         panels.append(("best-of-n at n* = " + str(bon.get("n_star")), {a: (bon["arms"][a].get("at_n_star") or {}) | {

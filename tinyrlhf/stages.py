@@ -601,6 +601,8 @@ def bon_scorers(profile: Profile) -> dict[str, dict]:
 def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     if not distributed.is_main():  # inference only: the main process samples and scores, the others wait
         return None
+    if "bf16" not in profile.rm.precisions:
+        raise PPOError("best-of-n compares every arm with bf16: keep bf16 in rm.precisions")
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
