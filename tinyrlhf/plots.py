@@ -288,7 +288,9 @@ def _draw_bon_frontier(ax, bon: dict) -> None:
     ax.set_ylabel("gold gain over the SFT policy")
 
 
-def _draw_rl_frontier(ax, ppo: dict) -> None:
+def _draw_rl_frontier(ax, ppo: dict, proxy_ax=None) -> None:
+    """Every checkpoint of every run as a point (gold gain against d = sqrt(KL)) and each arm's fitted R(d); the
+    proxy's gains on `proxy_ax` when given."""
     for arm in _ppo_arms(ppo):
         front = _value(ppo["arms"][arm], "frontier")
         if not front:
@@ -296,11 +298,15 @@ def _draw_rl_frontier(ax, ppo: dict) -> None:
         color = precision_color(arm)
         points = [p for p in front["points"] if p.get("seed") is not None]
         d = [p["d"] for p in points]
-        ax.scatter(d, [p["gold_gain"] for p in points], s=10, color=color, alpha=0.45, gid=_gid(arm))
+        ax.scatter(d, [p["gold_gain"] for p in points], s=12, color=color, alpha=0.5, gid=_gid(arm))
+        if proxy_ax is not None:
+            proxy_ax.scatter(d, [np.nan if p["proxy_gain"] is None else p["proxy_gain"] for p in points], s=12,
+                             color=color, alpha=0.5)
         fit = front["fit"]
         if fit.get("alpha") is not None and d:
             x = np.linspace(1e-3, max(d) * 1.05, 100)
-            ax.plot(x, x * (fit["alpha"] - fit["beta"] * np.log(x)), color=color, lw=1.8, label=arm_label(arm))
+            ax.plot(x, x * (fit["alpha"] - fit["beta"] * np.log(x)), color=color, lw=1.8,
+                    label=f"{arm_label(arm)}: α={fit['alpha']:.2f}, β={fit['beta']:.2f}")
     ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     ax.set_xlabel("d = sqrt(KL to the SFT policy)")
     ax.set_ylabel("gold gain over the SFT policy")
@@ -471,26 +477,12 @@ def plot_frontier(ppo: dict) -> Figure:
     run, and R(d) = d (alpha - beta log d) fitted to the judge's points."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     ax_gold, ax_proxy = fig.subplots(1, 2, sharex=True)
-    for arm in _ppo_arms(ppo):
-        entry = ppo["arms"][arm]
-        front = _value(entry, "frontier")
-        if not front:
-            continue
-        color = precision_color(arm)
-        points = [p for p in front["points"] if p.get("seed") is not None]
-        d = [p["d"] for p in points]
-        ax_gold.scatter(d, [p["gold_gain"] for p in points], s=12, color=color, alpha=0.55, gid=_gid(arm))
-        ax_proxy.scatter(d, [p["proxy_gain"] for p in points], s=12, color=color, alpha=0.55)
-        fit = front["fit"]
-        if fit.get("alpha") is not None and d:
-            x = np.linspace(1e-3, max(d) * 1.05, 100)
-            ax_gold.plot(x, x * (fit["alpha"] - fit["beta"] * np.log(x)), color=color, lw=1.8,
-                         label=f"{arm_label(arm)}: α={fit['alpha']:.2f}, β={fit['beta']:.2f}")
+    _draw_rl_frontier(ax_gold, ppo, proxy_ax=ax_proxy)
     _legend_failures(ax_gold, ppo)
-    for ax, what in ((ax_gold, "judge"), (ax_proxy, "own reward model (proxy)")):
-        ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
-        ax.set_xlabel("d = sqrt(KL to the SFT policy)")
-        ax.set_ylabel(f"gain over SFT, {what}")
+    ax_gold.set_ylabel("gain over SFT, judge")
+    ax_proxy.axhline(0, color=precision_color("sft"), ls="--", lw=1)
+    ax_proxy.set_xlabel("d = sqrt(KL to the SFT policy)")
+    ax_proxy.set_ylabel("gain over SFT, own reward model (proxy)")
     ax_gold.set_title("Judge: points and R(d) = d(α − β log d)", fontsize=10)
     ax_proxy.set_title("Proxy: each arm's own reward model", fontsize=10)
     _outside_legend(ax_gold)
