@@ -34,14 +34,17 @@ TINY = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_di
         "eval.checkpoints": 2, "eval.bootstrap": 50, "eval.bon_pool": 4, "workers": 1}
 
 
+# The tiny world's own settings: two precisions, no controls (TINY's 2 reward-model seeds each)
+TINY_WORLD = TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False, "rm.noisy_arm": False}
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """data, sft and rm (bf16 and int4) of the cpu profile with TINY settings: (profile, paths)."""
     from tinyrlhf.config import get_paths, get_profile
     from tinyrlhf.stages import run_data, run_rm, run_sft
 
-    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
-                                                   "rm.noisy_arm": False})
+    profile = get_profile("cpu", overrides=TINY_WORLD)
     paths = get_paths(tmp_path_factory.mktemp("tiny")).make()
     run_data(profile, paths, progress=False)
     run_sft(profile, paths, progress=False)

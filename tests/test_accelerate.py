@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 # same computation (LoRA dropout masks are drawn per rank).
 SMALL = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_dialogues": 200, "sft.max_steps": 6,
          "sft.batch_size": 8, "sft.dropout": 0.0, "sft.eval_pairs": 16, "sft.sample_prompts": 2,
-         "rm.precisions": ["bf16", "int4"], "rm.null_arm": False, "rm.max_steps": 3, "rm.batch_size": 8,
+         "rm.precisions": ["bf16", "int4"], "rm.null_arm": False, "rm.noisy_arm": False, "rm.max_steps": 3, "rm.batch_size": 8,
          "rm.eval_pairs": 16, "rm.seeds": [0], "ppo.steps": 2, "ppo.ppo_batch": 8, "ppo.mini_batch": 4,
          "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2, "eval.checkpoints": 2,
-         "eval.bootstrap": 50}
+         "eval.bootstrap": 50, "eval.bon_pool": 8}
 # The shipped DDP configuration, as the README runs it. On a CPU host it starts two processes and tinyrlhf forms the
 # gloo group (distributed.init); `--cpu` instead makes accelerate 1.15 start one process (its simple launcher).
 # Port 0: a free one, whatever else runs.
@@ -53,7 +53,8 @@ def launched(tmp_path_factory):
 
 def _results(workdir: Path) -> dict:
     return {kind: json.loads((workdir / "results" / name).read_text()) for kind, name in
-            (("sft", "sft_results.json"), ("rm", "rm_results.json"), ("ppo", "ppo_experiment_results.json"))}
+            (("sft", "sft_results.json"), ("rm", "rm_results.json"), ("bon", "bon_results.json"),
+             ("ppo", "ppo_experiment_results.json"))}
 
 
 def _assert_ranks_trained_in_step(ranks: list[dict], steps: int):
@@ -72,7 +73,7 @@ def test_every_stage_trains_on_both_ranks_and_writes_once(launched):
         assert result["manifest"]["distributed"]["world_size"] == 2
     _assert_ranks_trained_in_step(results["sft"]["ranks"], SMALL["sft.max_steps"])
     for arm in ("bf16", "int4"):
-        rec = results["rm"]["arms"][arm]
+        rec = results["rm"]["models"][f"{arm}/seed0"]
         assert rec["status"] == "ok", rec.get("reason")
         _assert_ranks_trained_in_step(rec["ranks"], SMALL["rm.max_steps"])
     for arm in ("bf16", "int4"):

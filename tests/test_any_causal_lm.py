@@ -70,7 +70,7 @@ def test_every_stage_runs_on_a_local_model_folder(family, tmp_path):
     _model(family, len(tok), tok.eos_token_id).save_pretrained(folder)
 
     overrides = TINY | {"base.model": str(folder), "rm.precisions": ["bf16", "int8", "int4"], "rm.null_arm": False,
-                        "rm.seeds": [0], "eval.judge": "gold"}
+                        "rm.noisy_arm": False, "rm.seeds": [0], "eval.judge": "gold"}
     if attention:
         overrides |= {"sft.target_modules": attention, "ppo.target_modules": attention, "rm.target_modules": linear}
     profile, paths = get_profile("cpu", overrides=overrides), get_paths(tmp_path / "work").make()

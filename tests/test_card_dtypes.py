@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf.config import get_profile
 
@@ -163,7 +163,7 @@ def test_a_bf16_policys_first_update_sees_ratio_one_and_kl_zero(tiny_world, tmp_
     from tinyrlhf import ppo
 
     _, paths = tiny_world
-    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    profile = get_profile("cpu", overrides=TINY_WORLD)
     p = profile.ppo
     run = ppo.train_ppo(paths.data_file("train"), out_dir=tmp_path / "policy", sft_path=paths.sft_merged,
                         rm_path=paths.rm("bf16", 0), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,

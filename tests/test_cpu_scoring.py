@@ -161,8 +161,8 @@ def test_int8_scoring_uses_bitsandbytes_cpu_training_forward_and_stays_close_to_
     assert not torch.equal(pinned, llm_int8)  # a different function indeed
     # The stated tolerance, recorded by 03 on the held-out pairs: LLM.int8 orders >= 98% of pairs as the kernel PPO
     # uses, and moves no score by more than 10% of the mean |margin| (measured: 130/130 pairs, 0.12 against 5.0).
-    check = results["rm"]["arms"]["int8"]["cpu_kernel_check"]
-    assert check["used"] == results["rm"]["arms"]["int8"]["cpu_kernel"]["kernel"]
+    check = results["rm"]["models"]["int8/seed0"]["cpu_kernel_check"]
+    assert check["used"] == results["rm"]["models"]["int8/seed0"]["cpu_kernel"]["kernel"]
     other = check["others"]["bitsandbytes llm.int8"]
     assert other["same_order"] >= 0.98 and other["max_abs_score_difference"] <= 0.1 * check["mean_abs_margin"]
 

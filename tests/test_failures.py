@@ -3,13 +3,13 @@
 import shutil
 
 import pytest
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf import schema
 from tinyrlhf.config import get_paths, get_profile
 
 pytestmark = pytest.mark.slow
-FAST = TINY | {"rm.max_steps": 2}
+FAST = TINY_WORLD | {"rm.max_steps": 2}
 
 
 @pytest.fixture
@@ -30,17 +30,20 @@ def test_a_failed_reward_model_is_recorded_and_ppo_skips_its_arm(workdir_copy, m
         return real(train, **kwargs)
 
     monkeypatch.setattr(stages, "train_reward_model", oom_for_int8)
-    profile = get_profile("cpu", overrides=FAST | {"rm.null_arm": False, "rm.seeds": [0]})
+    profile = get_profile("cpu", overrides=FAST | {"rm.precisions": ["bf16", "int8", "int4"], "rm.seeds": [0]})
     rm = stages.run_rm(profile, workdir_copy, progress=False)
     assert rm["arms"]["int8"]["status"] == "failed" and "out of memory" in rm["arms"]["int8"]["reason"]
+    assert "out of memory" in rm["models"]["int8/seed0"]["reason"]
     assert rm["arms"]["bf16"]["status"] == rm["arms"]["int4"]["status"] == "ok"
     schema.validate_file(workdir_copy.result("rm"), "rm")
 
     ppo = stages.run_ppo(profile, workdir_copy, progress=False)
     assert ppo["arms"]["int8"]["status"] == "failed"
-    assert "reward model int8 failed in 03" in ppo["arms"]["int8"]["seeds"][0]["reason"]
+    assert "reward model int8/seed0 failed in 03" in ppo["arms"]["int8"]["seeds"][0]["reason"]
     assert ppo["arms"]["int4"]["status"] == "ok"
-    assert ppo["cross_matrix"]["judges"] == ["judge", "bf16", "int4"]  # no int8 scorer
+    m = ppo["cross_matrix"]
+    assert m["judges"] == ["judge", "bf16", "int8", "int4"]
+    assert all(row[2] is None for row in m["mean_reward"])  # the failed int8 scores nothing: a column of gaps
     schema.validate_file(workdir_copy.result("ppo"), "ppo")
 
 
@@ -50,15 +53,16 @@ def test_a_failed_ppo_seed_is_recorded_and_the_rest_go_on(workdir_copy, monkeypa
     real = stages.train_ppo
 
     def oom_for_int4_seed1(prefs_path, **kwargs):
-        if kwargs["rm_path"].name == "int4" and kwargs["seed"] == 1:
+        if kwargs["rm_path"].parent.name == "int4" and kwargs["seed"] == 1:  # models/rm/int4/seed1
             raise RuntimeError("CUDA out of memory (injected)")
         return real(prefs_path, **kwargs)
 
     monkeypatch.setattr(stages, "train_ppo", oom_for_int4_seed1)
-    profile = get_profile("cpu", overrides=FAST | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    profile = get_profile("cpu", overrides=FAST)
     out = stages.run_ppo(profile, workdir_copy, progress=False)
     int4 = out["arms"]["int4"]
-    assert int4["status"] == "partial" and "seed 1: RuntimeError: CUDA out of memory" in int4["reason"]
+    assert int4["status"] == "partial" and "RuntimeError: CUDA out of memory" in int4["reason"]
+    assert int4["reason"].endswith("(RM seed 1, PPO seed 1)") and int4["paired_seeds"] == [0]
     assert [s["status"] for s in int4["seeds"]] == ["ok", "failed"]
     assert int4["judge_mean"] == int4["seeds"][0]["judge_mean"]
     assert out["arms"]["bf16"]["status"] == "ok"
@@ -81,7 +85,7 @@ def test_memory_of_a_run_that_ran_out_of_memory_is_back_before_the_next_run(work
     def build(prefs_path, **kwargs):
         alive_at_later_builds.extend(ref() is not None for ref in failed)
         trainer, *rest = real_build(prefs_path, **kwargs)
-        if kwargs["rm_path"].name == "bf16" and kwargs["seed"] == 0:
+        if kwargs["rm_path"].parent.name == "bf16" and kwargs["seed"] == 0:
             failed.append(weakref.ref(trainer.model))
 
             def out_of_memory(*a, **k):
@@ -90,7 +94,7 @@ def test_memory_of_a_run_that_ran_out_of_memory_is_back_before_the_next_run(work
         return (trainer, *rest)
 
     monkeypatch.setattr(ppo, "build_ppo_trainer", build)
-    profile = get_profile("cpu", overrides=FAST | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False})
+    profile = get_profile("cpu", overrides=FAST)
     out = stages.run_ppo(profile, workdir_copy, progress=False)
     seeds = out["arms"]["bf16"]["seeds"]
     assert [s["status"] for s in seeds] == ["failed", "ok"]

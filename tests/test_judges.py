@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf import schema
 from tinyrlhf.config import get_paths, get_profile
@@ -26,8 +26,7 @@ def test_a_reward_model_named_by_path_judges_from_the_decoded_text(tiny_world, t
     external = tmp_path / "external-rm"
     AutoModelForSequenceClassification.from_pretrained(paths.sft_merged, num_labels=1).save_pretrained(external)
     AutoTokenizer.from_pretrained(paths.sft_merged).save_pretrained(external)
-    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
-                                                   "rm.seeds": [0], "eval.judge": str(external)})
+    profile = get_profile("cpu", overrides=TINY_WORLD | {"eval.judge": str(external)})
     out = run_ppo(profile, wd, progress=False)
     assert out["judge"] == {"kind": "external", "name": str(external), "path": str(external),
                             "why": out["judge"]["why"]}

@@ -5,13 +5,13 @@ import json
 import shutil
 
 import pytest
-from conftest import HH_DIR, TINY, requires_hh
+from conftest import HH_DIR, TINY_WORLD, requires_hh
 
 from tinyrlhf.config import get_paths, get_profile
 from tinyrlhf.results import WorkdirBusyError, read_json, workdir_lock
 
 pytestmark = pytest.mark.slow
-SETTINGS = TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False}
+SETTINGS = TINY_WORLD
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_results_record_their_inputs_and_outputs(world):
     assert rm["lineage"]["inputs"] == {"sft": sft["lineage"]["fingerprint"]}
     assert sft["lineage"]["inputs"] == {"data_stats": read_json(paths.result("data_stats"))["lineage"]["fingerprint"]}
     assert "models/sft/merged/model.safetensors" in sft["lineage"]["outputs"]
-    assert "models/rm/int4/adapter_model.safetensors" in rm["lineage"]["outputs"]
+    assert "models/rm/int4/seed0/adapter_model.safetensors" in rm["lineage"]["outputs"]
     assert all(not k.startswith("/") for k in rm["lineage"]["outputs"])  # relative to the workdir
 
 

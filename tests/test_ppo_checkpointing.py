@@ -5,7 +5,7 @@ the rollout still generates with the KV cache, and a run gives the same statisti
 from __future__ import annotations
 
 import pytest
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf.config import get_profile
 
@@ -29,7 +29,7 @@ def test_ppo_checkpoints_its_training_passes_and_keeps_its_numbers(tiny_world, t
     import transformers.modeling_utils as modeling_utils
 
     _, paths = tiny_world
-    overrides = TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False}
+    overrides = TINY_WORLD
     checkpointed, cache_dropped = [], []
     real_checkpoint = modeling_utils.checkpoint
 

@@ -1,7 +1,7 @@
 """Same seed and profile give the same numbers on CPU; another seed gives other numbers."""
 
 import pytest
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf.config import get_paths, get_profile
 
@@ -71,8 +71,7 @@ def test_parallel_jobs_give_the_numbers_of_one_job_at_a_time(tiny_world, tmp_pat
     accuracy = {}
     for workers in (1, 2):
         shutil.copytree(paths.root, tmp_path / str(workers))
-        profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
-                                                       "rm.max_steps": 3, "workers": workers})
+        profile = get_profile("cpu", overrides=TINY_WORLD | {"rm.max_steps": 3, "workers": workers})
         rm = run_rm(profile, get_paths(tmp_path / str(workers)), force=True, progress=False)
-        accuracy[workers] = {a: (r["mean_margin"], r["loss_curve"]) for a, r in rm["arms"].items()}
+        accuracy[workers] = {m: (r["mean_margin"], r["loss_curve"]) for m, r in rm["models"].items()}
     assert accuracy[1] == accuracy[2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY_WORLD
 
 from tinyrlhf.config import get_profile
 from tinyrlhf.ppo import RolloutLogProbs, rollout_logprobs_per_chunk
@@ -60,8 +60,7 @@ def test_a_ppo_run_gives_the_same_statistics_with_and_without_the_patch(tiny_wor
     from tinyrlhf.config import resolve_device
 
     _, paths = tiny_world
-    profile = get_profile("cpu", overrides=TINY | {"rm.precisions": ["bf16", "int4"], "rm.null_arm": False,
-                                                   "ppo.rollout_chunk": 4})  # two chunks per rollout batch
+    profile = get_profile("cpu", overrides=TINY_WORLD | {"ppo.rollout_chunk": 4})  # two chunks per rollout batch
     p = profile.ppo
 
     def run(out):
