@@ -83,7 +83,7 @@ def render() -> str:
     d, s, p = rtx.data, rtx.sft, rtx.ppo
     seq = d.max_prompt_tokens + d.max_response_tokens
     ckpt = "on" if s.gradient_checkpointing else "off"
-    cuda, host = f"{memory.CUDA_CONTEXT / GiB:.1f}", f"{memory.HOST_BASELINE / GiB:.1f}"
+    cuda, host = f"{memory.CUDA_CONTEXT / GiB:.1f}", f"{memory.HOST_BASELINE['cuda'] / GiB:.1f}"
     frag = f"{memory.FRAGMENTATION:.0%}"
     return f"""# Hardware: estimated peak memory
 
@@ -97,7 +97,8 @@ adapters (r·(d_in + d_out) per targeted matrix) are fp32 weight 4 + gradient 4 
 per layer follow Korthikanti et al. (34h + 5·heads·seq bytes for GPT-2, no flash attention; gated MLPs count 8
 bytes per intermediate unit); gradient checkpointing keeps only layer inputs plus one layer. Training logits cost
 {memory.LOGIT_BYTES_TRAIN} bytes per element (fp32 copy + gradient). Headroom: {cuda} GiB for the CUDA context and
-allocator plus {frag} fragmentation on the GPU, {host} GiB for the Python process on the host.
+allocator plus {frag} fragmentation on the GPU, {host} GiB for the Python process on the host beside a card
+({memory.HOST_BASELINE['cpu'] / GiB:.1f} GiB in a CPU-only run, as measured).
 Verdicts: "fits" up to 85% of the capacity, "tight" up to 100%, else "will not fit".
 
 ## rtx4060 profile, stage by stage
@@ -146,33 +147,40 @@ def validation_section() -> str:
     if not VALIDATION.exists():
         return "## Validated at the real size\n\nNot yet measured: run benchmarks/real_size_memory.py --write-json."
     kinds = json.loads(VALIDATION.read_text(encoding="utf-8"))["kinds"]
-    record = next(iter(kinds.values()))
-    st = record["settings"]
-    parts = [f"""## Validated at the real size, on CPU
+    parts = ["""## Validated at the real size, on CPU
 
-`benchmarks/real_size_memory.py` builds the {record['model']} architecture from its published configuration
-({record['weights']} weights) and runs the rtx4060 profile's stages on CPU through the command line, each in its own process,
-at a reduced batch and length: SFT {st['sft.max_steps']} steps of {st['sft.batch_size']}, each reward model
-{st['rm.max_steps']} steps of {st['rm.batch_size']} pairs, PPO one update of {st['ppo.ppo_batch']} rollouts of
-{st['ppo.max_new']} tokens against each; prompts up to {st['data.max_prompt_tokens']} tokens. Measured: the process
-peak RSS over each stage's training and evaluation; estimate: `tinyrlhf.memory` on CPU for the same settings and the
-record's CPU kind (the reward models compute in bf16 where the CPU runs it natively, else float32), recomputed from
-the recorded measurements (`docs/real-size-memory.json`, one record per CPU kind). A test keeps every ratio of a
-current record within 0.8-1.2."""]
+`benchmarks/real_size_memory.py` builds the Qwen2.5-0.5B architecture from its published configuration (random
+weights) and runs the rtx4060 profile's stages on CPU through the command line, each in its own process. Measured:
+the process peak RSS over each stage's training and evaluation; estimate: `tinyrlhf.memory` on CPU for the same
+settings and the record's CPU kind, recomputed from the recorded measurements (`docs/real-size-memory.json`, one
+record per CPU kind). A test keeps every ratio of a current record within 0.8-1.2. Each record says how it ran:
+the dtype the models trained in (bf16: the card's, with `base.train_dtype=bf16`), the batch and chunk sizes the
+peaks depend on, and the lengths."""]
     for kind, record in kinds.items():
         v, cpu = record["versions"], record["cpu"]
         rows = [[r["stage"], gib(r["measured_bytes"]), gib(r["estimate_bytes"]), f"{r['ratio']:.2f}"]
                 for r in memory.validation_rows(record)]
         status = "" if record.get("current", True) else f" Not current: {record['why_not_current']}."
         parts.append(f"**{kind} CPU** ({cpu['model']}; flags {', '.join(cpu['flags'])}), measured {record['date']}, "
-                     f"{record['machine']}; torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}."
-                     f"{status}\n\n" + table(["stage", "measured GiB", "estimate GiB", "measured / estimate"], rows))
+                     f"{record['machine']}; torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}. "
+                     f"{_how_it_ran(record['settings'])}{status}\n\n" + table(["stage", "measured GiB", "estimate GiB", "measured / estimate"], rows))
     parts.append("""What this shows: the estimator's weights, adapters, optimizer state, activations, evaluation passes and
 151,936-token logits at the real shapes, and that the GPU profile's code path (Qwen2 modules, LoRA on q/k/v/o_proj,
-bitsandbytes int8/NF4, a pad token in a spare embedding row, the rollout patch, PPO's gradient checkpointing) runs at
-that size. What it does not: CUDA memory; the GPU figures apply the same formulas to bf16 weights and add the CUDA
-context and fragmentation.""")
+bitsandbytes int8/NF4, a pad token in a spare embedding row, the rollout patch, PPO's gradient checkpointing, and in a
+bf16 record the card's dtypes under the trainers' bf16 autocast) runs at that size. What it does not: CUDA memory
+(the GPU figures apply the same formulas and add the CUDA context and fragmentation), CUDA kernels' workspaces, and
+the profile's full lengths (384 + 128 tokens; the estimator's length terms are checked at the record's lengths).""")
     return "\n\n".join(parts)
+
+
+def _how_it_ran(st: dict) -> str:
+    dtype = "bf16 weights, float32 trainable parameters (the card's dtypes)" if st.get("base.train_dtype") == "bf16" \
+        else "float32 weights"
+    return (f"Trained with {dtype}; SFT {st['sft.max_steps']} steps of {st['sft.batch_size']} sequences, each reward "
+            f"model {st['rm.max_steps']} step(s) of {st['rm.batch_size']} pairs, PPO one update of "
+            f"{st['ppo.ppo_batch']} rollouts in chunks of {st['ppo.rollout_chunk']}, trained {st['ppo.micro_batch']} "
+            f"at a time, against each; prompts up to {st['data.max_prompt_tokens']} tokens, replies up to "
+            f"{st['ppo.max_new']}.")
 
 
 README_START = "<!-- hardware-tables:start (generated by scripts/hardware_tables.py --readme README.md) -->"

@@ -107,6 +107,40 @@ def test_kl_at_checkpoints_is_chunked_and_makes_logits_only_at_the_replies(tiny_
     assert max(abs(k) for k in kl) > 1e-3  # the adapter really moved the policy
 
 
+def test_generation_hands_a_frozen_output_layer_contiguous_input(tiny_world):
+    """Found by the card-faithful run (benchmarks/real_size_memory.py): generation's first step gives the output layer
+    a strided [rows, 1, hidden] view; a frozen bf16 output layer (a LoRA policy's) then multiplies it through a copy
+    of its weight per row (17.7 GiB peak sampling 64 replies of Qwen2.5-0.5B on CPU). Every generation here, the
+    evaluation's sampling and PPO's rollout, gives it a contiguous input."""
+    from tinyrlhf import evaluate, ppo
+    from tinyrlhf.base_model import load_tokenizer
+
+    _, paths = tiny_world
+    tok = load_tokenizer(paths.sft_merged)
+    policy = _policy_with_adapter(paths, tok).to(torch.bfloat16)
+    assert not policy.get_output_embeddings().weight.requires_grad  # frozen, as in PPO
+    seen = []  # what the output layer multiplied (a forward hook sees the input after every pre-hook)
+    handle = policy.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    prompts = ["\n\nHuman: How do I make tea?\n\nAssistant:", "\n\nHuman: Hi.\n\nAssistant:"]
+    evaluate.sample(policy, tok, prompts, samples=3, max_new=4, temperature=1.0, seed=0)
+    assert seen and seen[0][0][:2] == (6, 1)  # the first step: the last position of every row
+    queries = evaluate.queries_of(tok, prompts)
+    config = __import__("transformers").GenerationConfig(max_new_tokens=4, do_sample=True, top_k=0,
+                                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    ppo._generate(policy, queries, tok.pad_token_id, config)
+    handle.remove()
+    assert len(seen) > 4 and all(contiguous for _, contiguous in seen), seen
+    # without the hook the first step's input is the strided view (what the fix is for)
+    seen.clear()
+    handle = policy.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        policy.generate(input_ids=queries, attention_mask=queries != tok.pad_token_id, generation_config=config)
+    handle.remove()
+    assert seen[0] is False
+
+
 def test_every_trainable_parameter_is_float32_when_the_model_loads_in_bf16(tiny_world, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -128,14 +162,17 @@ def test_every_trainable_parameter_is_float32_when_the_model_loads_in_bf16(tiny_
     head = value.base_model.model.score
     assert head(hidden).dtype == torch.float32
 
-    # a reward model trained where the compute dtype is bf16 (the card): adapters and head saved in float32
-    monkeypatch.setattr(reward, "reward_compute_dtype", lambda device: torch.bfloat16)
+    # a reward model trained in bf16, as on the card ("auto" there) or by base.train_dtype on the CPU: adapters and
+    # head saved in float32
     pairs = data.read_pairs(paths.data_file("train"))[:8]
-    for precision in ("bf16", "int4"):
-        out = tmp_path / precision
+    card = get_profile("cpu", overrides=TINY_WORLD | {"base.train_dtype": "bf16"})
+    for precision, settings in (("int4", card), ("bf16", profile), ("int4", profile)):
+        if settings is profile:  # "auto": the device's compute dtype, bf16 on the card
+            monkeypatch.setattr(reward, "reward_compute_dtype", lambda device: torch.bfloat16)
+        out = tmp_path / f"{precision}-{settings.base.train_dtype}"
         run = reward.train_reward_model(pairs, init_path=str(paths.sft_merged), tokenizer=tok, precision=precision,
                                         out_dir=out, batch_size=4, lr=1e-3, max_steps=1, lora_r=4, lora_alpha=8,
-                                        target_modules=["q_proj"], profile=profile)
+                                        target_modules=["q_proj"], profile=settings)
         assert "bfloat16" in run["compute_dtype"]
         saved = load_file(out / "adapter_model.safetensors")
         assert saved and {t.dtype for t in saved.values()} == {torch.float32}, precision
@@ -163,14 +200,14 @@ def test_a_bf16_policys_first_update_sees_ratio_one_and_kl_zero(tiny_world, tmp_
     from tinyrlhf import ppo
 
     _, paths = tiny_world
-    profile = get_profile("cpu", overrides=TINY_WORLD)
+    profile = get_profile("cpu", overrides=TINY_WORLD | {"base.train_dtype": "bf16"})  # the card's dtypes
     p = profile.ppo
     run = ppo.train_ppo(paths.data_file("train"), out_dir=tmp_path / "policy", sft_path=paths.sft_merged,
                         rm_path=paths.rm("bf16", 0), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
                         micro_batch=p.micro_batch, rollout_chunk=4, ppo_epochs=1, ppo_lr=1e-12, max_new=p.max_new,
                         clip=p.clip, kl_coef=p.kl_coef, steps=1, missing_eos_penalty=p.missing_eos_penalty,
                         temperature=p.temperature, lora_r=p.lora_r, lora_alpha=p.lora_alpha,
-                        target_modules=p.target_modules, seed=0, dtype=torch.bfloat16)
+                        target_modules=p.target_modules, seed=0)
     first = run["history"][0]
     # measured here: 3e-14 and -4e-6 with the patch; TRL alone 7.6e-5 and -0.048
     assert first["approxkl"] < 1e-8, first

@@ -42,6 +42,7 @@ def test_unknown_profile_lists_allowed():
     ({"rm.lr": float("inf")}, "rm.lr must be a finite number"),
     ({"ppo.max_new": 8}, "must be >= data.max_response_tokens"),
     ({"ppo.rm_device": "tpu"}, "ppo.rm_device must be cpu or cuda"),
+    ({"base.train_dtype": "fp16"}, "base.train_dtype must be one of auto, bf16, fp32"),
     ({"ppo.rm_device": "cuda"}, "needs the policy on a GPU"),
 ])
 def test_bad_values_fail_with_what_is_allowed(override, message):
@@ -101,6 +102,32 @@ def test_hub_downloads_are_pinned_to_a_commit_and_part_of_the_settings():
     assert real.to_dict()["base"]["revision"] == real.base.revision  # what the manifest records
     changed = get_profile("rtx4060", overrides={"data.revision": "0" * 40})
     assert changed.section_hash("data", "base") != real.section_hash("data", "base")
+
+
+def test_the_training_dtype_follows_the_setting_and_reruns_what_it_changes(monkeypatch):
+    """base.train_dtype: "auto" trains in bf16 on a bf16 card and float32 on the CPU; "bf16" runs the card's dtypes on
+    the CPU (the trainer's bf16 autocast too), and the memory estimate and every training stage's hash follow it."""
+    import torch
+
+    from tinyrlhf import config as config_module
+    from tinyrlhf import memory
+    from tinyrlhf.runtime import train_dtype, trainer_kwargs
+
+    auto, card = get_profile("cpu"), get_profile("cpu", overrides={"base.train_dtype": "bf16"})
+    assert train_dtype(auto, "cpu") == torch.float32 and train_dtype(card, "cpu") == torch.bfloat16
+    assert train_dtype(get_profile("cpu", overrides={"base.train_dtype": "fp32"}), "cuda") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train_dtype(auto, "cuda") == torch.bfloat16
+    assert not trainer_kwargs(auto, out_dir="x", seed=0, steps=1)["bf16"]
+    assert trainer_kwargs(card, out_dir="x", seed=0, steps=1)["bf16"]
+    assert auto.section_hash("data", "base", "sft") != card.section_hash("data", "base", "sft")
+    # the estimate counts bf16 weights and activations where the setting says so, on the CPU as on the card
+    real = config_module.PROFILES["rtx4060"]
+    cpu_fp32 = memory.estimate_profile(real, device="cpu")["sft"].parts
+    cpu_bf16 = memory.estimate_profile(get_profile("rtx4060", overrides={"base.train_dtype": "bf16"}),
+                                       device="cpu")["sft"].parts
+    assert cpu_bf16["weights"] * 2 == cpu_fp32["weights"]
+    assert cpu_bf16["weights"] == memory.estimate_profile(real, device="cuda")["sft"].parts["weights"]
 
 
 def test_the_base_model_is_read_at_its_pinned_commit(monkeypatch, tmp_path):

@@ -79,7 +79,7 @@ def test_sft_lora_parts_by_hand():
     dynamic = sum(v for k, v in p.items() if not k.startswith(("fragmentation", "CUDA", "cpu: ")))
     assert p["fragmentation (10%)"] == math.ceil(0.1 * dynamic)
     assert est.device_bytes == dynamic + p["fragmentation (10%)"] + m.CUDA_CONTEXT
-    assert est.cpu_bytes == m.HOST_BASELINE
+    assert est.cpu_bytes == m.HOST_BASELINE["cuda"]
     assert est.total == sum(p.values()) == est.device_bytes + est.cpu_bytes
 
 
@@ -205,8 +205,8 @@ def test_reward_model_on_cpu_is_host_memory():
     rm_weights = m.weight_bytes(TOY, "int4") + 4 * TOY.hidden  # + fp32 score head
     assert on_cpu.parts["cpu: reward model weights"] == rm_weights
     assert "reward model weights" not in on_cpu.parts
-    assert on_cpu.cpu_bytes > m.HOST_BASELINE + rm_weights
-    assert on_gpu.parts["reward model weights"] == rm_weights and on_gpu.cpu_bytes == m.HOST_BASELINE
+    assert on_cpu.cpu_bytes > m.HOST_BASELINE["cuda"] + rm_weights
+    assert on_gpu.parts["reward model weights"] == rm_weights and on_gpu.cpu_bytes == m.HOST_BASELINE["cuda"]
     assert on_gpu.device_bytes > on_cpu.device_bytes
 
 
@@ -260,9 +260,14 @@ def test_estimate_profile_for_every_profile():
         assert {e.device for e in ests.values()} == {device}
         assert ("CUDA context and allocator" in ests["sft"].parts) == (device == "cuda")
     real = config.PROFILES["rtx4060"]
-    rtx = m.estimate_profile(real)
-    bnb = m.estimate_profile(dataclasses.replace(real, rm=dataclasses.replace(real.rm, cpu_kernel="bitsandbytes")))
     weights, mapped = "cpu: reward model weights", "cpu: " + m.MAPPED_CHECKPOINT
+    head = 4 * m.known_spec("Qwen/Qwen2.5-0.5B").hidden
+    rtx = m.estimate_profile(real, host_compute="bf16")  # a host with native bf16: what follows holds on any
+    bnb = m.estimate_profile(dataclasses.replace(real, rm=dataclasses.replace(real.rm, cpu_kernel="bitsandbytes")),
+                             host_compute="bf16")
+    # on a host without native bf16 the reward model computes in float32: a bf16 model is held in float32 there
+    fp32_host = m.estimate_profile(real, host_compute="fp32")["ppo_bf16"].parts[weights]
+    assert fp32_host - head == 2 * (rtx["ppo_bf16"].parts[weights] - head)
     assert bnb["ppo_int4"].parts[weights] < bnb["ppo_bf16"].parts[weights]  # the reward model sits on the host
     assert rtx["ppo_int4"].parts[weights] > bnb["ppo_int4"].parts[weights]  # its dense copy costs host memory
     # a quantized reward model keeps the pages of its dense checkpoint mapped (bf16 on a GPU profile); bf16 does not

@@ -34,6 +34,10 @@ REPORTERS = ("none", "tensorboard", "wandb")  # where the trainers also log (Tra
 # real size here.
 INT8_CPU_MATMULS = ("dequantized", "llm.int8")
 CPU_KERNELS = ("auto", "dense", "bitsandbytes")  # RMSettings.cpu_kernel (tinyrlhf.kernels)
+# BaseSettings.train_dtype: the dtype models are loaded in and train under (runtime.train_dtype). "auto": bf16 on a
+# card that supports it, float32 elsewhere; "bf16" on a CPU runs the card's dtypes there (emulated and slow without
+# AVX512-BF16): the card-faithful check of benchmarks/real_size_memory.py.
+TRAIN_DTYPES = ("auto", "bf16", "fp32")
 JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
@@ -139,6 +143,7 @@ class BaseSettings:
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     trust_remote_code: bool = False
+    train_dtype: str = "auto"  # one of TRAIN_DTYPES
 
 
 @dataclass(frozen=True)
@@ -414,6 +419,8 @@ def _validate(p: Profile) -> None:
         raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
     if p.ppo.rm_device == "cuda" and p.device == "cpu":
         raise ConfigError("ppo.rm_device='cuda' needs the policy on a GPU; with device='cpu' set ppo.rm_device='cpu'")
+    if p.base.train_dtype not in TRAIN_DTYPES:
+        raise ConfigError(f"base.train_dtype must be one of {', '.join(TRAIN_DTYPES)}; got {p.base.train_dtype!r}")
     if p.rm.cpu_kernel not in CPU_KERNELS:
         raise ConfigError(f"rm.cpu_kernel must be one of {', '.join(CPU_KERNELS)}; got {p.rm.cpu_kernel!r}")
     if p.rm.int8_cpu_matmul not in INT8_CPU_MATMULS:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .logits import response_logprobs
-from .reward import CPURewardModel, load_reward_model, score_rollouts
+from .logits import contiguous_output_input, response_logprobs
+from .reward import CPURewardModel, grouped_reasons, load_reward_model, score_rollouts
 from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
 from .synthetic import gold_reward
 
@@ -95,7 +95,8 @@ def sample(policy, tokenizer, prompts: list[str], *, samples: int, max_new: int,
     was_training = policy.training
     policy.eval()
     out = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+            contiguous_output_input(policy):
         torch.manual_seed(seed + EVAL_SEED_OFFSET)
         for i in range(0, len(rows), chunk):
             q = queries_of(tokenizer, rows[i: i + chunk]).to(device)
@@ -287,15 +288,6 @@ def aggregate_arm(arm: str, runs: list[dict], stats: dict, sft: dict, precision:
            **stats, "seeds": runs}
     rec["frontier"] = frontier(arm, ok, sft, resamples=resamples, seed=seed) if ok else None
     return rec
-
-
-def grouped_reasons(failures: list[tuple[str, str]]) -> str:
-    """"reason (who)" for every failure, those sharing a reason named once, the reason first (a legend or table
-    cell shortens the end): "killed (RM seed 0, RM seed 1)"."""
-    by_reason: dict[str, list[str]] = {}
-    for who, reason in failures:
-        by_reason.setdefault(str(reason), []).append(who)
-    return "; ".join(f"{reason} ({', '.join(who)})" for reason, who in by_reason.items())
 
 
 def frontier(arm: str, runs: list[dict], sft: dict, *, resamples: int, seed: int) -> dict:

@@ -32,7 +32,8 @@ and the reference's logits per rollout chunk) and the training phase (activation
 through policy and value model); see `estimate_ppo`.
 
 Headroom: on a GPU, 0.5 GiB for the CUDA context and caching allocator plus 10% of everything else for
-fragmentation; on the host, 1 GiB for the Python process with torch, transformers and the data.
+fragmentation; on the host, the Python process with its libraries (HOST_BASELINE: 0.5 GiB measured on CPU, 1 GiB
+allowed beside a card).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ GENERATION_SCORE_BYTES = 4  # transformers returns generation scores in fp32
 
 CUDA_CONTEXT = GiB // 2
 FRAGMENTATION = 0.10
-HOST_BASELINE = GiB
+# The host process: torch, transformers, TRL, PEFT, bitsandbytes and datasets imported measure 0.49 GiB RSS on CPU
+# (torch 2.13, this project's pins); a CUDA process adds the CUDA runtime's host memory, not measured here: 1 GiB
+# is allowed for it.
+HOST_BASELINE = {"cpu": GiB // 2, "cuda": GiB}
 
 DEFAULT_TARGETS = {"gpt2": ("c_attn", "c_proj"), "llama": ("q_proj", "k_proj", "v_proj", "o_proj")}
 TRL_ROLLOUT_CHUNK = 64  # PPOConfig.local_rollout_forward_batch_size default
@@ -352,7 +356,7 @@ def _finish(stage: str, device: str, dev: dict[str, int], host: dict[str, int] |
     parts[f"fragmentation ({FRAGMENTATION:.0%})"] = math.ceil(FRAGMENTATION * sum(dev.values()))
     if device == "cuda":
         parts["CUDA context and allocator"] = CUDA_CONTEXT
-    host = {"python process and libraries": HOST_BASELINE, **(host or {})}
+    host = {"python process and libraries": HOST_BASELINE[device], **(host or {})}
     parts |= {CPU_PREFIX + k: v for k, v in host.items()}
     on_host = sum(v for k, v in parts.items() if k.startswith(CPU_PREFIX))
     return Estimate(stage, sum(parts.values()) - on_host, on_host, parts, device, note)
@@ -410,23 +414,25 @@ def estimate_rm(spec: ModelSpec, *, precision: str = "bf16", lora_r: int | None 
     if full and precision not in DENSE_BYTES:
         raise ValueError(f"full fine-tuning needs fp32 or bf16 weights, not {precision}; use LoRA (lora_r)")
     trained = spec.n_params - spec.lm_head_params if full else lora_params(spec, lora_r, target_modules)
-    dev = {"weights": weight_bytes(spec, precision, lm_head=False, double_quant=double_quant),
+    # loaded in the compute dtype (reward.load_backbone), its linear layers quantized at `precision`
+    held = compute or (precision if precision in DENSE_BYTES else "bf16")
+    dev = {"weights": _reward_model_bytes(spec, precision, held, False, double_quant) - 4 * spec.hidden,
            **_trained_parts(trained, full=full, precision=precision),
            "score head (fp32, trained)": TRAINED_BYTES * spec.hidden}  # hidden -> 1
-    # every precision computes in the device's compute dtype (reward.load_backbone): `compute`, else bf16
     dev["activations"] = activation_bytes(spec, 2 * batch, seq_len, act_bytes=_act_bytes(compute or precision),
                                           gradient_checkpointing=gradient_checkpointing)
     return _finish(stage or f"rm_{precision}", device, dev,
                    mapped_checkpoint(spec, precision, checkpoint_precision, on_host=device == "cpu"))
 
 
-def _reward_model_bytes(spec: ModelSpec, precision: str, held: str, double_quant: bool) -> int:
-    """A reward model's weights (no LM head, fp32 score head); one scoring through its dense copy
-    (kernels.dense_copy, `held` the host's compute dtype) holds its linear layers dense in that dtype."""
-    out = weight_bytes(spec, precision, lm_head=False, double_quant=double_quant) + 4 * spec.hidden
-    if held != precision:
-        out += linear_bytes(spec, held) - linear_bytes(spec, precision, double_quant=double_quant)
-    return out
+def _reward_model_bytes(spec: ModelSpec, precision: str, compute: str, dense_copy: bool, double_quant: bool) -> int:
+    """A reward model's weights (no LM head, fp32 score head) where it scores: loaded in its compute dtype
+    (reward.load_backbone: a bf16 model computes in float32 on a CPU without native bf16), quantized linear layers at
+    their precision unless it scores through their dense copy in the compute dtype (kernels.dense_copy)."""
+    dense = weight_bytes(spec, compute, lm_head=False) + 4 * spec.hidden
+    if _precision(precision) in DENSE_BYTES or dense_copy:
+        return dense
+    return dense - linear_bytes(spec, compute) + linear_bytes(spec, precision, double_quant=double_quant)
 
 
 def _rollout_phase(spec: ModelSpec, *, batch: int, chunk: int, seq: int, response_len: int, act: int,
@@ -449,13 +455,16 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
                  lora_r: int = 16, target_modules=None, rollout_chunk: int | None = None,
                  gradient_checkpointing: bool = False, device: str = "cuda", double_quant: bool = True,
                  stage: str | None = None, rm_checkpoint_precision: str | None = None,
-                 rm_host_precision: str | None = None, eval_sample_rows: int = EVAL_SAMPLE_ROWS) -> Estimate:
+                 rm_compute: str = "bf16", rm_dense_copy: bool = False,
+                 eval_sample_rows: int = EVAL_SAMPLE_ROWS) -> Estimate:
     """TRL PPO (trl.experimental.ppo) with a LoRA policy.
 
     Static: the policy (base + LoRA); the reference (nothing extra when it is the policy with its adapter
     disabled, else a frozen copy of the base); the value model (TRL runs it as a separate backbone: the reward
     model's at rm_precision when value_from_rm, else the policy's, + LoRA + fp32 head); the reward model
-    (weights + one layer's inference activations) on the host when rm_on_cpu, counted in cpu_bytes.
+    (weights + one layer's inference activations) on the host when rm_on_cpu, counted in cpu_bytes, computing in
+    `rm_compute` (the host's dtype there, bf16 on a card) and, with `rm_dense_copy`, holding its quantized layers
+    dense in that dtype (kernels.dense_copy).
     Peak: static + the larger of two phases.
       rollout: per chunk of `rollout_chunk` sequences (local_rollout_forward_batch_size): generate()'s fp32 scores
         and their stacked copy, made per-token log-probs at once by ppo.rollout_logprobs_per_chunk (TRL 1.12 alone
@@ -478,9 +487,9 @@ def estimate_ppo(policy_spec: ModelSpec, *, policy_precision: str = "bf16", rm_p
               "value model backbone": weight_bytes(value_spec, value_precision, lm_head=False,
                                                    double_quant=double_quant),
               **_trained_parts(trained, full=False, precision=policy_precision)}
-    rm_held = rm_precision if rm_precision in DENSE_BYTES or not rm_host_precision else _precision(rm_host_precision)
-    rm_weights = _reward_model_bytes(rm_spec, rm_precision, rm_held, double_quant)
-    rm_forward = chunk * seq * layer_bytes_per_token(rm_spec, seq, _act_bytes(rm_held))
+    rm_compute = _precision(rm_compute)
+    rm_weights = _reward_model_bytes(rm_spec, rm_precision, rm_compute, rm_dense_copy, double_quant)
+    rm_forward = chunk * seq * layer_bytes_per_token(rm_spec, seq, _act_bytes(rm_compute))
     policy_forward = chunk * seq * layer_bytes_per_token(policy_spec, seq, act)
     rm_on_host = rm_on_cpu and device == "cuda"  # on a CPU run everything is host RAM
     host = {"reward model weights": rm_weights, "reward model forward (one layer)": rm_forward} if rm_on_host else {}
@@ -516,16 +525,20 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
                      host_compute: str | None = None) -> dict[str, Estimate]:
     """Estimates of every stage of a profile: "sft", "rm_<p>" and "ppo_<p>" for p in profile.rm.precisions.
 
-    device: "cuda" or "cpu" (default: cpu for a cpu profile, else cuda). On the CPU training runs in fp32 (as
-    runtime.bf16_ok decides), on the GPU in bf16. Gradient checkpointing follows profile.sft for every stage.
-    PPO trains `ppo.mini_batch` sequences per forward/backward (TRL's per_device_train_batch_size).
+    device: "cuda" or "cpu" (default: cpu for a cpu profile, else cuda). Training runs in base.train_dtype (as
+    runtime.train_dtype decides: for "auto", fp32 on the CPU and bf16 on the GPU). Gradient checkpointing follows
+    profile.sft for every stage. PPO trains `ppo.mini_batch` sequences per forward/backward (TRL's per_device_train_batch_size).
     """
     device = device or ("cpu" if profile.device == "cpu" else "cuda")
     spec = spec or spec_for_profile(profile)
     # the reward models' compute dtype on this host: bf16 where the CPU runs it natively (runtime.reward_compute_dtype)
     host_compute = host_compute or ("bf16" if native_bf16() else "fp32")
     d, s, r, p = profile.data, profile.sft, profile.rm, profile.ppo
-    train_precision = "fp32" if device == "cpu" else "bf16"
+    # as runtime.train_dtype: base.train_dtype, "auto" being bf16 on the card and float32 on the CPU
+    t = profile.base.train_dtype
+    train_precision = t if t != "auto" else "fp32" if device == "cpu" else "bf16"
+    # reward models train in the set dtype, else in the device's compute dtype (reward.train_reward_model)
+    rm_train_compute = t if t != "auto" else host_compute if device == "cpu" else None
     ckpt = s.gradient_checkpointing
     seq = d.max_prompt_tokens + d.max_response_tokens
     e = profile.eval
@@ -540,7 +553,7 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
                                         gradient_checkpointing=ckpt, target_modules=_targets(spec, r.target_modules),
                                         device=device, double_quant=r.double_quant, stage=f"rm_{prec}",
                                         checkpoint_precision=train_precision,
-                                        compute=host_compute if device == "cpu" else None)
+                                        compute=rm_train_compute)
     for prec in r.precisions:
         out[f"ppo_{prec}"] = estimate_ppo(
             spec, policy_precision=train_precision, rm_precision=prec, rm_on_cpu=p.rm_device == "cpu",
@@ -548,8 +561,9 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
             query_len=d.max_prompt_tokens, response_len=p.max_new,
             lora_r=p.lora_r, target_modules=_targets(spec, p.target_modules), gradient_checkpointing=ckpt,
             device=device, double_quant=r.double_quant, stage=f"ppo_{prec}", rm_checkpoint_precision=train_precision,
-            # int8 and int4 score on the host through their dense copy in its dtype, unless told not to
-            rm_host_precision=host_compute if p.rm_device == "cpu" and r.cpu_kernel != "bitsandbytes" else None,
+            # the reward model computes in the host's dtype on the host (bf16 on the card), int8 and int4 through
+            # their dense copy in it unless told not to
+            rm_compute=host_compute if p.rm_device == "cpu" else "bf16", rm_dense_copy=r.cpu_kernel != "bitsandbytes",
             eval_sample_rows=sampled)
     return out
 

@@ -25,7 +25,7 @@ from .data import read_pairs
 from .distributed import micro_batch as per_process_micro_batch
 from .distributed import per_rank, rank_record
 from .jobs import reward_threads
-from .logits import response_logprobs
+from .logits import contiguous_output_input, response_logprobs
 from .results import MemoryMeter
 from .reward import (
     SCORE_HEAD,
@@ -35,12 +35,12 @@ from .reward import (
     load_reward_model,
 )
 from .runtime import (
-    bf16_ok,
     drop_scratch,
     free_memory,
     lora_config,
     quiet_trainer,
     seed_everything,
+    train_dtype,
     trainer_kwargs,
 )
 
@@ -127,7 +127,7 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
 
     seed_everything(seed)
     device = resolve_device(profile)
-    dtype = dtype or (torch.bfloat16 if bf16_ok(device) else torch.float32)
+    dtype = dtype or train_dtype(profile, device)
     trust = profile.base.trust_remote_code
     tokenizer = load_tokenizer(sft_path, trust_remote_code=trust)
     tokenizer.padding_side = "left"  # queries are left-padded so generation continues right after the prompt
@@ -273,8 +273,10 @@ def _generate(model, queries, pad_token_id: int, generation_config) -> torch.Ten
     do not touch the sampling), but no [chunk, response, vocabulary] float32 scores, which the patch does not use."""
     context_length = queries.shape[1]
     attention_mask = queries != pad_token_id
-    output = model.generate(input_ids=torch.masked_fill(queries, ~attention_mask, 0), attention_mask=attention_mask,
-                            generation_config=generation_config, return_dict_in_generate=True)
+    with contiguous_output_input(model):  # a frozen bf16 output layer would be copied per row (see there)
+        output = model.generate(input_ids=torch.masked_fill(queries, ~attention_mask, 0),
+                                attention_mask=attention_mask, generation_config=generation_config,
+                                return_dict_in_generate=True)
     return torch.cat((queries, output.sequences[:, context_length:]), dim=1)
 
 

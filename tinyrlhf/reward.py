@@ -26,11 +26,13 @@ from .kernels import dense_bytes, dense_copy, dtype_name
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
     drop_scratch,
+    free_memory,
     lora_config,
     loss_curve,
     quiet_trainer,
     reward_compute_dtype,
     seed_everything,
+    train_dtype,
     trainer_kwargs,
 )
 from .stats import mcnemar, spearman, wilson_ci
@@ -105,6 +107,11 @@ def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: 
                                f"({type(e).__name__}: {str(e)[:300]})") from None
     if qconfig is None:
         model.to(device)
+    else:
+        # The quantizing loader leaves its dense intermediates as freed but unreturned heap (measured at
+        # Qwen2.5-0.5B's size, int8 from a bf16 checkpoint: 390 MiB back from malloc_trim); without this a reward
+        # model trained from it peaked that much higher (benchmarks/real_size_memory.py)
+        free_memory()
     model.config.pad_token_id = pad_token_id  # the head reads the last non-pad token
     _keep_head_fp32(model)
     name = dtype_name(dtype)
@@ -135,8 +142,12 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     seed_everything(seed)
     out_dir = Path(out_dir)
     device = resolve_device(profile)
+    # "auto": the device's own compute dtype (bf16 on a card, and on a CPU with native bf16); a set
+    # base.train_dtype trains every precision in it (bf16 on a CPU: the card's dtypes, for the card-faithful check)
+    compute_dtype = None if profile.base.train_dtype == "auto" else train_dtype(profile, device)
     model, compute = load_backbone(init_path, precision, pad_token_id=tokenizer.pad_token_id, device=device,
-                                   double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code)
+                                   double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code,
+                                   compute_dtype=compute_dtype)
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     # No peft.prepare_model_for_kbit_training: it would upcast the quantized models' norms and embedding to float32
@@ -359,11 +370,14 @@ def above_chance(record: dict) -> bool:
     return all(c["accuracy_ci95"][0] > 0.5 for c in cells)
 
 
-def _by_reason(failed: list[dict]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for r in failed:
-        out.setdefault(str(r.get("reason")), []).append(str(r["seed"]))
-    return out
+def grouped_reasons(failures: list[tuple[str, str]]) -> str:
+    """"reason (who)" for every failure, those sharing a reason named once, the reason first (a legend or table
+    cell shortens the end): "killed (RM seed 0, RM seed 1)". For failed reward models here and failed PPO runs
+    (evaluate)."""
+    by_reason: dict[str, list[str]] = {}
+    for who, reason in failures:
+        by_reason.setdefault(str(reason), []).append(who)
+    return "; ".join(f"{reason} ({', '.join(who)})" for reason, who in by_reason.items())
 
 
 def seed_summary(records: list[dict]) -> dict:
@@ -373,9 +387,8 @@ def seed_summary(records: list[dict]) -> dict:
     first = records[0]
     out = {"precision": first["precision"], "seeds": [r["seed"] for r in records],
            "status": "ok" if len(ok) == len(records) else "partial" if ok else "failed",
-           "reason": None if len(ok) == len(records) else "; ".join(
-               f"{reason} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" for reason, seeds in _by_reason(
-                   [r for r in records if r.get("status") != "ok"]).items()),
+           "reason": None if len(ok) == len(records) else grouped_reasons(
+               [(f"seed {r['seed']}", r.get("reason")) for r in records if r.get("status") != "ok"]),
            "label_noise": first.get("label_noise") or 0.0}
     if not ok:
         return out | {"accuracy_mean": None, "accuracy_sd": None, "above_chance_share": None, "by_category": {}}

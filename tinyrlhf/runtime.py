@@ -22,12 +22,17 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def bf16_ok(device: str) -> bool:
-    """bf16 compute on CUDA cards that support it; on CPU we train in float32 (bf16 there is emulated and slow
-    without AVX512-BF16/AMX, and the cpu profile's numbers must be reproducible)."""
+def train_dtype(profile: Profile, device: str):
+    """The dtype the models are loaded in and train under (base.train_dtype). "auto": bf16 on CUDA cards that
+    support it; float32 on the CPU (bf16 there is emulated and slow without AVX512-BF16/AMX, and the cpu profile's
+    numbers must be reproducible). "bf16" on the CPU runs the card's dtypes there, to catch on CPU what only they
+    would show (benchmarks/real_size_memory.py)."""
     import torch
 
-    return device == "cuda" and torch.cuda.is_bf16_supported()
+    setting = profile.base.train_dtype
+    if setting == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[setting]
 
 
 def scratch_dir(out_dir) -> Path:
@@ -45,9 +50,12 @@ def trainer_kwargs(profile: Profile, *, out_dir, seed: int, steps: int) -> dict:
     Gradient checkpointing is one setting for every stage (`sft.gradient_checkpointing`, as the memory estimate
     assumes): TRL's configs default it to True, which on the cpu profile's tiny model only recomputes the forward
     (measured: an int4 reward model trained 1.5x slower with it)."""
+    import torch
+
     device = resolve_device(profile)
     return dict(output_dir=str(scratch_dir(out_dir)), seed=seed, data_seed=seed, use_cpu=device == "cpu",
-                bf16=bf16_ok(device), report_to=[] if profile.report_to == "none" else [profile.report_to],
+                bf16=train_dtype(profile, device) == torch.bfloat16,
+                report_to=[] if profile.report_to == "none" else [profile.report_to],
                 save_strategy="no", logging_steps=max(1, steps // 20), disable_tqdm=True, dataloader_num_workers=0,
                 activation_checkpointing=profile.sft.gradient_checkpointing,  # transformers 5's name for it
                 # Under DDP: every trained parameter (LoRA, score head) is used in every step; transformers would

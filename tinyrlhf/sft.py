@@ -14,7 +14,6 @@ from .distributed import per_rank, rank_record
 from .logits import token_logprobs
 from .results import MemoryMeter
 from .runtime import (
-    bf16_ok,
     drop_scratch,
     free_memory,
     lora_config,
@@ -22,6 +21,7 @@ from .runtime import (
     progress_callback,
     quiet_trainer,
     seed_everything,
+    train_dtype,
     trainer_kwargs,
 )
 
@@ -103,7 +103,6 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     Saves the adapter to `out_dir/adapter` and the merged model to `out_dir/merged`; returns the loss curve,
     seconds, peak memory and parameter counts.
     """
-    import torch
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -111,9 +110,9 @@ def train_sft(data_path, *, out_dir, init_path, tokenizer, batch_size: int, lr: 
     out_dir = Path(out_dir)
     device = resolve_device(profile)
     # The dtype the trainer computes in (as PPO loads its policy): a bf16 checkpoint would otherwise stay bf16 on a
-    # CPU, where training is float32 and the memory estimate counts float32 weights.
+    # CPU, where training is float32 (unless base.train_dtype says bf16) and the memory estimate counts that dtype.
     model = load_causal_lm(init_path, trust_remote_code=profile.base.trust_remote_code, device=device,
-                           tokenizer=tokenizer, dtype=torch.bfloat16 if bf16_ok(device) else torch.float32)
+                           tokenizer=tokenizer, dtype=train_dtype(profile, device))
     dataset = load_dataset("json", data_files=str(data_path), split="train")
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=dropout, target_modules=target_modules,
                        task_type="CAUSAL_LM")
