@@ -26,27 +26,41 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def prediction_table(machine: budget.Machine) -> str:
-    rows = budget.predict(config.get_profile("rtx4060"), machine)
-    body = [[r["stage"], f"{r['hours']:.1f}", f"{r['gpu_hours']:.1f}", f"{r['cpu_hours']:.1f}", r["dominated_by"],
-             r["work"]] for r in rows]
+    profile = config.get_profile("rtx4060")
+    rows = budget.predict(profile, machine, lengths=budget.expected(profile))
+    bound = budget.predict(profile, machine)
+    body = [[r["stage"], f"{r['hours']:.1f}", f"{r['gpu_hours']:.1f}", f"{r['cpu_hours']:.1f}", f"{b['hours']:.1f}",
+             r["dominated_by"], r["work"]] for r, b in zip(rows, bound)]
     body.append(["**total**", f"**{budget.total_hours(rows):.1f}**", f"{sum(r['gpu_hours'] for r in rows):.1f}",
-                 f"{sum(r['cpu_hours'] for r in rows):.1f}", "", ""])
-    return table(["stage", "hours", "GPU hours", "CPU scoring hours", "dominated by", "work"], body)
+                 f"{sum(r['cpu_hours'] for r in rows):.1f}", f"{budget.total_hours(bound):.1f}", "", ""])
+    got, most = budget.milestones(profile, rows), budget.milestones(profile, bound)
+    return table(["stage", "hours (expected lengths)", "GPU hours", "CPU scoring hours", "hours (upper bound)",
+                  "dominated by", "work"], body) + (
+        f"\n\nBy when: the best-of-n tax of every arm with its intervals after **{got['bon_tax_hours']:.1f} h** "
+        f"({most['bon_tax_hours']:.1f} h at the upper bound), before any PPO run; then each of the "
+        f"{got['ppo_runs']} PPO runs with its evaluation {got['ppo_run_hours']:.1f} h "
+        f"({most['ppo_run_hours']:.1f} h); the whole study {got['study_hours']:.1f} h ({most['study_hours']:.1f} h).")
 
 
 def sensitivity_table(machine: budget.Machine) -> str:
     profile = config.get_profile("rtx4060")
-    base = budget.total_hours(budget.predict(profile, machine))
+    expected = budget.expected(profile)
+
+    def total(machine, **assumption):
+        return budget.total_hours(budget.predict(profile, machine, lengths=expected, **assumption))
+
+    base = total(machine)
     rows = [["as above", f"{base:.1f}"]]
     for label, assumption in (("MFU 0.20 instead of 0.35", {"mfu": 0.20}), ("MFU 0.50", {"mfu": 0.50}),
                               ("decode step 30 ms instead of 15", {"decode_step_s": 0.030})):
-        rows.append([label, f"{budget.total_hours(budget.predict(profile, machine, **assumption)):.1f}"])
+        rows.append([label, f"{total(machine, **assumption):.1f}"])
     half_cpu = dataclasses.replace(machine, cpu_tokens_per_s=machine.cpu_tokens_per_s / 2)
-    rows.append(["CPU scoring half as fast", f"{budget.total_hours(budget.predict(profile, half_cpu)):.1f}"])
+    rows.append(["CPU scoring half as fast", f"{total(half_cpu):.1f}"])
     card = dataclasses.replace(machine, cpu_tokens_per_s=float("inf"))
     rows.append(["reward model on the card (ppo.rm_device=cuda; scoring time ~0)",
-                 f"{budget.total_hours(budget.predict(profile, card)):.1f}"])
-    return table(["assumption", "total hours"], rows)
+                 f"{total(card):.1f}"])
+    rows.append(["every sequence at the profile's limits", f"{budget.total_hours(budget.predict(profile, machine)):.1f}"])
+    return table(["assumption", "total hours (expected lengths)"], rows)
 
 
 def reference_table() -> str:

@@ -37,11 +37,45 @@ def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
     assert rows["best-of-n"]["cpu_hours"] == pytest.approx(scored / 700.0 / 3600)
 
 
+def test_expected_lengths_count_the_tokens_the_stages_process_and_the_card_still_pads():
+    """Issue 25: the work at the data's mean lengths beside the upper bound. Training and CPU scoring count real
+    tokens; generation and PPO's passes on the card stay at the limits (longest reply of a chunk, TRL's padding)."""
+    lengths = budget.Lengths(prompt=100, chosen=40, rejected=50, reply=40, source="test")
+    got = {r["key"]: r for r in budget.predict(RTX, _machine(), lengths=lengths)}
+    most = {r["key"]: r for r in budget.predict(RTX, _machine())}
+    assert got["sft"]["gpu_hours"] == pytest.approx(most["sft"]["gpu_hours"] * 140 / 512)
+    assert got["rm"]["gpu_hours"] == pytest.approx(most["rm"]["gpu_hours"] * (2 * 100 + 40 + 50) / (2 * 512))
+    for key in ("bon", "ppo", "eval"):
+        assert got[key]["cpu_hours"] == pytest.approx(most[key]["cpu_hours"] * 140 / 512)
+        assert got[key]["gpu_hours"] == pytest.approx(most[key]["gpu_hours"])
+    # from a data stage's statistics, each mean capped at its limit; a generated reply as long as a chosen one
+    stats = {"source": "local", "tokenizer": "t", "token_lengths": {
+        "prompt": {"mean": 500.0}, "chosen": {"mean": 30.0}, "rejected": {"mean": 200.0}}}
+    seen = budget.lengths_from_stats(RTX, stats)
+    assert (seen.prompt, seen.chosen, seen.rejected, seen.reply) == (384, 30.0, 128, 30.0)
+    assert budget.expected(RTX).prompt == budget.HH_RLHF_HARMLESS["prompt"]
+
+
+def test_the_best_of_n_answer_comes_first_and_each_ppo_run_adds_to_it():
+    rows = budget.predict(RTX, _machine(), lengths=budget.expected(RTX))
+    when = budget.milestones(RTX, rows)
+    hours = {r["key"]: r["hours"] for r in rows}
+    assert [r["key"] for r in rows] == ["sft", "rm", "bon", "ppo", "eval"]  # the order the notebooks run them
+    assert when["bon_tax_hours"] == pytest.approx(hours["sft"] + hours["rm"] + hours["bon"])
+    assert when["ppo_runs"] == len(RTX.arms) * len(RTX.rm.seeds)
+    assert when["bon_tax_hours"] + when["ppo_runs"] * when["ppo_run_hours"] == pytest.approx(when["study_hours"])
+    words = display.milestone_words(when, budget.milestones(RTX, budget.predict(RTX, _machine())))
+    assert f"{when['bon_tax_hours']:.1f} h" in words and "at the limits" in words
+
+
 def test_the_table_totals_the_stages():
     rows = budget.predict(RTX, _machine())
     table = display.budget_table(rows)
     assert table.iloc[-1]["stage"] == "total"
     assert float(table.iloc[-1]["hours"]) == pytest.approx(budget.total_hours(rows), abs=0.06)
+    both = display.budget_table(budget.predict(RTX, _machine(), lengths=budget.expected(RTX)), rows)
+    assert float(both.iloc[-1]["hours at the limits"]) == pytest.approx(budget.total_hours(rows), abs=0.06)
+    assert float(both.iloc[-1]["hours"]) < float(both.iloc[-1]["hours at the limits"])
 
 
 def test_this_machine_carries_the_reference_rate_over_by_matrix_multiply_speed(tmp_path, monkeypatch):

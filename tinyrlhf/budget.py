@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Profile
+from .config import Profile, bon_sample_chunk
 from .jobs import torch_threads
-from .memory import spec_for_profile
+from .memory import EVAL_SAMPLE_ROWS, spec_for_profile
 
 # RTX 4060 (AD107): NVIDIA's specifications give 3072 CUDA cores, a 2.46 GHz boost clock, 8 GB GDDR6 at 272 GB/s
 # (https://www.nvidia.com/en-us/geforce/graphics-cards/40-series/rtx-4060-4060ti/). Dense BF16 tensor throughput
@@ -36,8 +36,51 @@ RTX4060 = {"name": "NVIDIA GeForce RTX 4060", "bf16_tflops": 30.2, "bandwidth_gb
 # Assumptions, each stated in docs/time-budget.md and to be replaced by measurements on a card:
 MFU = 0.35  # share of the tensor-core peak that LoRA training of a 0.5B model reaches at batch 2-4 x 512 tokens
 DECODE_STEP_OVERHEAD_S = 0.015  # transformers' generate on a 24-layer model: kernel launches per new token
-EVAL_GENERATION_BATCH = 32
 REFERENCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "rm-scoring.json"
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """Tokens per sequence the work is counted with: a prompt, a chosen and a rejected reply of the preference data,
+    and a generated reply (rollouts, the best-of-n pool, evaluation)."""
+    prompt: float
+    chosen: float
+    rejected: float
+    reply: float
+    source: str
+
+
+# HH-RLHF's harmless-base test split (../shared/hh-rlhf, 2,312 pairs), measured in characters at 4 per token: prompts
+# average 121.5 tokens, chosen replies 41.9, rejected 52.7. Qwen2.5's tokenizer is not available offline here, so
+# 4 characters per token (English BPE) stands in for it; the data stage measures the real counts (data_stats.json).
+HH_RLHF_HARMLESS = {"prompt": 121.5, "chosen": 41.9, "rejected": 52.7}
+
+
+def upper_bound(profile: Profile) -> Lengths:
+    """Every sequence at the profile's limits: the most work the settings allow."""
+    d = profile.data
+    return Lengths(d.max_prompt_tokens, d.max_response_tokens, d.max_response_tokens, profile.ppo.max_new,
+                   f"the profile's limits ({d.max_prompt_tokens} + {profile.ppo.max_new} tokens)")
+
+
+def expected(profile: Profile, means: dict | None = None, source: str | None = None) -> Lengths:
+    """Mean lengths of the prepared data (`means`: prompt, chosen, rejected; data_stats.json's token_lengths means),
+    each capped at its limit; HH-RLHF's harmless-base means when none are given. A generated reply is counted at the
+    chosen replies' mean (the SFT policy learns to answer like them), capped at ppo.max_new: an assumption."""
+    d = profile.data
+    m = means or HH_RLHF_HARMLESS
+    chosen = min(m["chosen"], d.max_response_tokens)
+    return Lengths(min(m["prompt"], d.max_prompt_tokens), chosen, min(m["rejected"], d.max_response_tokens),
+                   min(m["chosen"], profile.ppo.max_new),
+                   source or ("the prepared data's means" if means else "HH-RLHF harmless-base means (4 characters "
+                                                                        "per token)"))
+
+
+def lengths_from_stats(profile: Profile, stats: dict) -> Lengths:
+    """Expected lengths from a data stage's results (data_stats.json): for a profile whose data was prepared."""
+    t = stats["token_lengths"]
+    return expected(profile, {k: t[k]["mean"] for k in ("prompt", "chosen", "rejected")},
+                    f"the prepared data's means ({stats.get('source', 'data')}, {stats.get('tokenizer', '')})")
 
 
 @dataclass(frozen=True)
@@ -150,27 +193,32 @@ def _efficiency(ref: dict, threads: int) -> float:
     return 1.0 if threads == 1 else min(1.0, ref["scaling"] / ref["scaling_threads"])
 
 
-def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
+def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = None, mfu: float = MFU,
             decode_step_s: float = DECODE_STEP_OVERHEAD_S) -> list[dict]:
-    """Predicted hours per stage: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}]. `mfu` and
-    `decode_step_s` are the two assumptions about the card (module constants by default)."""
+    """Predicted hours per stage, in the order they run: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}].
+    `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's means).
+    Generation and PPO's passes on the card stay at the limits either way: a chunk decodes until its longest reply
+    ends, and TRL pads every rollout batch to its longest prompt plus ppo.max_new. `mfu` and `decode_step_s` are
+    the two assumptions about the card (module constants by default)."""
     spec = spec_for_profile(profile)
     n = spec.n_params
     backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
-    seq = d.max_prompt_tokens + d.max_response_tokens  # the profile's limits: an upper bound on the work
+    L = lengths or upper_bound(profile)
+    pair_tokens = 2 * L.prompt + L.chosen + L.rejected  # a preference pair: prompt + chosen, prompt + rejected
+    scored_tokens = L.prompt + L.reply  # a generated reply scored on the CPU (packed, without padding)
     flops_per_s = machine.bf16_tflops * 1e12 * mfu
     seeds = len(r.seeds)
     models = len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0)  # reward models trained
     rows = []
 
-    sft_tokens = s.max_steps * s.batch_size * s.accum * seq
-    rows.append(_row("SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
+    sft_tokens = s.max_steps * s.batch_size * s.accum * (L.prompt + L.chosen)
+    rows.append(_row("sft", "SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
                      f"{sft_tokens / 1e6:.1f} M tokens trained"))
 
-    rm_tokens = r.max_steps * r.batch_size * r.accum * 2 * seq
-    rm_cpu = r.eval_pairs * 2 * seq / machine.cpu_tokens_per_s
-    rows.append(_row(f"reward models (03), {models} models", models * 4 * backbone * rm_tokens / flops_per_s,
+    rm_tokens = r.max_steps * r.batch_size * r.accum * pair_tokens
+    rm_cpu = r.eval_pairs * pair_tokens / machine.cpu_tokens_per_s
+    rows.append(_row("rm", f"reward models (03), {models} models", models * 4 * backbone * rm_tokens / flops_per_s,
                      models * rm_cpu, f"{rm_tokens / 1e6:.1f} M tokens trained per model "
                                       f"({len(profile.arms)} arms x {seeds} seeds); "
                                       f"{r.eval_pairs} test pairs scored on the CPU per model"))
@@ -179,32 +227,43 @@ def predict(profile: Profile, machine: Machine, *, mfu: float = MFU,
     ppo_seq = d.max_prompt_tokens + p.max_new
     pool = e.prompts * e.bon_pool
     scorers = len(profile.bon_arms) * seeds
-    rows.append(_row("best-of-n (03)", pool / EVAL_GENERATION_BATCH * p.max_new * step_s,
-                     scorers * pool * ppo_seq / machine.cpu_tokens_per_s,
+    rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s,
+                     scorers * pool * scored_tokens / machine.cpu_tokens_per_s,
                      f"{pool} candidates generated, each scored by {scorers} reward models on the CPU"))
 
     runs = len(profile.arms) * seeds * p.runs_per_model
     per_update_tokens = p.ppo_batch * ppo_seq
     gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s
                   + (4 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
-    cpu_update = per_update_tokens / machine.cpu_tokens_per_s
-    rows.append(_row(f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
+    cpu_update = p.ppo_batch * scored_tokens / machine.cpu_tokens_per_s
+    rows.append(_row("ppo", f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
                      f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens per run"))
 
     replies = runs * (e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples) \
         + e.prompts * e.samples  # the SFT policy's replies too
     scored = replies + runs * len(profile.arms) * e.prompts * e.cross_samples  # cross: every arm of the same seed
-    eval_gpu = replies / EVAL_GENERATION_BATCH * p.max_new * step_s
-    rows.append(_row("evaluation (04)", eval_gpu, scored * ppo_seq / machine.cpu_tokens_per_s,
+    eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s  # evaluate.sample's chunk
+    rows.append(_row("eval", "evaluation (04)", eval_gpu, scored * scored_tokens / machine.cpu_tokens_per_s,
                      f"{replies} replies generated, {scored} scored on the CPU"))
     return rows
 
 
-def _row(stage: str, gpu_seconds: float, cpu_seconds: float, work: str) -> dict:
+def _row(key: str, stage: str, gpu_seconds: float, cpu_seconds: float, work: str) -> dict:
     gpu_h, cpu_h = gpu_seconds / 3600, cpu_seconds / 3600
-    return {"stage": stage, "hours": gpu_h + cpu_h, "gpu_hours": gpu_h, "cpu_hours": cpu_h,
+    return {"key": key, "stage": stage, "hours": gpu_h + cpu_h, "gpu_hours": gpu_h, "cpu_hours": cpu_h,
             "dominated_by": "GPU" if gpu_h >= cpu_h else "CPU reward scoring", "work": work}
 
 
 def total_hours(rows: list[dict]) -> float:
     return sum(r["hours"] for r in rows)
+
+
+def milestones(profile: Profile, rows: list[dict]) -> dict:
+    """What a user has by when, from `predict`'s rows: the best-of-n tax of every arm with its intervals (after SFT,
+    the reward models and the pool, 03's end, before any PPO run), then each PPO run with its evaluation, and the
+    whole study."""
+    by_key = {r["key"]: r["hours"] for r in rows}
+    runs = len(profile.arms) * len(profile.rm.seeds) * profile.ppo.runs_per_model
+    return {"bon_tax_hours": by_key["sft"] + by_key["rm"] + by_key["bon"],
+            "ppo_run_hours": (by_key["ppo"] + by_key["eval"]) / runs, "ppo_runs": runs,
+            "study_hours": total_hours(rows)}

@@ -606,6 +606,11 @@ def hh_dir() -> Path | None:
     return Path(v).expanduser() if v else None
 
 
+def bon_sample_chunk(profile: Profile) -> int:
+    """Candidates of the best-of-n pool generated at once: PPO's rollout chunk (sampled as PPO samples), at least 8."""
+    return max(profile.ppo.rollout_chunk, 8)
+
+
 def resolve_source(profile: Profile) -> str:
     src = profile.data.source
     if src == "auto":

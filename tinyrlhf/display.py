@@ -160,15 +160,30 @@ def kernels_table(scoring: dict) -> pd.DataFrame:
                          for p, k in scoring["kernels"].items()])
 
 
-def budget_table(rows: list[dict]) -> pd.DataFrame:
-    """budget.predict rows, hours with one decimal, and a total row."""
+def budget_table(rows: list[dict], bound: list[dict] | None = None) -> pd.DataFrame:
+    """budget.predict rows, hours with one decimal, and a total row; with `bound` (the same prediction at the
+    profile's limits) its hours beside them."""
     table = [{"stage": r["stage"], "hours": f"{r['hours']:.1f}", "GPU hours": f"{r['gpu_hours']:.1f}",
               "CPU scoring hours": f"{r['cpu_hours']:.1f}", "dominated by": r["dominated_by"], "work": r["work"]}
              for r in rows]
     total = sum(r["hours"] for r in rows)
     table.append({"stage": "total", "hours": f"{total:.1f}", "GPU hours": f"{sum(r['gpu_hours'] for r in rows):.1f}",
                   "CPU scoring hours": f"{sum(r['cpu_hours'] for r in rows):.1f}", "dominated by": "", "work": ""})
-    return pd.DataFrame(table)
+    frame = pd.DataFrame(table)
+    if bound is not None:
+        limits = [f"{b['hours']:.1f}" for b in bound] + [f"{sum(b['hours'] for b in bound):.1f}"]
+        frame.insert(4, "hours at the limits", limits)
+    return frame
+
+
+def milestone_words(expected: dict, bound: dict | None = None) -> str:
+    """budget.milestones in a sentence: what a user has by when (the upper bound's hours in brackets)."""
+    def hours(key):
+        return f"{expected[key]:.1f} h" + (f" ({bound[key]:.1f} h at the limits)" if bound else "")
+
+    return (f"The best-of-n tax of every arm, with its intervals, after {hours('bon_tax_hours')}, at 03's end and "
+            f"before any PPO run; then each of the {expected['ppo_runs']} PPO runs adds its numbers every "
+            f"{hours('ppo_run_hours')}; the whole study {hours('study_hours')}.")
 
 
 def plot_verdicts(verdicts: list[dict]) -> Figure:

@@ -29,6 +29,7 @@ from .config import (
     SERVED_PREFIX,
     Paths,
     Profile,
+    bon_sample_chunk,
     hh_dir,
     resolve_device,
     resolve_source,
@@ -617,7 +618,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     policy = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=trust, device=resolve_device(profile))
     t0 = time.perf_counter()
     pool = evaluate.sample(policy, tokenizer, prompts, samples=e.bon_pool, max_new=p.max_new,
-                           temperature=p.temperature, seed=profile.seed, chunk=max(p.rollout_chunk, 8),
+                           temperature=p.temperature, seed=profile.seed, chunk=bon_sample_chunk(profile),
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
