@@ -32,10 +32,16 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+# The host the tables assume: a CPU without native bf16 (the usual desktop), where the reward model computes in
+# float32; fixed, so the committed tables do not depend on the machine that generates them.
+HOST_COMPUTE = "fp32"
+
+
 def stage_table(profile: config.Profile) -> str:
-    ests = memory.estimate_profile(profile, device="cuda")
+    ests = memory.estimate_profile(profile, device="cuda", host_compute=HOST_COMPUTE)
     rows = []
-    for v in memory.stage_verdicts(profile, gpu_bytes=CARD_GIB * GiB, ram_bytes=RAM_GIB * GiB):
+    for v in memory.stage_verdicts(profile, gpu_bytes=CARD_GIB * GiB, ram_bytes=RAM_GIB * GiB,
+                                   host_compute=HOST_COMPUTE):
         e = ests[v["stage"]]
         rows.append([v["stage"], gib(e.device_bytes), gib(e.cpu_bytes), v["verdict"], e.note or ""])
     return table(["stage", "GPU GiB", "CPU GiB", f"verdict on {CARD_GIB} GiB", "note"], rows)
@@ -109,7 +115,8 @@ model on the CPU (its memory is in the CPU column, with the checkpoint pages a q
 the reference as the policy's disabled adapter, the value model the SFT model with a fresh head and its own LoRA,
 {p.ppo_batch} rollouts per update, rollout chunk {p.rollout_chunk} (ppo.rollout_chunk) and {p.micro_batch} sequences
 per training forward/backward (ppo.micro_batch).
-Verdicts on an {CARD_GIB} GiB card with {RAM_GIB} GiB of RAM.
+Verdicts on an {CARD_GIB} GiB card with {RAM_GIB} GiB of RAM; the reward model on the CPU computes in float32 there
+(a CPU without native bf16; half its weights' memory on one with AVX512-BF16).
 
 {stage_table(rtx)}
 
@@ -191,7 +198,8 @@ def readme_section() -> str:
     """The README's share of the tables: the rtx4060 stages and the GPT-2 family / default model."""
     rtx = config.PROFILES["rtx4060"]
     return (f"{README_START}\n**rtx4060 profile, estimated per stage** (8 GiB card; the reward model's memory is "
-            f"on the CPU):\n\n{stage_table(rtx)}\n\n**SFT of the GPT-2 family and the default base model** "
+            f"on the CPU, computing in float32 as on a CPU without native bf16):\n\n{stage_table(rtx)}\n\n"
+            f"**SFT of the GPT-2 family and the default base model** "
             f"(GPU GiB at the rtx4060 SFT settings):\n\n{family_table(rtx)}\n{README_END}")
 
 

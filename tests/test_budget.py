@@ -38,13 +38,14 @@ def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
 
 
 def test_expected_lengths_count_the_tokens_the_stages_process_and_the_card_still_pads():
-    """Issue 25: the work at the data's mean lengths beside the upper bound. Training and CPU scoring count real
-    tokens; generation and PPO's passes on the card stay at the limits (longest reply of a chunk, TRL's padding)."""
+    """Issue 25: the work at the data's mean lengths beside the upper bound. The packed CPU scoring of generated
+    replies counts real tokens; padded work stays at the limits: generation and PPO's passes on the card (longest
+    reply of a chunk, TRL's padding), SFT and reward-model training and 03's test-pair scoring (padded batches)."""
     lengths = budget.Lengths(prompt=100, chosen=40, rejected=50, reply=40, source="test")
     got = {r["key"]: r for r in budget.predict(RTX, _machine(), lengths=lengths)}
     most = {r["key"]: r for r in budget.predict(RTX, _machine())}
-    assert got["sft"]["gpu_hours"] == pytest.approx(most["sft"]["gpu_hours"] * 140 / 512)
-    assert got["rm"]["gpu_hours"] == pytest.approx(most["rm"]["gpu_hours"] * (2 * 100 + 40 + 50) / (2 * 512))
+    for key in ("sft", "rm"):
+        assert got[key]["hours"] == pytest.approx(most[key]["hours"])
     for key in ("bon", "ppo", "eval"):
         assert got[key]["cpu_hours"] == pytest.approx(most[key]["cpu_hours"] * 140 / 512)
         assert got[key]["gpu_hours"] == pytest.approx(most[key]["gpu_hours"])

@@ -101,3 +101,19 @@ def test_memory_of_a_run_that_ran_out_of_memory_is_back_before_the_next_run(work
     assert "CUDA out of memory" in seeds[0]["reason"]
     assert "lower ppo.rollout_chunk or ppo.micro_batch" in seeds[0]["reason"]
     assert alive_at_later_builds and not any(alive_at_later_builds)
+
+
+def test_an_out_of_memory_reason_names_the_cards_free_memory_and_the_setting_to_lower(monkeypatch):
+    """Issue 25, item 6: one sentence with the free memory measured at the failure (not the card's size) and the
+    setting of that kind of run to lower."""
+    import torch
+
+    from tinyrlhf.stages import failure_reason
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (int(1.5 * 2**30), 8 * 2**30))
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    reason = failure_reason(oom, "rm.batch_size")
+    assert reason.startswith("CUDA out of memory (1.5 GiB free on the card at the failure): lower rm.batch_size;")
+    assert "Tried to allocate 2.00 GiB" in reason
+    assert failure_reason(ValueError("bad")) == "ValueError: bad"  # other failures: the error itself

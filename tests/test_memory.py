@@ -366,6 +366,10 @@ def test_a_reward_model_on_the_card_is_counted_on_the_card():
     card = m.estimate_profile(config.get_profile("rtx4060", ppo__rm_device="cuda"))["ppo_int8"]
     assert "reward model weights" in card.parts and "cpu: reward model weights" not in card.parts
     assert card.device_bytes > host.device_bytes and card.cpu_bytes < host.cpu_bytes
+    # on the card it computes in bf16 through bitsandbytes' own layers: no dense copy there
+    spec = m.known_spec("Qwen/Qwen2.5-0.5B")
+    int4 = m.estimate_profile(config.get_profile("rtx4060", ppo__rm_device="cuda"))["ppo_int4"]
+    assert int4.parts["reward model weights"] == m.weight_bytes(spec, "int4", lm_head=False) + 4 * spec.hidden
 
 
 def test_every_evaluation_pass_is_in_the_estimate():

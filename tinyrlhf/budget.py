@@ -196,23 +196,27 @@ def _efficiency(ref: dict, threads: int) -> float:
 def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = None, mfu: float = MFU,
             decode_step_s: float = DECODE_STEP_OVERHEAD_S) -> list[dict]:
     """Predicted hours per stage, in the order they run: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}].
-    `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's means).
-    Generation and PPO's passes on the card stay at the limits either way: a chunk decodes until its longest reply
-    ends, and TRL pads every rollout batch to its longest prompt plus ppo.max_new. `mfu` and `decode_step_s` are
+    `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's means),
+    used where scoring packs rows without padding (the reward model's CPU scoring of generated replies). Padded work
+    stays at the limits either way: generation and PPO's passes on the card (a chunk decodes until its longest reply
+    ends; TRL pads every rollout batch to its longest prompt plus ppo.max_new), SFT and reward-model training and
+    03's test-pair scoring (each batch padded to its longest sequence). `mfu` and `decode_step_s` are
     the two assumptions about the card (module constants by default)."""
     spec = spec_for_profile(profile)
     n = spec.n_params
     backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
-    L = lengths or upper_bound(profile)
-    pair_tokens = 2 * L.prompt + L.chosen + L.rejected  # a preference pair: prompt + chosen, prompt + rejected
+    L, U = lengths or upper_bound(profile), upper_bound(profile)
+    # Padded passes (SFT and reward-model training, 03's test-pair scoring: each batch padded to its longest
+    # sequence) stay at the limits; only the packed CPU scoring of generated replies counts the expected tokens.
+    pair_tokens = 2 * U.prompt + U.chosen + U.rejected  # a preference pair: prompt + chosen, prompt + rejected
     scored_tokens = L.prompt + L.reply  # a generated reply scored on the CPU (packed, without padding)
     flops_per_s = machine.bf16_tflops * 1e12 * mfu
     seeds = len(r.seeds)
     models = len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0)  # reward models trained
     rows = []
 
-    sft_tokens = s.max_steps * s.batch_size * s.accum * (L.prompt + L.chosen)
+    sft_tokens = s.max_steps * s.batch_size * s.accum * (U.prompt + U.chosen)
     rows.append(_row("sft", "SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
                      f"{sft_tokens / 1e6:.1f} M tokens trained"))
 

@@ -563,7 +563,8 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
             device=device, double_quant=r.double_quant, stage=f"ppo_{prec}", rm_checkpoint_precision=train_precision,
             # the reward model computes in the host's dtype on the host (bf16 on the card), int8 and int4 through
             # their dense copy in it unless told not to
-            rm_compute=host_compute if p.rm_device == "cpu" else "bf16", rm_dense_copy=r.cpu_kernel != "bitsandbytes",
+            rm_compute=host_compute if p.rm_device == "cpu" else "bf16",
+            rm_dense_copy=p.rm_device == "cpu" and r.cpu_kernel != "bitsandbytes",
             eval_sample_rows=sampled)
     return out
 
@@ -596,14 +597,14 @@ def fits(estimate: Estimate | int, capacity_bytes: int, tight_margin: float = 0.
     return "will not fit", f"{reason} (short by {format_bytes(need - capacity_bytes)})"
 
 
-def stage_verdicts(profile: Profile, *, gpu_bytes: int | None, ram_bytes: int, spec: ModelSpec | None = None
-                   ) -> list[dict]:
+def stage_verdicts(profile: Profile, *, gpu_bytes: int | None, ram_bytes: int, spec: ModelSpec | None = None,
+                   host_compute: str | None = None) -> list[dict]:
     """One row per stage: stage, device, estimate_bytes, capacity_bytes, verdict, reason. With a GPU the device
     bytes are judged against it and the host bytes against RAM (the worse verdict wins); without one
     (gpu_bytes=None) the whole stage is judged against RAM."""
     device = "cuda" if gpu_bytes else "cpu"
     rows = []
-    for stage, est in estimate_profile(profile, spec, device=device).items():
+    for stage, est in estimate_profile(profile, spec, device=device, host_compute=host_compute).items():
         if device == "cpu":
             verdict, reason = fits(est.total, ram_bytes)
             need, cap = est.total, ram_bytes

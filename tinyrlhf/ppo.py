@@ -120,8 +120,8 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
                       temperature: float = 1.0, lora_r: int = 16, lora_alpha: int = 32, target_modules=("q_proj",),
                       seed: int = 0, callbacks=(), dtype=None):
     """TRL's PPOTrainer with our policy, value model and CPU-resident reward model. Returns (trainer, reward
-    wrapper, tokenizer, reward-model info). `dtype`: the policy's and value model's weights (default: bf16 on a card
-    that supports it, else float32; a test passes bf16 on the CPU to run what the card runs)."""
+    wrapper, tokenizer, reward-model info). `dtype`: the policy's and value model's weights (default:
+    runtime.train_dtype, from base.train_dtype)."""
     from transformers import AutoModelForCausalLM
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 

@@ -206,7 +206,7 @@ def disk_full_said_plainly(root: Path):
         raise
 
 
-def failure(e: BaseException) -> dict:
+def failure(e: BaseException, lower: str | None = None) -> dict:
     """How a precision or seed that failed is recorded; the others go on. Under a launcher the failure is raised
     instead: a rank that went on alone would wait forever in the next collective, while a raised error ends the
     launch (torchrun stops the other ranks)."""
@@ -214,19 +214,19 @@ def failure(e: BaseException) -> dict:
         raise e
     # Memory is freed by the caller after its except block: here the traceback still holds the failed run's frames
     # (its trainer and models), so nothing could be collected yet.
-    return {"status": "failed", "reason": failure_reason(e), "traceback": traceback.format_exc()[-2000:]}
+    return {"status": "failed", "reason": failure_reason(e, lower), "traceback": traceback.format_exc()[-2000:]}
 
 
-def failure_reason(e: BaseException) -> str:
-    """One sentence for a failed run; for a CUDA out-of-memory error, the card's free memory and what to lower."""
+def failure_reason(e: BaseException, lower: str | None = None) -> str:
+    """One sentence for a failed run; for a CUDA out-of-memory error, the card's free memory (a desktop card also
+    drives the display) and `lower`, the setting of that kind of run to lower."""
     import torch
 
     reason = f"{type(e).__name__}: {e}"
     if isinstance(e, torch.cuda.OutOfMemoryError):
         free = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
         where = "" if free is None else f" ({free:.1f} GiB free on the card at the failure)"
-        reason = (f"CUDA out of memory{where}: lower ppo.rollout_chunk or ppo.micro_batch (rm.batch_size for a reward "
-                  f"model); {e}")
+        reason = f"CUDA out of memory{where}: lower {lower or 'the batch sizes'}; {e}"
     return reason[:500]
 
 
@@ -550,7 +550,7 @@ def _rm_job(job: dict, report) -> dict:
                 "rss_after_release_bytes": current_rss_bytes()} | (
             {"ranks": run["ranks"]} if distributed.launched() else {})
     except Exception as e:  # recorded; the other reward models go on
-        record = failure(e) | who
+        record = failure(e, "rm.batch_size") | who
     free_memory()  # outside the except block, where the failed run's frames are no longer held
     return record
 
@@ -846,7 +846,7 @@ def _policy_job(job: dict, report) -> dict:
     try:
         return _evaluate_sft(job, report) if job["arm"] == "sft" else _train_and_evaluate(job, report)
     except Exception as e:  # one failed run (e.g. out of memory) is recorded; the others go on
-        record = failure(e) | {"seed": job["seed"]}
+        record = failure(e, "ppo.rollout_chunk or ppo.micro_batch") | {"seed": job["seed"]}
     free_memory()  # outside the except block, where the failed run's frames are no longer held
     return record
 
