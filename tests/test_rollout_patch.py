@@ -80,3 +80,55 @@ def test_a_ppo_run_gives_the_same_statistics_with_and_without_the_patch(tiny_wor
     for a, b in zip(patched["history"], plain["history"], strict=True):
         for k in keys:
             assert a[k] == pytest.approx(b[k], abs=1e-5), (a["step"], k)
+
+
+def test_overlapped_reward_scoring_gives_the_serial_runs_numbers(tiny_world, tmp_path):
+    """ppo.overlap_scoring: each chunk scored on its own thread as soon as it is generated (what keeps the card
+    busy while the CPU scores) gives the same rewards and PPO statistics, exactly, as scoring after the rollout."""
+    from tinyrlhf import ppo
+
+    _, paths = tiny_world
+    runs = {}
+    for mode in ("on", "off"):
+        profile = get_profile("cpu", overrides=TINY_WORLD | {"ppo.rollout_chunk": 4, "ppo.overlap_scoring": mode})
+        p = profile.ppo
+        runs[mode] = ppo.train_ppo(
+            paths.data_file("train"), out_dir=tmp_path / mode, sft_path=paths.sft_merged,
+            rm_path=paths.rm("int4", 0), profile=profile, ppo_batch=p.ppo_batch, mini_batch=p.mini_batch,
+            micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk, ppo_epochs=p.ppo_epochs, ppo_lr=p.ppo_lr,
+            max_new=p.max_new, clip=p.clip, kl_coef=p.kl_coef, steps=p.steps, lr_scheduler=p.lr_scheduler,
+            missing_eos_penalty=p.missing_eos_penalty, temperature=p.temperature, lora_r=p.lora_r,
+            lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=0)
+    on, off = runs["on"], runs["off"]
+    chunks = on["history"][-1]["step"] * 8 // 4  # ppo_batch 8 in chunks of 4, every update
+    assert on["reward_overlap"] == {"overlapped": True, "chunks": chunks, "misses": 0}
+    assert off["reward_overlap"] == {"overlapped": False}
+    assert on["reward_scored_tokens"] == off["reward_scored_tokens"]
+    for a, b in zip(on["history"], off["history"], strict=True):
+        assert a.pop("seconds") > 0 and b.pop("seconds") > 0  # wall time is the one thing allowed to differ
+        assert a == b
+
+
+def test_overlapped_scoring_hands_over_only_the_chunk_it_scored():
+    """A get_reward call for other rows than the next scored chunk (other tokens, or real tokens past the chunk's
+    width) is scored as TRL would: a miss, counted; padding past the chunk's width is TRL's wider batch: a hit."""
+    from tinyrlhf.ppo import OverlappedScoring
+
+    pad = 0
+
+    class Reward:
+        calls = 0
+
+    reward = Reward()
+    scoring = OverlappedScoring(reward, pad_token_id=pad, stop_token_id=None)
+    scoring.executor.submit = lambda fn, model, rows, *a: type("Done", (), {"result": lambda self: ("scores", rows),
+                                                                           "cancel": lambda self: None})()
+    chunk = torch.tensor([[0, 5, 6, 7], [4, 5, 6, 0]])
+    scoring.submit(chunk, context_length=2)
+    assert scoring.take(object(), chunk) is None and scoring.misses == 0  # not the reward model: not its business
+    assert scoring.take(reward, torch.tensor([[0, 5, 6, 8], [4, 5, 6, 0]])) is None  # another reply
+    assert scoring.take(reward, torch.cat((chunk, torch.tensor([[9], [0]])), 1)) is None  # a real token past it
+    assert scoring.misses == 2
+    wider = torch.cat((chunk, torch.zeros(2, 3, dtype=chunk.dtype)), 1)
+    assert scoring.take(reward, wider)[0] == "scores" and scoring.hits == 1 and not scoring.pending
+    scoring.close()

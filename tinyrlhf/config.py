@@ -225,6 +225,10 @@ class PPOSettings:
     # one (the process driving the GPU keeps a core: sharing it slowed scoring 2.1-2.6x, measured); with the
     # policy on the CPU, the job's threads (scoring and training take turns there).
     rm_threads: int = 0
+    # Reward scoring of each rollout chunk on a CPU thread while the card generates the next one (ppo.OverlappedScoring):
+    # "auto" where the policy is on a GPU and the reward model on the CPU, "on" anywhere (the same numbers: tested on
+    # the CPU), "off" to score after the whole rollout as TRL does.
+    overlap_scoring: str = "auto"
     value_init: str = "sft"  # every arm's value model: the SFT model with a fresh head, the same for all arms
     lora_r: int = 16
     lora_alpha: int = 32
@@ -415,6 +419,8 @@ def _validate(p: Profile) -> None:
     if p.ppo.max_new < p.data.max_response_tokens:
         raise ConfigError(f"ppo.max_new ({p.ppo.max_new}) must be >= data.max_response_tokens "
                           f"({p.data.max_response_tokens}): shorter limits cut replies no reward model was trained on")
+    if p.ppo.overlap_scoring not in ("auto", "on", "off"):
+        raise ConfigError(f"ppo.overlap_scoring must be auto, on or off; got {p.ppo.overlap_scoring!r}")
     if p.ppo.rm_device not in ("cpu", "cuda"):
         raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
     if p.ppo.rm_device == "cuda" and p.device == "cpu":

@@ -34,9 +34,11 @@ def torch_threads(threads: int):
     """Run the block with `threads` torch threads (0: leave them as they are)."""
     import torch
 
+    if not threads:  # not even a set to the same count: another thread may be computing (OverlappedScoring)
+        yield
+        return
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -9,12 +9,14 @@ Reward model: the arm's model, resident on CPU behind `reward.CPURewardModel`, s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import io
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import torch
@@ -214,8 +216,62 @@ class RolloutLogProbs:
         return RolloutLogProbs(self.logprobs[rows], self.response[rows])
 
 
+class OverlappedScoring:
+    """The reward model scoring each rollout chunk on its own thread as soon as the chunk is generated, while the
+    card generates the next chunk and runs the reference and value passes (TRL 1.12 scores every chunk only after
+    the whole rollout batch is generated, and the card waits for the CPU).
+
+    `submit` starts a chunk's scoring with exactly what TRL's loop will later ask for (the reply cut after its first
+    stop token, appended to its query; trl's get_reward); `take` hands TRL's get_reward call the finished scores
+    when the rows asked for are that chunk's (TRL pads the whole batch wider: the extra columns must be padding).
+    Anything else is scored as TRL would (a miss, counted). The scoring uses no random numbers, so generation
+    samples the same tokens either way."""
+
+    def __init__(self, reward, pad_token_id: int, stop_token_id: int | None):
+        self.reward, self.pad_token_id, self.stop_token_id = reward, pad_token_id, stop_token_id
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-scoring")
+        self.pending: collections.deque = collections.deque()
+        self.hits = self.misses = 0
+
+    def submit(self, query_response: torch.Tensor, context_length: int) -> None:
+        from trl.experimental.ppo.ppo_trainer import truncate_response
+        from trl.experimental.utils import get_reward  # TRL's own, not the patched name in ppo_trainer
+
+        response = query_response[:, context_length:]
+        if self.stop_token_id is not None:
+            response = truncate_response(self.stop_token_id, self.pad_token_id, response)
+        rows = torch.cat((query_response[:, :context_length], response), 1)
+        self.pending.append((rows, self.executor.submit(get_reward, self.reward, rows, self.pad_token_id,
+                                                        context_length)))
+
+    def take(self, model, query_responses: torch.Tensor):
+        """The finished get_reward result for these rows, or None (not the reward model, or not the next chunk)."""
+        if model is not self.reward:
+            return None
+        if self.pending:
+            rows, future = self.pending[0]
+            width = rows.shape[1]
+            if (query_responses.shape[0] == rows.shape[0] and query_responses.shape[1] >= width
+                    and torch.equal(query_responses[:, :width], rows)
+                    and bool((query_responses[:, width:] == self.pad_token_id).all())):
+                self.pending.popleft()
+                self.hits += 1
+                return future.result()
+        self.misses += 1
+        return None
+
+    def close(self) -> None:
+        for _, future in self.pending:  # a run that failed mid-rollout: finish (or fail) quietly
+            future.cancel()
+        self.pending.clear()
+        self.executor.shutdown(wait=True)
+
+    def record(self) -> dict:
+        return {"overlapped": True, "chunks": self.hits, "misses": self.misses}
+
+
 @contextlib.contextmanager
-def rollout_logprobs_per_chunk():
+def rollout_logprobs_per_chunk(scoring: OverlappedScoring | None = None):
     """Two narrow patches of TRL 1.12's PPO (which left TRL after 1.12, so they will not be fixed upstream):
 
     Memory. TRL's rollout (`batch_generation`) keeps the float32 generation scores of the whole rollout batch,
@@ -229,10 +285,14 @@ def rollout_logprobs_per_chunk():
     bf16 policy the ratio is not 1 and the KL not 0 before any update. Here the rollout's log-probs come from the
     same full forward as the training pass's (TRL's `forward` conventions, the policy in eval mode as TRL trains it:
     dropout off), and every log-softmax runs in float32 (`selective_log_softmax` upcasts its logits). In float32
-    the numbers are TRL's to float rounding (tests/test_rollout_patch.py)."""
+    the numbers are TRL's to float rounding (tests/test_rollout_patch.py).
+
+    With `scoring` (OverlappedScoring), each generated chunk also goes to the reward model at once, and TRL's
+    get_reward takes those scores when it reaches the chunk."""
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     original_batch_generation, original_log_softmax = trl_ppo.batch_generation, trl_ppo.selective_log_softmax
+    original_get_reward = trl_ppo.get_reward
 
     def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
         context_length = queries.shape[1]
@@ -242,6 +302,8 @@ def rollout_logprobs_per_chunk():
         for i in range(0, queries.shape[0], local_rollout_forward_batch_size):
             query_response = _generate(model, queries[i: i + local_rollout_forward_batch_size], pad_token_id,
                                        generation_config)
+            if scoring is not None:
+                scoring.submit(query_response, context_length)
             logprobs.append(response_logprobs(model, query_response, pad_token_id, context_length,
                                               temperature=generation_config.temperature))
             query_responses.append(query_response)
@@ -261,11 +323,19 @@ def rollout_logprobs_per_chunk():
             return logits.logprobs
         return original_log_softmax(logits.float(), index)  # a copy of this micro-batch's logits in float32
 
+    def get_reward(model, query_responses, pad_token_id, context_length):
+        done = scoring.take(model, query_responses) if scoring is not None else None
+        return done if done is not None else original_get_reward(model, query_responses, pad_token_id, context_length)
+
     trl_ppo.batch_generation, trl_ppo.selective_log_softmax = batch_generation, selective_log_softmax
+    trl_ppo.get_reward = get_reward
     try:
         yield
     finally:
         trl_ppo.batch_generation, trl_ppo.selective_log_softmax = original_batch_generation, original_log_softmax
+        trl_ppo.get_reward = original_get_reward
+        if scoring is not None:
+            scoring.close()
 
 
 def _generate(model, queries, pad_token_id: int, generation_config) -> torch.Tensor:
@@ -307,8 +377,12 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
     trainer, reward, tokenizer, rm_info = build_ppo_trainer(prefs_path, out_dir=out_dir, callbacks=[ranks, callback],
                                                             **kwargs)
     callback.reward = reward
+    p = kwargs["profile"].ppo
+    overlap = p.overlap_scoring == "on" or (p.overlap_scoring == "auto" and trainer.accelerator.device.type == "cuda"
+                                            and reward.device.type == "cpu")
+    scoring = OverlappedScoring(reward, tokenizer.pad_token_id, trainer.stop_token_id) if overlap else None
     # TRL prints "===training policy===" to stdout on every run; keep it (and any other print) out of the notebook.
-    with MemoryMeter() as meter, contextlib.redirect_stdout(io.StringIO()) as printed, rollout_logprobs_per_chunk(), \
+    with MemoryMeter() as meter, contextlib.redirect_stdout(io.StringIO()) as printed, rollout_logprobs_per_chunk(scoring), \
             long_lived_objects_frozen():
         trainer.train()
     log.debug("TRL printed: %s", printed.getvalue().strip())
@@ -321,7 +395,8 @@ def train_ppo(prefs_path, *, out_dir, eval_steps=(), on_checkpoint=None, on_upda
               "reward_device": str(reward.device), "policy_device": str(trainer.accelerator.device),
               "reward_threads": reward.threads or torch.get_num_threads(), "reward_scored_tokens": reward.tokens,
               "reward_int8_matmul": rm_info.get("int8_matmul"), "reward_kernel": rm_info.get("kernel"),
-              "rm_precision": rm_info["precision"], "ranks": ranks.ranks}
+              "rm_precision": rm_info["precision"], "ranks": ranks.ranks,
+              "reward_overlap": scoring.record() if scoring else {"overlapped": False}}
     del trainer, reward, trained
     free_memory()
     return result
