@@ -18,11 +18,11 @@ STDERR_ALLOWED: tuple[str, ...] = ()
 # A bar per job running at once, relabelled as the next job starts, and one counting finished jobs: the first
 # jobs' labels are in the outputs as displayed, the last ones in the widgets' saved state.
 BARS = {"02_SFT_Finetuning.ipynb": ["Pre-training the base model", "SFT (LoRA)", "Sampling the SFT policy"],
-        "03_Reward_Modeling.ipynb": ["Reward models finished", "RM bf16/seed0 (1/12)", "RM int8/seed0 (2/12)",
-                                     "RM null/seed2 (12/12)", "Sampling the candidate pool", "Reward models scored",
+        "03_Reward_Modeling.ipynb": ["Reward models finished", "RM bf16/seed0 (1/9)", "RM int8/seed0 (2/9)",
+                                     "RM int4/seed2 (9/9)", "Sampling the candidate pool", "Reward models scored",
                                      "Ranking the pool: bf16/seed0"],
         "04_PPO_Alignment.ipynb": ["Policies finished", "Evaluating the SFT policy",
-                                   "PPO bf16 · RM seed 0 · PPO seed 0 (1/12)", "PPO null · RM seed 2 · PPO seed 2 (12/12)"]}
+                                   "PPO bf16 · RM seed 0 · PPO seed 0 (1/9)", "PPO int4 · RM seed 2 · PPO seed 2 (9/9)"]}
 
 
 def _executed(pipeline):

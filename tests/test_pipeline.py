@@ -1,5 +1,5 @@
 """End to end on the cpu profile (the five notebooks, executed): every stage learns on the synthetic data, the
-instrument's claims hold (a gain under the gold judge, a null arm at zero), and the artifacts, result files and
+instrument's claims hold (a gain under the gold judge), and the artifacts, result files and
 figures are what later stages and paper authors rely on. Bounds are below what was measured, with margin."""
 
 import json
@@ -42,7 +42,6 @@ def test_reward_models_are_above_chance_in_every_category(pipeline):
             assert by["rude"]["accuracy"] >= 0.9 and by["harmful"]["accuracy"] >= 0.8, (mid, by)
     first = {arm: models[f"{arm}/seed{profile.rm.seeds[0]}"] for arm in profile.arms}
     assert first["int4"]["footprint_bytes"] < first["int8"]["footprint_bytes"] < first["bf16"]["footprint_bytes"]
-    assert first["null"]["precision"] == "bf16" and first["null"]["train_seed"] != first["bf16"]["train_seed"]
     assert first["int8"]["train_seed"] == first["bf16"]["train_seed"]  # precisions paired within a seed
     assert first["int8"]["mcnemar_vs_bf16"]["p_value"] <= 1.0 and first["bf16"]["mcnemar_vs_bf16"] is None
 
@@ -70,20 +69,17 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     assert again["accuracy"] == results["rm"]["models"][f"{precision}/seed0"]["accuracy"]
 
 
-def test_ppo_gains_under_the_gold_judge_and_the_null_arm_sits_at_zero(pipeline):
+def test_ppo_gains_under_the_gold_judge(pipeline):
     profile, _, results, _ = pipeline
     ppo = results["ppo"]
-    assert ppo["judge"]["kind"] == "gold" and ppo["null_arm"] == "null"
+    assert ppo["judge"]["kind"] == "gold"
     bf16 = ppo["arms"]["bf16"]
     assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(profile.rm.seeds) * profile.ppo.runs_per_model
     assert [r["rm_seed"] for r in bf16["seeds"]] == list(profile.rm.seeds)
     # Learning: PPO against every bf16 reward model raises the judge's reward over SFT (with 3 seeds the t-interval
-    # of the mean is too wide to require it above 0 here; the cpu profile's 5 seeds are in the README); the null
-    # arm's gain difference from bf16 holds 0.
+    # of the mean is too wide to require it above 0 here; the cpu profile's 5 seeds are in the README).
     assert all(r["judge_mean"] > ppo["sft"]["judge_mean"] for r in bf16["seeds"]), bf16["seeds"]
     assert bf16["gold_gain_vs_sft"] > 0.05
-    lo, hi = ppo["arms"]["null"]["gain_diff_vs_bf16_ci95"]
-    assert lo <= 0 <= hi
     for arm in PRECISIONS:
         rec = ppo["arms"][arm]
         assert rec["status"] == "ok" and rec["gold_gain_vs_sft"] > 0
