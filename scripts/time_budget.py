@@ -25,8 +25,8 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def prediction_table(machine: budget.Machine) -> str:
-    profile = config.get_profile("rtx4060")
+def prediction_table(machine: budget.Machine, name: str = "rtx4060") -> str:
+    profile = config.get_profile(name)
     rows = budget.predict(profile, machine, lengths=budget.expected(profile))
     bound = budget.predict(profile, machine)
     body = [[r["stage"], f"{r['hours']:.1f}", f"{r['gpu_hours']:.1f}", f"{r['cpu_hours']:.1f}", f"{b['hours']:.1f}",
@@ -82,6 +82,38 @@ def reference_table() -> str:
                   "beside the rival", "slowdown"], rows)
 
 
+def record_components(bon_results: Path) -> None:
+    """docs/variance-components.json from a cpu-profile run's bon_results.json: each quantized arm's variance
+    components at n* and bf16's gain there (what budget.size_design sizes the card's design from)."""
+    from tinyrlhf.results import atomic_write_json, read_json
+
+    bon = read_json(bon_results)
+    m = bon["manifest"]
+    out = {"source": f"the {m['profile']} profile's make run at commit {m['git_commit'][:12]}, "
+                     f"{m['hardware']['cpu_count']} CPU cores",
+           "n_star": bon["n_star"], "ref_gain": bon["arms"]["bf16"]["at_n_star"]["gold_gain_vs_sft"],
+           "components": {arm: bon["arms"][arm]["projection"]["components"] for arm in ("int8", "int4")}}
+    atomic_write_json(budget.COMPONENTS_FILE, out)
+    print(f"wrote {budget.COMPONENTS_FILE}")
+
+
+def design_table(machine: budget.Machine) -> str:
+    rec = budget.recorded_components()
+    arm = budget.WIDEST_ARM
+    design = budget.size_design(config.get_profile("rtx4060"), machine, rec["components"][arm], rec["ref_gain"],
+                                lengths=budget.expected(config.get_profile("rtx4060")))
+    rows = [[c["seeds"], c["prompts"], f"{c['bon_tax_hours']:.1f}", f"{c['study_hours']:.1f}",
+             f"±{100 * c['half_width']:.1f}", "**chosen**" if c == design["chosen"] else ("fits" if c["fits"] else "")]
+            for c in design["candidates"] if c["prompts"] in (64, 128, 256)]
+    comp = rec["components"][arm]
+    return (f"The {arm} arm's variance components at n* = {rec['n_star']} (the wider of int8 and int4; "
+            f"`docs/variance-components.json`, from {rec['source']}): reward-model seed {comp['seed']:.5f}, prompt "
+            f"{comp['prompt']:.5f}, residual {comp['residual']:.5f}, bf16's gain {rec['ref_gain']:.3f}. A stand-in: "
+            f"the cpu profile's synthetic task, not HH-RLHF on Qwen2.5 (a card run records its own).\n\n"
+            + table(["reward-model seeds", "evaluation prompts", "best-of-n tax by (h)", "study (h)",
+                     "projected best-of-n tax half-width (points)", ""], rows))
+
+
 def render() -> str:
     ref = budget.reference()
     parts = [f"Reference CPU: {ref['cpu']} ({ref['cpu_kind']}), measured {ref['date']}: {ref['bf16_tokens_per_s_per_thread']:.0f} bf16 "
@@ -93,7 +125,13 @@ def render() -> str:
         machine = budget.desktop(cores)
         parts += [f"**rtx4060 profile, {machine.source}** (reward model on {machine.cpu_threads} threads, "
                   f"{machine.cpu_tokens_per_s:.0f} tokens/s):", "", prediction_table(machine), ""]
-    parts += ["How the 8-core total moves with each assumption:", "", sensitivity_table(budget.desktop(8))]
+    parts += ["How the 8-core total moves with each assumption:", "", sensitivity_table(budget.desktop(8)), "",
+              "**The design sized to the card** (`budget.size_design`, 8-core desktop, expected lengths): the "
+              "narrowest best-of-n tax interval with the tax by 3 h and the study by 24 h; the rtx4060 profile's "
+              "reward-model seeds and evaluation prompts are this choice (a test holds them to it).", "",
+              design_table(budget.desktop(8)), "",
+              f"**The study-sized design: rtx4060_study profile, {budget.desktop(8).source}**:", "",
+              prediction_table(budget.desktop(8), "rtx4060_study")]
     return "\n".join([BEGIN, "Regenerate with: .venv/bin/python scripts/time_budget.py --write docs/time-budget.md",
                       "", *parts, END])
 
@@ -101,7 +139,11 @@ def render() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", metavar="PATH", help="replace the tables between the markers in PATH")
+    ap.add_argument("--record-components", metavar="BON_RESULTS", type=Path,
+                    help="first write docs/variance-components.json from a cpu run's bon_results.json")
     args = ap.parse_args(argv)
+    if args.record_components:
+        record_components(args.record_components)
     text = render()
     if not args.write:
         print(text)

@@ -16,45 +16,117 @@ def _machine(tflops=30.0, bandwidth=272.0, cpu=700.0) -> budget.Machine:
     return budget.Machine("card", tflops, bandwidth, 7, cpu, "test")
 
 
+# Every scoring on the CPU, after the rollout: the cases where the CPU's rate shows in every stage
+SERIAL = config.get_profile("rtx4060", overrides={"eval.score_device": "cpu", "ppo.overlap_scoring": "off"})
+
+
 def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
-    rows = {r["stage"].split(" (")[0]: r for r in budget.predict(RTX, _machine())}
+    rows = {r["stage"].split(" (")[0]: r for r in budget.predict(SERIAL, _machine())}
     assert set(rows) == {"SFT", "reward models", "best-of-n", "PPO", "evaluation"}
     # SFT: steps x batch x accumulation x (prompt + reply) tokens, 6N FLOPs each with checkpointing, at MFU x peak
-    n = budget.spec_for_profile(RTX).n_params
-    tokens = 1000 * 2 * 8 * (384 + 128)
+    n = budget.spec_for_profile(SERIAL).n_params
+    tokens = SERIAL.sft.max_steps * 2 * 8 * (384 + 128)
     assert rows["SFT"]["gpu_hours"] == pytest.approx(6 * n * tokens / (30e12 * budget.MFU) / 3600)
     assert rows["SFT"]["cpu_hours"] == 0
-    faster_card = {r["stage"]: r for r in budget.predict(RTX, _machine(tflops=60.0))}
-    faster_cpu = {r["stage"]: r for r in budget.predict(RTX, _machine(cpu=1400.0))}
-    for r in budget.predict(RTX, _machine()):
+    faster_card = {r["stage"]: r for r in budget.predict(SERIAL, _machine(tflops=60.0))}
+    faster_cpu = {r["stage"]: r for r in budget.predict(SERIAL, _machine(cpu=1400.0))}
+    for r in budget.predict(SERIAL, _machine()):
         assert faster_cpu[r["stage"]]["cpu_hours"] == pytest.approx(r["cpu_hours"] / 2)
         assert faster_cpu[r["stage"]]["gpu_hours"] == pytest.approx(r["gpu_hours"])
         assert faster_card[r["stage"]]["gpu_hours"] <= r["gpu_hours"]
     assert rows["PPO"]["hours"] == max(r["hours"] for r in rows.values())  # the PPO runs' updates dominate
     # best-of-n: every candidate scored once by every reward model of every best-of-n arm, on the CPU
-    pool = RTX.eval.prompts * RTX.eval.bon_pool
-    scored = len(RTX.bon_arms) * len(RTX.rm.seeds) * pool * (384 + 128)
+    pool = SERIAL.eval.prompts * SERIAL.eval.bon_pool
+    scored = len(SERIAL.bon_arms) * len(SERIAL.rm.seeds) * pool * (384 + 128)
     assert rows["best-of-n"]["cpu_hours"] == pytest.approx(scored / 700.0 / 3600)
 
 
+def test_scoring_beside_no_training_moves_to_the_idle_card():
+    """eval.score_device 'auto': the test pairs, the pool and the cross matrix are scored on the card (a forward
+    pass over the backbone at the card's rate), no CPU hours left there; the judge of PPO's evaluation stays on
+    the CPU."""
+    idle = {r["key"]: r for r in budget.predict(RTX, _machine())}
+    cpu = {r["key"]: r for r in budget.predict(config.get_profile("rtx4060", overrides={"eval.score_device": "cpu"}),
+                                               _machine())}
+    spec = budget.spec_for_profile(RTX)
+    backbone = spec.n_params - spec.vocab * spec.hidden
+    tokens = len(RTX.bon_arms) * len(RTX.rm.seeds) * RTX.eval.prompts * RTX.eval.bon_pool * (384 + 128)
+    assert idle["bon"]["cpu_hours"] == 0 and idle["rm"]["cpu_hours"] == 0
+    assert idle["bon"]["gpu_hours"] - cpu["bon"]["gpu_hours"] == pytest.approx(
+        2 * backbone * tokens / (30e12 * budget.MFU) / 3600)
+    assert 0 < idle["eval"]["cpu_hours"] < cpu["eval"]["cpu_hours"]
+    assert idle["ppo"]["hours"] == cpu["ppo"]["hours"]
+
+
+def test_overlapped_scoring_hides_behind_the_cards_rollout_work():
+    """ppo.overlap_scoring: a chunk's scoring runs while the card generates the next ones and runs the reference
+    and value passes; only what is longer than that work is left on the clock."""
+    for cpu_rate, hidden_fully in ((5000.0, True), (20.0, False)):
+        on = {r["key"]: r for r in budget.predict(RTX, _machine(cpu=cpu_rate))}["ppo"]
+        off = {r["key"]: r for r in budget.predict(SERIAL, _machine(cpu=cpu_rate))}["ppo"]
+        assert on["gpu_hours"] == pytest.approx(off["gpu_hours"])
+        assert (on["cpu_hours"] == 0) is hidden_fully and on["cpu_hours"] < off["cpu_hours"]
+
+
 def test_expected_lengths_count_the_tokens_the_stages_process_and_the_card_still_pads():
-    """Issue 25: the work at the data's mean lengths beside the upper bound. The packed CPU scoring of generated
-    replies counts real tokens; padded work stays at the limits: generation and PPO's passes on the card (longest
-    reply of a chunk, TRL's padding), SFT and reward-model training and 03's test-pair scoring (padded batches)."""
+    """Issue 25: the work at the data's mean lengths beside the upper bound. The packed scoring of generated
+    replies counts real tokens; generation and PPO's passes on the card stay at the limits (longest reply of a
+    chunk, TRL's padding to the longest of 64 prompts); padded batches (SFT and reward-model training, test-pair
+    scoring) cost their longest sequence, from HH-RLHF's measured lengths, and the limits without them."""
     lengths = budget.Lengths(prompt=100, chosen=40, rejected=50, reply=40, source="test")
-    got = {r["key"]: r for r in budget.predict(RTX, _machine(), lengths=lengths)}
-    most = {r["key"]: r for r in budget.predict(RTX, _machine())}
+    got = {r["key"]: r for r in budget.predict(SERIAL, _machine(), lengths=lengths)}
+    most = {r["key"]: r for r in budget.predict(SERIAL, _machine())}
     for key in ("sft", "rm"):
         assert got[key]["hours"] == pytest.approx(most[key]["hours"])
     for key in ("bon", "ppo", "eval"):
         assert got[key]["cpu_hours"] == pytest.approx(most[key]["cpu_hours"] * 140 / 512)
         assert got[key]["gpu_hours"] == pytest.approx(most[key]["gpu_hours"])
+    hh = budget.expected(SERIAL)
+    assert hh.padded(2 * SERIAL.rm.batch_size, 512) == budget.HH_RLHF_HARMLESS_LONGEST[8]
+    assert hh.padded(3, 512) == budget.HH_RLHF_HARMLESS_LONGEST[2] and hh.padded(1000, 300) == 300
+    real = {r["key"]: r for r in budget.predict(SERIAL, _machine(), lengths=hh)}
+    assert real["sft"]["gpu_hours"] == pytest.approx(most["sft"]["gpu_hours"] * hh.padded(2, 512) / 512)
+    assert real["rm"]["gpu_hours"] < most["rm"]["gpu_hours"]
     # from a data stage's statistics, each mean capped at its limit; a generated reply as long as a chosen one
     stats = {"source": "local", "tokenizer": "t", "token_lengths": {
         "prompt": {"mean": 500.0}, "chosen": {"mean": 30.0}, "rejected": {"mean": 200.0}}}
     seen = budget.lengths_from_stats(RTX, stats)
     assert (seen.prompt, seen.chosen, seen.rejected, seen.reply) == (384, 30.0, 128, 30.0)
+    assert seen.longest is None  # batches padded at the limits: no measured distribution for this data
     assert budget.expected(RTX).prompt == budget.HH_RLHF_HARMLESS["prompt"]
+
+
+def test_the_card_design_is_size_designs_choice_and_fits_an_evening_and_a_day():
+    """Issue 25: the rtx4060 profile's reward-model seeds and evaluation prompts are what budget.size_design picks
+    from the recorded variance components, and the prediction (published RTX 4060 figures, 8-core reference CPU,
+    expected lengths) has the best-of-n tax of every arm by 3 h and the whole study by 24 h."""
+    rec = budget.recorded_components()
+    design = budget.size_design(RTX, budget.desktop(8), rec["components"][budget.WIDEST_ARM], rec["ref_gain"],
+                                lengths=budget.expected(RTX))
+    chosen = design["chosen"]
+    assert (len(RTX.rm.seeds), RTX.eval.prompts) == (chosen["seeds"], chosen["prompts"])
+    when = budget.milestones(RTX, budget.predict(RTX, budget.desktop(8), lengths=budget.expected(RTX)))
+    assert when["bon_tax_hours"] <= 3.0 and when["study_hours"] <= 24.0
+    study = config.get_profile("rtx4060_study")  # one setting away, and a job of days
+    assert budget.total_hours(budget.predict(study, budget.desktop(8), lengths=budget.expected(study))) > 48
+
+
+def test_size_design_buys_seeds_or_prompts_where_the_variance_is():
+    """Seed-to-seed variance is bought down with seeds, per-prompt noise with prompts; the pick is the narrowest
+    interval among the designs that fit, and nothing is picked when nothing fits."""
+    machine = _machine(tflops=1000.0, cpu=1e6)  # a fast card: everything fits; only the variance decides
+    options = {"seeds_options": (2, 3, 4), "prompts_options": (64, 512)}
+    seedy = {"seed": 0.01, "prompt": 0.0, "residual": 0.0, "seeds": 5, "prompts": 64}
+    noisy = {"seed": 0.0, "prompt": 0.0, "residual": 1.0, "seeds": 5, "prompts": 64}
+    for comp in (seedy, noisy):
+        got = budget.size_design(RTX, machine, comp, 1.0, **options)
+        assert got["chosen"] == min(got["candidates"], key=lambda c: (round(c["half_width"], 4), c["study_hours"]))
+    slow = budget.size_design(RTX, machine, seedy, 1.0, bon_hours=5.0, study_hours=1e9,
+                              **options | {"prompts_options": (64,)})
+    fits = [c["seeds"] for c in slow["candidates"] if c["fits"]]
+    assert slow["chosen"]["seeds"] == max(fits)  # seed variance: as many seeds as the hours allow
+    none = budget.size_design(RTX, _machine(), seedy, 1.0, bon_hours=0.01, **options)
+    assert none["chosen"] is None and not any(c["fits"] for c in none["candidates"])
 
 
 def test_the_best_of_n_answer_comes_first_and_each_ppo_run_adds_to_it():

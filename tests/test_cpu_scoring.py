@@ -131,10 +131,49 @@ def test_environment_report_says_how_the_reward_model_scores():
 
 @pytest.mark.parametrize("override, message", [({"rm.int8_cpu_matmul": "fast"}, "rm.int8_cpu_matmul must be"),
                                                ({"rm.cpu_kernel": "fast"}, "rm.cpu_kernel must be"),
-                                               ({"ppo.rm_threads": -1}, "ppo.rm_threads must be")])
+                                               ({"ppo.rm_threads": -1}, "ppo.rm_threads must be"),
+                                               ({"ppo.overlap_scoring": "yes"}, "ppo.overlap_scoring must be"),
+                                               ({"eval.score_device": "gpu"}, "eval.score_device must be"),
+                                               ({"eval.score_device": "cuda"}, "needs a GPU profile")])
 def test_bad_scoring_settings_are_refused(override, message):
     with pytest.raises(config.ConfigError, match=message):
         config.get_profile("cpu", overrides=override)
+
+
+def test_idle_scoring_goes_to_the_card_only_where_there_is_one(monkeypatch):
+    """eval.score_device: "auto" scores on the card when the profile runs on one, on the CPU otherwise; "cuda"
+    without a visible card is refused in one sentence, not a CUDA traceback."""
+    assert config.score_device(config.get_profile("cpu")) == "cpu"
+    gpu = config.get_profile("rtx4060")
+    monkeypatch.setattr(config, "cuda_available", lambda: True)
+    assert config.score_device(gpu) == "cuda"
+    assert config.score_device(config.get_profile("rtx4060", overrides={"eval.score_device": "cpu"})) == "cpu"
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    assert config.score_device(gpu) == "cpu"
+    with pytest.raises(config.ConfigError, match="no CUDA device is visible"):
+        config.score_device(config.get_profile("rtx4060", overrides={"eval.score_device": "cuda"}))
+
+
+def test_pool_scoring_asks_for_the_scoring_device(tiny_world, monkeypatch):
+    """The pool's reward model is loaded on, and scores on, the device eval.score_device resolves to (the card's
+    numbers cannot be measured here: the device is recorded and the CPU scores are the same function's)."""
+    from tinyrlhf import stages
+
+    profile, paths = tiny_world
+    asked = []
+    real_load = stages.load_reward_model
+
+    def load(path, **kw):
+        asked.append(kw["device"])
+        return real_load(path, **kw | {"device": "cpu"})
+
+    monkeypatch.setattr(stages, "load_reward_model", load)
+    monkeypatch.setattr(stages, "score_device", lambda p: "cuda")
+    job = {"skip": None, "profile": profile, "paths": paths, "model_arm": "bf16", "seed": profile.rm.seeds[0],
+           "serve_precision": None, "pool": None, "eos": 0}
+    record = stages._score_pool_job(job, report=None)
+    assert asked == ["cuda"]  # then scoring fails (no card, and no pool given here): recorded, not raised
+    assert record["status"] == "failed" and record["reason"]
 
 
 def test_int8_scoring_uses_bitsandbytes_cpu_training_forward_and_stays_close_to_llm_int8(pipeline):

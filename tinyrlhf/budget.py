@@ -18,6 +18,7 @@ Work per stage (N: the base model's parameters; a forward pass costs 2N FLOPs pe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from .config import Profile, bon_sample_chunk
 from .jobs import torch_threads
 from .memory import EVAL_SAMPLE_ROWS, spec_for_profile
+from .stats import projected_half_width
 
 # RTX 4060 (AD107): NVIDIA's specifications give 3072 CUDA cores, a 2.46 GHz boost clock, 8 GB GDDR6 at 272 GB/s
 # (https://www.nvidia.com/en-us/geforce/graphics-cards/40-series/rtx-4060-4060ti/). Dense BF16 tensor throughput
@@ -37,6 +39,10 @@ RTX4060 = {"name": "NVIDIA GeForce RTX 4060", "bf16_tflops": 30.2, "bandwidth_gb
 MFU = 0.35  # share of the tensor-core peak that LoRA training of a 0.5B model reaches at batch 2-4 x 512 tokens
 DECODE_STEP_OVERHEAD_S = 0.015  # transformers' generate on a 24-layer model: kernel launches per new token
 REFERENCE_FILE = Path(__file__).resolve().parents[1] / "docs" / "rm-scoring.json"
+# Variance components of the best-of-n tax recorded by a cpu-profile run (scripts/time_budget.py
+# --record-components), what size_design sizes the rtx4060 design from; the wider quantized arm is the one sized.
+COMPONENTS_FILE = Path(__file__).resolve().parents[1] / "docs" / "variance-components.json"
+WIDEST_ARM = "int4"
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,25 @@ class Lengths:
     rejected: float
     reply: float
     source: str
+    # Mean tokens of a padded batch's longest sequence (prompt + reply), by sequences per batch: what padded work
+    # (SFT and reward-model training, test-pair scoring) costs per sequence. None: the limits.
+    longest: dict | None = None
+
+    def padded(self, sequences: int, limit: float) -> float:
+        """Tokens per sequence of a batch of `sequences` padded to its longest (the measured size at or below it)."""
+        if not self.longest:
+            return limit
+        return min(limit, self.longest[max(k for k in self.longest if k <= max(1, sequences))])
 
 
 # HH-RLHF's harmless-base test split (../shared/hh-rlhf, 2,312 pairs), measured in characters at 4 per token: prompts
 # average 121.5 tokens, chosen replies 41.9, rejected 52.7. Qwen2.5's tokenizer is not available offline here, so
 # 4 characters per token (English BPE) stands in for it; the data stage measures the real counts (data_stats.json).
 HH_RLHF_HARMLESS = {"prompt": 121.5, "chosen": 41.9, "rejected": 52.7}
+# The same split, sequences of prompt + one reply (chosen or rejected) capped at 384 + 128 tokens: the mean longest of
+# k sequences drawn at random (5,000 draws each; scripts/hh_lengths.py). Batches of 64 prompts reach 382 tokens: a
+# PPO rollout batch, padded to its longest prompt, stays at the limit.
+HH_RLHF_HARMLESS_LONGEST = {1: 162.3, 2: 221.9, 4: 289.7, 8: 357.3, 16: 415.5, 32: 458.8, 64: 487.9}
 
 
 def upper_bound(profile: Profile) -> Lengths:
@@ -70,10 +89,13 @@ def expected(profile: Profile, means: dict | None = None, source: str | None = N
     d = profile.data
     m = means or HH_RLHF_HARMLESS
     chosen = min(m["chosen"], d.max_response_tokens)
+    # the batch-longest table holds for HH-RLHF at the rtx4060 limits; other data or limits pad at the limits
+    longest = HH_RLHF_HARMLESS_LONGEST if means is None and (d.max_prompt_tokens, d.max_response_tokens) == (
+        384, 128) else None
     return Lengths(min(m["prompt"], d.max_prompt_tokens), chosen, min(m["rejected"], d.max_response_tokens),
                    min(m["chosen"], profile.ppo.max_new),
                    source or ("the prepared data's means" if means else "HH-RLHF harmless-base means (4 characters "
-                                                                        "per token)"))
+                                                                        "per token)"), longest)
 
 
 def lengths_from_stats(profile: Profile, stats: dict) -> Lengths:
@@ -196,60 +218,92 @@ def _efficiency(ref: dict, threads: int) -> float:
 def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = None, mfu: float = MFU,
             decode_step_s: float = DECODE_STEP_OVERHEAD_S) -> list[dict]:
     """Predicted hours per stage, in the order they run: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}].
-    `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's means),
-    used where scoring packs rows without padding (the reward model's CPU scoring of generated replies). Padded work
-    stays at the limits either way: generation and PPO's passes on the card (a chunk decodes until its longest reply
-    ends; TRL pads every rollout batch to its longest prompt plus ppo.max_new), SFT and reward-model training and
-    03's test-pair scoring (each batch padded to its longest sequence). `mfu` and `decode_step_s` are
-    the two assumptions about the card (module constants by default)."""
+    `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's).
+    Padded batches (SFT and reward-model training, test-pair scoring) cost their longest sequence (Lengths.padded),
+    packed scoring of generated replies the expected tokens; generation and PPO's passes on the card stay at the
+    limits (a chunk decodes until its longest reply ends; TRL pads a rollout batch to its longest of 64 prompts,
+    ~ the limit). `mfu` and `decode_step_s` are the two assumptions about the card."""
     spec = spec_for_profile(profile)
     n = spec.n_params
     backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
     L, U = lengths or upper_bound(profile), upper_bound(profile)
-    # Padded passes (SFT and reward-model training, 03's test-pair scoring: each batch padded to its longest
-    # sequence) stay at the limits; only the packed CPU scoring of generated replies counts the expected tokens.
-    pair_tokens = 2 * U.prompt + U.chosen + U.rejected  # a preference pair: prompt + chosen, prompt + rejected
+    seq_limit = U.prompt + U.chosen
+    rm_pair = 2 * L.padded(2 * r.batch_size, seq_limit)  # TRL pads a micro-batch's chosen and rejected together
+    test_pair = 2 * L.padded(32, seq_limit)  # reward.score_texts: 32 texts at once, chosen then rejected
     scored_tokens = L.prompt + L.reply  # a generated reply scored on the CPU (packed, without padding)
     flops_per_s = machine.bf16_tflops * 1e12 * mfu
     seeds = len(r.seeds)
     models = len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0)  # reward models trained
-    rows = []
+    # Scoring with no policy training beside it on the idle card (eval.score_device; the prediction is for a card):
+    # a forward pass, 2 FLOPs per backbone parameter per token. Otherwise on the CPU at its measured rate.
+    idle_card = e.score_device != "cpu"
 
-    sft_tokens = s.max_steps * s.batch_size * s.accum * (U.prompt + U.chosen)
+    def idle_scoring(tokens: float) -> tuple[float, float]:  # (GPU seconds, CPU seconds)
+        return (2 * backbone * tokens / flops_per_s, 0.0) if idle_card else (0.0, tokens / machine.cpu_tokens_per_s)
+
+    rows = []
+    sft_tokens = s.max_steps * s.batch_size * s.accum * L.padded(s.batch_size, seq_limit)
     rows.append(_row("sft", "SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
                      f"{sft_tokens / 1e6:.1f} M tokens trained"))
 
-    rm_tokens = r.max_steps * r.batch_size * r.accum * pair_tokens
-    rm_cpu = r.eval_pairs * pair_tokens / machine.cpu_tokens_per_s
-    rows.append(_row("rm", f"reward models (03), {models} models", models * 4 * backbone * rm_tokens / flops_per_s,
-                     models * rm_cpu, f"{rm_tokens / 1e6:.1f} M tokens trained per model "
-                                      f"({len(profile.arms)} arms x {seeds} seeds); "
-                                      f"{r.eval_pairs} test pairs scored on the CPU per model"))
+    rm_tokens = r.max_steps * r.batch_size * r.accum * rm_pair
+    test_gpu, test_cpu = idle_scoring(r.eval_pairs * test_pair)
+    where = "on the card" if idle_card else "on the CPU"
+    rows.append(_row("rm", f"reward models (03), {models} models",
+                     models * (4 * backbone * rm_tokens / flops_per_s + test_gpu), models * test_cpu,
+                     f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms x {seeds} seeds); "
+                     f"{r.eval_pairs} test pairs scored {where} per model"))
 
     step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)  # bf16 weights read per step
     ppo_seq = d.max_prompt_tokens + p.max_new
     pool = e.prompts * e.bon_pool
     scorers = len(profile.bon_arms) * seeds
-    rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s,
-                     scorers * pool * scored_tokens / machine.cpu_tokens_per_s,
-                     f"{pool} candidates generated, each scored by {scorers} reward models on the CPU"))
+    pool_gpu, pool_cpu = idle_scoring(scorers * pool * scored_tokens)
+    rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s + pool_gpu,
+                     pool_cpu, f"{pool} candidates generated, each scored by {scorers} reward models {where}"))
 
     runs = len(profile.arms) * seeds * p.runs_per_model
-    per_update_tokens = p.ppo_batch * ppo_seq
-    gpu_update = (p.ppo_batch / p.rollout_chunk * p.max_new * step_s
-                  + (4 * 2 * n + p.ppo_epochs * 2 * 6 * n) * per_update_tokens / flops_per_s)
-    cpu_update = p.ppo_batch * scored_tokens / machine.cpu_tokens_per_s
+    gpu_update, cpu_update = _ppo_update_seconds(profile, machine, n, backbone, step_s, flops_per_s, scored_tokens)
     rows.append(_row("ppo", f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
-                     f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens per run"))
+                     f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens, {p.ppo_epochs} epochs, "
+                     f"per run"))
 
+    rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where))
+    return rows
+
+
+def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: float, machine: Machine,
+                    idle_scoring, where: str) -> dict:
+    """04's evaluation: every run's and the SFT policy's replies generated on the card and judged on the CPU, and
+    the cross matrix (every arm's reward model of the same seed) scored where idle scoring goes."""
+    e, p = profile.eval, profile.ppo
     replies = runs * (e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples) \
         + e.prompts * e.samples  # the SFT policy's replies too
-    scored = replies + runs * len(profile.arms) * e.prompts * e.cross_samples  # cross: every arm of the same seed
-    eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s  # evaluate.sample's chunk
-    rows.append(_row("eval", "evaluation (04)", eval_gpu, scored * scored_tokens / machine.cpu_tokens_per_s,
-                     f"{replies} replies generated, {scored} scored on the CPU"))
-    return rows
+    cross = runs * len(profile.arms) * e.prompts * e.cross_samples
+    cross_gpu, cross_cpu = idle_scoring(cross * scored_tokens)
+    eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s + cross_gpu  # evaluate.sample's chunk
+    return _row("eval", "evaluation (04)", eval_gpu, replies * scored_tokens / machine.cpu_tokens_per_s + cross_cpu,
+                f"{replies} replies generated and judged on the CPU, {cross} scored for the cross matrix {where}")
+
+
+def _ppo_update_seconds(profile: Profile, machine: Machine, n: float, backbone: float, step_s: float,
+                        flops_per_s: float, scored_tokens: float) -> tuple[float, float]:
+    """One PPO update: (card seconds, CPU scoring seconds left on the clock). The card generates the rollouts,
+    runs four forward passes over them (policy log-probs, reference, value twice as TRL runs it) and ppo_epochs x
+    policy and value training passes; the reward model scores on the card (ppo.rm_device) or on the CPU, behind
+    the card's rollout work after the first chunk when overlapped (ppo.OverlappedScoring)."""
+    p = profile.ppo
+    tokens = p.ppo_batch * (profile.data.max_prompt_tokens + p.max_new)
+    generate = p.ppo_batch / p.rollout_chunk * p.max_new * step_s
+    forwards = 4 * 2 * n * tokens / flops_per_s
+    gpu = generate + forwards + p.ppo_epochs * 2 * 6 * n * tokens / flops_per_s
+    if p.rm_device == "cuda":
+        return gpu + 2 * backbone * tokens / flops_per_s, 0.0
+    cpu = p.ppo_batch * scored_tokens / machine.cpu_tokens_per_s
+    if p.overlap_scoring != "off":
+        cpu = max(0.0, cpu - (generate + forwards) * (1 - p.rollout_chunk / p.ppo_batch))
+    return gpu, cpu
 
 
 def _row(key: str, stage: str, gpu_seconds: float, cpu_seconds: float, work: str) -> dict:
@@ -271,3 +325,32 @@ def milestones(profile: Profile, rows: list[dict]) -> dict:
     return {"bon_tax_hours": by_key["sft"] + by_key["rm"] + by_key["bon"],
             "ppo_run_hours": (by_key["ppo"] + by_key["eval"]) / runs, "ppo_runs": runs,
             "study_hours": total_hours(rows)}
+
+
+def recorded_components() -> dict:
+    return json.loads(COMPONENTS_FILE.read_text())
+
+
+def size_design(profile: Profile, machine: Machine, components: dict, ref_gain: float, *,
+                lengths: Lengths | None = None, bon_hours: float = 3.0, study_hours: float = 24.0,
+                seeds_options=range(2, 9), prompts_options=(64, 128, 256, 512)) -> dict:
+    """The reward-model seeds and evaluation prompts that give the narrowest best-of-n tax interval within the
+    time a user has: the best-of-n tax of every arm by `bon_hours`, the whole study (every arm's PPO runs) by
+    `study_hours`. Half-widths come from the variance components of the paired differences an instrument run
+    recorded (stats.variance_components: seed, prompt, residual; `ref_gain`: bf16's gain they are a share of),
+    projected as stats.projection does; hours from `predict`. Returns every candidate and the chosen one (None
+    when nothing fits)."""
+    candidates = []
+    for seeds in seeds_options:
+        for prompts in prompts_options:
+            design = dataclasses.replace(profile, rm=dataclasses.replace(profile.rm, seeds=tuple(range(seeds))),
+                                         eval=dataclasses.replace(profile.eval, prompts=prompts))
+            got = milestones(design, predict(design, machine, lengths=lengths))
+            candidates.append({"seeds": seeds, "prompts": prompts, "bon_tax_hours": got["bon_tax_hours"],
+                               "study_hours": got["study_hours"],
+                               "half_width": projected_half_width(components, seeds, prompts / components["prompts"],
+                                                             ref_gain),
+                               "fits": got["bon_tax_hours"] <= bon_hours and got["study_hours"] <= study_hours})
+    fitting = [c for c in candidates if c["fits"]]
+    chosen = min(fitting, key=lambda c: (round(c["half_width"], 4), c["study_hours"])) if fitting else None
+    return {"bon_hours": bon_hours, "study_hours": study_hours, "candidates": candidates, "chosen": chosen}

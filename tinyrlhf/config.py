@@ -249,6 +249,11 @@ class EvalSettings:
     # Best-of-n: candidates the SFT policy samples per evaluation prompt, judged once, ranked by every reward model
     bon_pool: int = 64
     show_samples: int = 3
+    # Where reward models score when no policy trains beside them (03's test pairs and best-of-n pool, 04's cross
+    # matrix): "auto" on the card when the profile runs on one (it is idle then: scoring there takes seconds where
+    # the CPU takes hours at the real size), "cpu", or "cuda". PPO's rollouts and checkpoint evaluations score where
+    # ppo.rm_device says.
+    score_device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -307,17 +312,27 @@ PROFILES = {
         data=DataSettings(default_source="hub", subsets=("helpful-base", "harmless-base"),
                           test_fraction=0.05, max_prompt_tokens=384, max_response_tokens=128),
         base=BaseSettings(model="Qwen/Qwen2.5-0.5B"),
-        sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=1000, warmup=0.03, dropout=0.05,
+        # Sized to the card (issue 25; docs/time-budget.md): the best-of-n tax of every arm in about 3 hours and the
+        # whole study in a day, predicted. Reward-model seeds and evaluation prompts are budget.size_design's choice
+        # from the instrument's variance components; SFT and reward-model steps, PPO's 1 epoch (TRL's default is 4)
+        # and 80 updates are what makes that fit. The study-sized design is the rtx4060_study profile.
+        sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=500, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
-        # 3 reward-model seeds x 5 arms: 15 reward models and 15 PPO runs, about the old 4 arms x 3 PPO seeds (issue 25
-        # sizes this design to the card)
-        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=1000, lora_dropout=0.05,
+        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=300, lora_dropout=0.05,
                       target_modules=ATTENTION, eval_pairs=1000),
-        ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=4, ppo_lr=1.41e-5,
-                        max_new=128, kl_coef=0.05, steps=100),
-        eval=EvalSettings(judge="heldout", prompts=256, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
+        ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
+                        max_new=128, kl_coef=0.05, steps=80),
+        eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
     ),
 }
+# The study-sized design: the seed's hyper-parameters (SFT and reward models 1,000 steps, PPO 4 epochs x 100
+# updates), 5 reward-model seeds and 256 evaluation prompts; several days on one RTX 4060 (docs/time-budget.md).
+PROFILES["rtx4060_study"] = dataclasses.replace(
+    PROFILES["rtx4060"], name="rtx4060_study",
+    sft=dataclasses.replace(PROFILES["rtx4060"].sft, max_steps=1000),
+    rm=dataclasses.replace(PROFILES["rtx4060"].rm, seeds=(0, 1, 2, 3, 4), max_steps=1000),
+    ppo=dataclasses.replace(PROFILES["rtx4060"].ppo, ppo_epochs=4, steps=100),
+    eval=dataclasses.replace(PROFILES["rtx4060"].eval, prompts=256))
 
 
 def cuda_available() -> bool:
@@ -419,23 +434,32 @@ def _validate(p: Profile) -> None:
     if p.ppo.max_new < p.data.max_response_tokens:
         raise ConfigError(f"ppo.max_new ({p.ppo.max_new}) must be >= data.max_response_tokens "
                           f"({p.data.max_response_tokens}): shorter limits cut replies no reward model was trained on")
+    _validate_scoring(p)
+    if p.base.train_dtype not in TRAIN_DTYPES:
+        raise ConfigError(f"base.train_dtype must be one of {', '.join(TRAIN_DTYPES)}; got {p.base.train_dtype!r}")
+    if p.ppo.value_init not in VALUE_INITS:
+        raise ConfigError(f"ppo.value_init must be one of {', '.join(VALUE_INITS)}; got {p.ppo.value_init!r}")
+    if p.eval.checkpoints > p.ppo.steps:
+        raise ConfigError(f"eval.checkpoints ({p.eval.checkpoints}) must be <= ppo.steps ({p.ppo.steps})")
+
+
+def _validate_scoring(p: Profile) -> None:
+    """Where and how reward models score."""
+    if p.eval.score_device not in DEVICES:
+        raise ConfigError(f"eval.score_device must be one of {', '.join(DEVICES)}; got {p.eval.score_device!r}")
+    if p.eval.score_device == "cuda" and p.device == "cpu":
+        raise ConfigError("eval.score_device='cuda' needs a GPU profile; with device='cpu' set eval.score_device='cpu'")
     if p.ppo.overlap_scoring not in ("auto", "on", "off"):
         raise ConfigError(f"ppo.overlap_scoring must be auto, on or off; got {p.ppo.overlap_scoring!r}")
     if p.ppo.rm_device not in ("cpu", "cuda"):
         raise ConfigError(f"ppo.rm_device must be cpu or cuda; got {p.ppo.rm_device!r}")
     if p.ppo.rm_device == "cuda" and p.device == "cpu":
         raise ConfigError("ppo.rm_device='cuda' needs the policy on a GPU; with device='cpu' set ppo.rm_device='cpu'")
-    if p.base.train_dtype not in TRAIN_DTYPES:
-        raise ConfigError(f"base.train_dtype must be one of {', '.join(TRAIN_DTYPES)}; got {p.base.train_dtype!r}")
     if p.rm.cpu_kernel not in CPU_KERNELS:
         raise ConfigError(f"rm.cpu_kernel must be one of {', '.join(CPU_KERNELS)}; got {p.rm.cpu_kernel!r}")
     if p.rm.int8_cpu_matmul not in INT8_CPU_MATMULS:
         raise ConfigError(f"rm.int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; "
                           f"got {p.rm.int8_cpu_matmul!r}")
-    if p.ppo.value_init not in VALUE_INITS:
-        raise ConfigError(f"ppo.value_init must be one of {', '.join(VALUE_INITS)}; got {p.ppo.value_init!r}")
-    if p.eval.checkpoints > p.ppo.steps:
-        raise ConfigError(f"eval.checkpoints ({p.eval.checkpoints}) must be <= ppo.steps ({p.ppo.steps})")
 
 
 def _apply(profile: Profile, overrides: dict) -> Profile:
@@ -630,3 +654,13 @@ def resolve_device(profile: Profile) -> str:
     if profile.device == "cuda" and not cuda_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA device is visible; use device='cpu' or 'auto'")
     return profile.device
+
+
+def score_device(profile: Profile) -> str:
+    """Where reward models score with no policy training beside them (EvalSettings.score_device)."""
+    if profile.eval.score_device == "auto":
+        return resolve_device(profile)
+    if profile.eval.score_device == "cuda" and not cuda_available():
+        raise ConfigError("eval.score_device='cuda' but no CUDA device is visible; set eval.score_device='cpu' or "
+                          "'auto'")
+    return profile.eval.score_device

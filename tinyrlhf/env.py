@@ -202,7 +202,7 @@ def problems(report: dict, profile: Profile | str) -> list[dict]:
         out.append({"what": what, "why": why, "fix": fix})
 
     has_cuda = report["cuda"]["available"]
-    if not has_cuda and (name == "rtx4060" or device == "cuda"):
+    if not has_cuda and (name.startswith("rtx4060") or device == "cuda"):
         add(f"profile {name!r} but no CUDA device is visible",
             "this profile is the real experiment on an 8 GB GPU; on CPU it would take days",
             "set TINYRLHF_PROFILE=cpu (or run on a machine with a CUDA GPU and a CUDA build of torch)")

@@ -292,7 +292,6 @@ def rollout_logprobs_per_chunk(scoring: OverlappedScoring | None = None):
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     original_batch_generation, original_log_softmax = trl_ppo.batch_generation, trl_ppo.selective_log_softmax
-    original_get_reward = trl_ppo.get_reward
 
     def batch_generation(model, queries, local_rollout_forward_batch_size, pad_token_id, generation_config):
         context_length = queries.shape[1]
@@ -323,19 +322,34 @@ def rollout_logprobs_per_chunk(scoring: OverlappedScoring | None = None):
             return logits.logprobs
         return original_log_softmax(logits.float(), index)  # a copy of this micro-batch's logits in float32
 
+    trl_ppo.batch_generation, trl_ppo.selective_log_softmax = batch_generation, selective_log_softmax
+    try:
+        with scores_taken_from(scoring):
+            yield
+    finally:
+        trl_ppo.batch_generation, trl_ppo.selective_log_softmax = original_batch_generation, original_log_softmax
+
+
+@contextlib.contextmanager
+def scores_taken_from(scoring: OverlappedScoring | None):
+    """TRL's get_reward in its PPO loop, answered from `scoring` where it already scored the rows asked for."""
+    from trl.experimental.ppo import ppo_trainer as trl_ppo
+
+    if scoring is None:
+        yield
+        return
+    original_get_reward = trl_ppo.get_reward
+
     def get_reward(model, query_responses, pad_token_id, context_length):
-        done = scoring.take(model, query_responses) if scoring is not None else None
+        done = scoring.take(model, query_responses)
         return done if done is not None else original_get_reward(model, query_responses, pad_token_id, context_length)
 
-    trl_ppo.batch_generation, trl_ppo.selective_log_softmax = batch_generation, selective_log_softmax
     trl_ppo.get_reward = get_reward
     try:
         yield
     finally:
-        trl_ppo.batch_generation, trl_ppo.selective_log_softmax = original_batch_generation, original_log_softmax
         trl_ppo.get_reward = original_get_reward
-        if scoring is not None:
-            scoring.close()
+        scoring.close()
 
 
 def _generate(model, queries, pad_token_id: int, generation_config) -> torch.Tensor:

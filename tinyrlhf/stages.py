@@ -33,6 +33,7 @@ from .config import (
     hh_dir,
     resolve_device,
     resolve_source,
+    score_device,
 )
 from .evaluate import experiment_result
 from .jobs import run_jobs
@@ -528,12 +529,13 @@ def _rm_job(job: dict, report) -> dict:
         free_memory()
         if not distributed.is_main():  # evaluation and records are the main process's
             return {"status": "ok", "reason": None, **who}
-        model, info = load_reward_model(rm_path(paths, job), trust_remote_code=trust, device="cpu",
+        device = score_device(profile)
+        model, info = load_reward_model(rm_path(paths, job), trust_remote_code=trust, device=device,
                                         int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
-        ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"]}
+        ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"], "score_device": device}
         # How far bitsandbytes' own CPU paths are from the kernel PPO scores with: once per precision (first seed)
-        if precision != "bf16" and job["seed"] == r.seeds[0]:
+        if precision != "bf16" and job["seed"] == r.seeds[0] and device == "cpu":
             ev["cpu_kernel_check"] = compare_cpu_kernels(rm_path(paths, job), tokenizer, test, ev,
                                                          info["kernel"]["kernel"], trust_remote_code=trust)
         progress.evaluated()
@@ -685,11 +687,12 @@ def _score_pool_job(job: dict, report) -> dict:
     profile, paths = job["profile"], job["paths"]
     try:
         t0 = time.perf_counter()
+        device = score_device(profile)
         model, info = load_reward_model(paths.rm(job["model_arm"], job["seed"]),
-                                        trust_remote_code=profile.base.trust_remote_code, device="cpu",
+                                        trust_remote_code=profile.base.trust_remote_code, device=device,
                                         int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
                                         serve_precision=job["serve_precision"])
-        scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), job["pool"], eos_token_id=job["eos"],
+        scores = evaluate.proxy_scores(CPURewardModel(model, device), job["pool"], eos_token_id=job["eos"],
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty, report=report)
         record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],
                   "seconds": time.perf_counter() - t0}
@@ -926,10 +929,11 @@ def _cross_scores(profile: Profile, paths: Paths, model_ids, rollouts, eos_token
     out = {}
     specs = rm_models(profile)
     for mid in model_ids:
+        device = score_device(profile)
         model, _ = load_reward_model(rm_path(paths, specs[mid]), trust_remote_code=profile.base.trust_remote_code,
-                                     device="cpu",
+                                     device=device,
                                      int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
-        scores = evaluate.proxy_scores(CPURewardModel(model, "cpu"), rollouts, eos_token_id=eos_token_id,
+        scores = evaluate.proxy_scores(CPURewardModel(model, device), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
         out[mid] = sum(scores) / len(scores)
         ref = weakref.ref(model)

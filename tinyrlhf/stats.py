@@ -238,7 +238,7 @@ def variance_components(diff: np.ndarray) -> dict:
             "seeds": n_s, "prompts": n_p}
 
 
-def _projected_half(comp: dict, seeds: int, prompt_factor: float, ref_gain: float) -> float:
+def projected_half_width(comp: dict, seeds: int, prompt_factor: float, ref_gain: float) -> float:
     """The half-width the reported interval (crossed_jackknife) would have with `seeds` seeds and `prompt_factor`
     times the prompts: its seed part (seed + residual / P') / S' plus its prompt part (prompt + residual / S') / P'
     (the residual in both, as the jackknife counts it), t with S' - 1 df, relative to bf16's gain (whose own
@@ -274,10 +274,10 @@ def projection(cells, base, *, reference: str, arm: str, seeds_options=(5, 10, 2
         pick = rng.integers(0, len(common), len(common))
         draws.append(variance_components(a[pick] - r[pick]) | {"seeds": len(common)})
     for s in seeds_options:
-        out["half_width_by_seeds"][str(s)] = _projected_half(comp, s, 1, ref_gain)
-        spread = [_projected_half(c, s, 1, ref_gain) for c in draws if math.isfinite(c["residual"])]
+        out["half_width_by_seeds"][str(s)] = projected_half_width(comp, s, 1, ref_gain)
+        spread = [projected_half_width(c, s, 1, ref_gain) for c in draws if math.isfinite(c["residual"])]
         out["half_width_by_seeds_range"][str(s)] = percentile_ci(spread)
-    out["half_width_grid"] = [{"seeds": s, "prompt_factor": f, "half_width": _projected_half(comp, s, f, ref_gain)}
+    out["half_width_grid"] = [{"seeds": s, "prompt_factor": f, "half_width": projected_half_width(comp, s, f, ref_gain)}
                               for s in seeds_options for f in prompt_factors]
     fits = [g for g in out["half_width_grid"] if g["half_width"] <= target]
     out["reaches_target"] = min(fits, key=lambda g: (g["seeds"] * g["prompt_factor"], g["seeds"])) if fits else None
