@@ -181,3 +181,22 @@ def test_measured_peaks_lie_within_the_stated_band_of_the_estimates(pipeline):
     for rec in records:
         assert rec["measured"] == "process peak RSS" and rec["estimate_bytes"] > 0
         assert MEMORY_BAND[0] <= rec["ratio"] <= MEMORY_BAND[1], rec
+
+
+def test_the_budget_counts_the_work_the_stages_did(pipeline):
+    """Issue 25: the time budget's units (budget.work_counts) are what the run did: reward models trained (the
+    heldout judge's included), pool candidates and their scorers, PPO runs, and updates and evaluations per run."""
+    from tinyrlhf import budget
+
+    profile, paths, results, _ = pipeline
+    work = budget.work_counts(profile)
+    bon, ppo = results["bon"], results["ppo"]
+    assert work["reward_models"] == len(results["rm"]["models"])
+    rows = [json.loads(line) for line in paths.bon_pool.read_text().splitlines()]
+    assert work["pool_candidates"] == len(rows) and work["pool_scorers"] == len(rows[0]["scores"])
+    runs = [seed for arm in ppo["arms"].values() for seed in arm["seeds"]]
+    assert work["ppo_runs"] == len(runs)
+    for run in runs:
+        assert len(run["history"]) == work["ppo_updates_per_run"]
+        assert len(run["checkpoints"]) == work["checkpoints_per_run"]
+        assert len(run["judge_per_prompt"]) * profile.eval.samples <= work["replies_per_run"]

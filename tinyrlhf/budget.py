@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Profile, bon_sample_chunk
+from .config import SCRATCH_MODEL, Profile, bon_sample_chunk
 from .jobs import torch_threads
 from .memory import EVAL_SAMPLE_ROWS, spec_for_profile
 from .stats import projected_half_width
@@ -114,6 +114,18 @@ class Machine:
     cpu_threads: int  # threads the reward model scores with
     cpu_tokens_per_s: float  # reward-model tokens per second on those threads, at the profile's model size
     source: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Speeds measured on this machine (tinyrlhf.calibrate), replacing the assumptions: the share of the card's
+    peak each kind of pass reached ("sft", "rm", "ppo" training steps; "score": forward passes without gradients),
+    the seconds per decode step, and fixed seconds per job (loading models, building trainers: "sft", "rm", "bon",
+    "ppo"; negligible beside a card's hours, not beside a CPU run's minutes)."""
+    mfu: dict
+    decode_step_s: float
+    source: str
+    job_overhead_s: dict = dataclasses.field(default_factory=dict)
 
 
 def bf16_rate(tokens_per_s: dict) -> float:
@@ -215,80 +227,103 @@ def _efficiency(ref: dict, threads: int) -> float:
     return 1.0 if threads == 1 else min(1.0, ref["scaling"] / ref["scaling_threads"])
 
 
+def work_counts(profile: Profile) -> dict:
+    """What the stages do, counted from the settings (predict's units; tests hold them to a real run's results)."""
+    r, p, e = profile.rm, profile.ppo, profile.eval
+    seeds = len(r.seeds)
+    runs = len(profile.arms) * seeds * p.runs_per_model
+    return {"reward_models": len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0),
+            "pool_candidates": e.prompts * e.bon_pool, "pool_scorers": len(profile.bon_arms) * seeds,
+            "ppo_runs": runs, "ppo_updates_per_run": p.steps, "checkpoints_per_run": e.checkpoints,
+            "replies_per_run": e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples,
+            "cross_scored": runs * len(profile.arms) * e.prompts * e.cross_samples}
+
+
 def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = None, mfu: float = MFU,
-            decode_step_s: float = DECODE_STEP_OVERHEAD_S) -> list[dict]:
+            decode_step_s: float = DECODE_STEP_OVERHEAD_S, calibration: Calibration | None = None) -> list[dict]:
     """Predicted hours per stage, in the order they run: [{stage, hours, gpu_hours, cpu_hours, dominated_by, work}].
     `lengths`: tokens per sequence (default: the profile's limits, an upper bound; `expected` for the data's).
     Padded batches (SFT and reward-model training, test-pair scoring) cost their longest sequence (Lengths.padded),
     packed scoring of generated replies the expected tokens; generation and PPO's passes on the card stay at the
     limits (a chunk decodes until its longest reply ends; TRL pads a rollout batch to its longest of 64 prompts,
-    ~ the limit). `mfu` and `decode_step_s` are the two assumptions about the card."""
+    ~ the limit). `mfu` and `decode_step_s` are the two assumptions about the card; a `calibration` replaces them
+    with measured figures and adds its per-job overheads. Jobs run `profile.workers` at a time."""
     spec = spec_for_profile(profile)
-    n = spec.n_params
-    backbone = n - spec.vocab * spec.hidden  # a reward model has no output projection over the vocabulary
+    n, backbone = spec.n_params, spec.n_params - spec.vocab * spec.hidden  # a reward model: no vocabulary projection
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
     L, U = lengths or upper_bound(profile), upper_bound(profile)
     seq_limit = U.prompt + U.chosen
     rm_pair = 2 * L.padded(2 * r.batch_size, seq_limit)  # TRL pads a micro-batch's chosen and rejected together
     test_pair = 2 * L.padded(32, seq_limit)  # reward.score_texts: 32 texts at once, chosen then rejected
     scored_tokens = L.prompt + L.reply  # a generated reply scored on the CPU (packed, without padding)
-    flops_per_s = machine.bf16_tflops * 1e12 * mfu
-    seeds = len(r.seeds)
-    models = len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0)  # reward models trained
+    cal = calibration or Calibration({}, decode_step_s, "assumed")
+    flops = {k: machine.bf16_tflops * 1e12 * cal.mfu.get(k, mfu) for k in ("sft", "rm", "ppo", "score")}
+    overhead, workers = cal.job_overhead_s, max(1, profile.workers)
+    seeds, work = len(r.seeds), work_counts(profile)
+    models = work["reward_models"]
     # Scoring with no policy training beside it on the idle card (eval.score_device; the prediction is for a card):
     # a forward pass, 2 FLOPs per backbone parameter per token. Otherwise on the CPU at its measured rate.
-    idle_card = e.score_device != "cpu"
+    idle_card = e.score_device == "cuda" or (e.score_device == "auto" and profile.device != "cpu")
 
     def idle_scoring(tokens: float) -> tuple[float, float]:  # (GPU seconds, CPU seconds)
-        return (2 * backbone * tokens / flops_per_s, 0.0) if idle_card else (0.0, tokens / machine.cpu_tokens_per_s)
+        return (2 * backbone * tokens / flops["score"], 0.0) if idle_card else (0.0, tokens / machine.cpu_tokens_per_s)
 
     rows = []
-    sft_tokens = s.max_steps * s.batch_size * s.accum * L.padded(s.batch_size, seq_limit)
-    rows.append(_row("sft", "SFT (02)", (6 if s.gradient_checkpointing else 4) * n * sft_tokens / flops_per_s, 0.0,
-                     f"{sft_tokens / 1e6:.1f} M tokens trained"))
-
+    rows.append(_sft_row(profile, L.padded(s.batch_size, seq_limit), seq_limit, n, flops["sft"], overhead))
     rm_tokens = r.max_steps * r.batch_size * r.accum * rm_pair
     test_gpu, test_cpu = idle_scoring(r.eval_pairs * test_pair)
     where = "on the card" if idle_card else "on the CPU"
     rows.append(_row("rm", f"reward models (03), {models} models",
-                     models * (4 * backbone * rm_tokens / flops_per_s + test_gpu), models * test_cpu,
+                     models * (4 * backbone * rm_tokens / flops["rm"] + test_gpu + overhead.get("rm", 0.0)) / workers,
+                     models * test_cpu / workers,
                      f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms x {seeds} seeds); "
                      f"{r.eval_pairs} test pairs scored {where} per model"))
 
-    step_s = max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)  # bf16 weights read per step
-    ppo_seq = d.max_prompt_tokens + p.max_new
-    pool = e.prompts * e.bon_pool
-    scorers = len(profile.bon_arms) * seeds
+    step_s = cal.decode_step_s if calibration else max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)
+    pool, scorers = work["pool_candidates"], work["pool_scorers"]
     pool_gpu, pool_cpu = idle_scoring(scorers * pool * scored_tokens)
-    rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s + pool_gpu,
-                     pool_cpu, f"{pool} candidates generated, each scored by {scorers} reward models {where}"))
+    rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s
+                     + (pool_gpu + scorers * overhead.get("bon", 0.0)) / workers, pool_cpu / workers, f"{pool} candidates generated, each scored by {scorers} reward models {where}"))
 
-    runs = len(profile.arms) * seeds * p.runs_per_model
-    gpu_update, cpu_update = _ppo_update_seconds(profile, machine, n, backbone, step_s, flops_per_s, scored_tokens)
-    rows.append(_row("ppo", f"PPO (04), {runs} runs", runs * p.steps * gpu_update, runs * p.steps * cpu_update,
-                     f"{p.steps} updates of {p.ppo_batch} rollouts x {ppo_seq} tokens, {p.ppo_epochs} epochs, "
+    runs = work["ppo_runs"]
+    gpu_update, cpu_update = _ppo_update_seconds(profile, machine, n, backbone, step_s, flops, scored_tokens)
+    rows.append(_row("ppo", f"PPO (04), {runs} runs", runs * (p.steps * gpu_update + overhead.get("ppo", 0.0))
+                     / workers, runs * p.steps * cpu_update / workers,
+                     f"{p.steps} updates of {p.ppo_batch} rollouts x {d.max_prompt_tokens + p.max_new} tokens, {p.ppo_epochs} epochs, "
                      f"per run"))
 
-    rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where))
+    rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where, workers))
     return rows
 
 
 def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: float, machine: Machine,
-                    idle_scoring, where: str) -> dict:
+                    idle_scoring, where: str, workers: int) -> dict:
     """04's evaluation: every run's and the SFT policy's replies generated on the card and judged on the CPU, and
-    the cross matrix (every arm's reward model of the same seed) scored where idle scoring goes."""
-    e, p = profile.eval, profile.ppo
-    replies = runs * (e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples) \
-        + e.prompts * e.samples  # the SFT policy's replies too
-    cross = runs * len(profile.arms) * e.prompts * e.cross_samples
+    the cross matrix (every arm's reward model of the same seed) scored where idle scoring goes; inside the PPO
+    jobs, `workers` at a time."""
+    e, p, work = profile.eval, profile.ppo, work_counts(profile)
+    replies = runs * work["replies_per_run"] + e.prompts * e.samples  # the SFT policy's replies too
+    cross = work["cross_scored"]
     cross_gpu, cross_cpu = idle_scoring(cross * scored_tokens)
     eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s + cross_gpu  # evaluate.sample's chunk
-    return _row("eval", "evaluation (04)", eval_gpu, replies * scored_tokens / machine.cpu_tokens_per_s + cross_cpu,
+    return _row("eval", "evaluation (04)", eval_gpu / workers,
+                (replies * scored_tokens / machine.cpu_tokens_per_s + cross_cpu) / workers,
                 f"{replies} replies generated and judged on the CPU, {cross} scored for the cross matrix {where}")
 
 
+def _sft_row(profile: Profile, padded: float, seq_limit: float, n: float, flops: float, overhead: dict) -> dict:
+    """02: LoRA SFT (4N per token, 6N with checkpointing), and for the cpu profile's scratch base model its
+    pre-training (every weight trained: 6N; dialogues counted at the limits)."""
+    s, b = profile.sft, profile.base
+    sft_tokens = s.max_steps * s.batch_size * s.accum * padded
+    base_tokens = b.pretrain_steps * b.pretrain_batch * seq_limit if b.model == SCRATCH_MODEL else 0
+    return _row("sft", "SFT (02)", ((6 if s.gradient_checkpointing else 4) * sft_tokens + 6 * base_tokens) * n / flops
+                + overhead.get("sft", 0.0), 0.0, f"{sft_tokens / 1e6:.1f} M tokens trained"
+                + (f" (+ {base_tokens / 1e6:.1f} M pre-training the base model)" if base_tokens else ""))
+
+
 def _ppo_update_seconds(profile: Profile, machine: Machine, n: float, backbone: float, step_s: float,
-                        flops_per_s: float, scored_tokens: float) -> tuple[float, float]:
+                        flops: dict, scored_tokens: float) -> tuple[float, float]:
     """One PPO update: (card seconds, CPU scoring seconds left on the clock). The card generates the rollouts,
     runs four forward passes over them (policy log-probs, reference, value twice as TRL runs it) and ppo_epochs x
     policy and value training passes; the reward model scores on the card (ppo.rm_device) or on the CPU, behind
@@ -296,10 +331,11 @@ def _ppo_update_seconds(profile: Profile, machine: Machine, n: float, backbone: 
     p = profile.ppo
     tokens = p.ppo_batch * (profile.data.max_prompt_tokens + p.max_new)
     generate = p.ppo_batch / p.rollout_chunk * p.max_new * step_s
-    forwards = 4 * 2 * n * tokens / flops_per_s
-    gpu = generate + forwards + p.ppo_epochs * 2 * 6 * n * tokens / flops_per_s
+    forwards = 4 * 2 * n * tokens / flops["score"]
+    train = 4 if not profile.sft.gradient_checkpointing else 6
+    gpu = generate + forwards + p.ppo_epochs * 2 * train * n * tokens / flops["ppo"]
     if p.rm_device == "cuda":
-        return gpu + 2 * backbone * tokens / flops_per_s, 0.0
+        return gpu + 2 * backbone * tokens / flops["score"], 0.0
     cpu = p.ppo_batch * scored_tokens / machine.cpu_tokens_per_s
     if p.overlap_scoring != "off":
         cpu = max(0.0, cpu - (generate + forwards) * (1 - p.rollout_chunk / p.ppo_batch))

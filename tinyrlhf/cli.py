@@ -126,6 +126,13 @@ def _env(args) -> int:
     verdicts = memory.stage_verdicts(profile, gpu_bytes=gpu, ram_bytes=ram)
     for v in verdicts:
         print(f"  {v['stage']:<9} {v['verdict']:<13} {v['reason']}")
+    if profile.device != "cpu":  # the time budget of a card profile, its speeds measured when a card is here
+        from . import calibrate, display
+
+        prediction = calibrate.prediction_here(profile, report)
+        print(f"\n{profile.name} profile " + "\n  ".join(calibrate.describe(prediction)))
+        print(display.budget_table(prediction["rows"], prediction["bound"]).to_string(index=False))
+        print(display.milestone_words(prediction["milestones"], prediction["bound_milestones"]))
     print(f"wrote {env.write_environment(report, paths, profile, verdicts)}")
     return 0
 

@@ -1,0 +1,113 @@
+"""The time budget checked where it can run (issue 25, item 1): tinyrlhf.budget's prediction of the `cpu` profile's
+stage times on this machine, calibrated by its own CPU measurement, beside the stage times a `make run` recorded.
+
+Calibration, alone on the machine, one thread per job as the cpu profile runs them (two at a time):
+- calibrate.measure: a training step of each kind, a decode step, a scoring pass, random weights at the cpu
+  profile's size (what 00_Setup times on a card);
+- fixed seconds per job, which a CPU run of minutes cannot ignore: one real reward-model job (2 steps, then its
+  test pairs) and one real PPO run (1 update) from the finished run's models, less the work the budget counts for
+  them; loading a reward model for the best-of-n scorers.
+Then budget.predict at the lengths the data stage measured (data_stats.json) against each stage's recorded
+`stage_seconds`. Goal: within +-30% per stage.
+
+Usage: .venv/bin/python benchmarks/budget_validation.py [--workdir .] [--write-json docs/budget-validation.json]
+Run it alone (measured timings), after a fresh `make run` in the same workdir (no stage reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing the package
+
+from tinyrlhf import budget, calibrate, data  # noqa: E402
+from tinyrlhf.base_model import load_tokenizer  # noqa: E402
+from tinyrlhf.config import get_paths, get_profile  # noqa: E402
+from tinyrlhf.jobs import torch_threads  # noqa: E402
+from tinyrlhf.results import atomic_write_json, read_json  # noqa: E402
+
+STAGES = {"sft": ["sft"], "rm": ["rm"], "bon": ["bon"], "ppo": ["ppo", "eval"]}  # result file <- budget rows
+
+
+def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> dict:
+    """Seconds per job beyond the work the budget counts: a real job of each kind, timed, less that work."""
+    from tinyrlhf import ppo as ppo_lib
+    from tinyrlhf.reward import evaluate_reward_model, load_reward_model, train_reward_model
+
+    r, p = profile.rm, profile.ppo
+    tok = load_tokenizer(paths.sft_merged)
+    train, test = data.read_pairs(paths.data_file("train")), data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
+    one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=2, seeds=(0,)), workers=1,
+                              ppo=dataclasses.replace(p, steps=1), eval=dataclasses.replace(profile.eval, prompts=1))
+    counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
+        one, machine, lengths=lengths, calibration=cal)}
+    models = len(one.arms) * len(one.rm.seeds)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train_reward_model(train, init_path=str(paths.sft_merged), tokenizer=tok, precision="bf16",
+                           out_dir=Path(tmp) / "rm", batch_size=r.batch_size, lr=r.lr, max_steps=2,
+                           lora_r=r.lora_r, lora_alpha=r.lora_alpha, target_modules=r.target_modules,
+                           max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                           seed=0, profile=profile)
+        model, _ = load_reward_model(Path(tmp) / "rm", device="cpu")
+        evaluate_reward_model(model, tok, test)
+        out["rm"] = max(0.0, time.perf_counter() - t0 - counted["rm"] / models)
+        t0 = time.perf_counter()
+        load_reward_model(paths.rm("bf16", r.seeds[0]), device="cpu")
+        out["bon"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ppo_lib.train_ppo(paths.data_file("train"), out_dir=Path(tmp) / "ppo", sft_path=paths.sft_merged,
+                          rm_path=paths.rm("bf16", r.seeds[0]), profile=one, ppo_batch=p.ppo_batch,
+                          mini_batch=p.mini_batch, micro_batch=p.micro_batch, rollout_chunk=p.rollout_chunk,
+                          ppo_epochs=p.ppo_epochs, ppo_lr=p.ppo_lr, max_new=p.max_new, clip=p.clip,
+                          kl_coef=p.kl_coef, steps=1, lr_scheduler=p.lr_scheduler,
+                          missing_eos_penalty=p.missing_eos_penalty, temperature=p.temperature, lora_r=p.lora_r,
+                          lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=0)
+        runs = len(one.arms) * len(one.rm.seeds)
+        out["ppo"] = max(0.0, time.perf_counter() - t0 - (counted["ppo"]) / runs)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default=".")
+    ap.add_argument("--write-json", metavar="PATH")
+    args = ap.parse_args(argv)
+    profile, paths = get_profile("cpu"), get_paths(args.workdir)
+    threads = profile.threads or 1
+    with torch_threads(threads):
+        timings = calibrate.measure(profile, "cpu", threads=threads)
+        peak = budget.cpu_gemm_gflops(threads) / 1000
+        machine = budget.Machine("this CPU", peak, 10.0, threads, timings["score_tokens_per_s"],
+                                 f"this CPU, {threads} thread per job, {profile.workers} jobs at a time")
+        cal = calibrate.calibration_from(profile, machine, timings, source="measured on this CPU")
+        lengths = budget.lengths_from_stats(profile, read_json(paths.result("data_stats")))
+        cal = dataclasses.replace(cal, job_overhead_s=job_overheads(profile, paths, cal, machine, lengths))
+    rows = {r["key"]: r for r in budget.predict(profile, machine, lengths=lengths, calibration=cal)}
+    table = []
+    for stage, keys in STAGES.items():
+        measured = read_json(paths.result(stage))["manifest"]["timings"]["stage_seconds"]
+        predicted = sum(rows[k]["hours"] for k in keys) * 3600
+        table.append({"stage": stage, "predicted_s": predicted, "measured_s": measured,
+                      "ratio": predicted / measured, "within_30pct": abs(predicted / measured - 1) <= 0.30})
+    print(f"calibration: {json.dumps(dataclasses.asdict(cal), default=str)}")
+    print("| stage | predicted s | measured s | predicted / measured |\n|---|---|---|---|")
+    for t in table:
+        print(f"| {t['stage']} | {t['predicted_s']:.0f} | {t['measured_s']:.0f} | {t['ratio']:.2f} |")
+    if args.write_json:
+        atomic_write_json(Path(args.write_json), {
+            "date": datetime.date.today().isoformat(), "lengths": dataclasses.asdict(lengths),
+            "calibration": dataclasses.asdict(cal), "timings": timings, "stages": table})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
