@@ -2,8 +2,8 @@
 stage times on this machine, calibrated by its own CPU measurement, beside the stage times a `make run` recorded.
 
 Calibration, alone on the machine, one thread per job as the cpu profile runs them (two at a time):
-- calibrate.measure: a training step of each kind, a decode step, a scoring pass, random weights at the cpu
-  profile's size (what 00_Setup times on a card);
+- calibrate.cpu_calibration: a training step of each kind, a decode step, a scoring pass, random weights at the
+  cpu profile's size (what 00_Setup times on a card), on the threads the profile gives each kind of work;
 - fixed seconds per job, which a CPU run of minutes cannot ignore: one real reward-model job (2 steps, then its
   test pairs) and one real PPO run (1 update) from the finished run's models, less the work the budget counts for
   them; loading a reward model for the best-of-n scorers.
@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing the package
 
-from tinyrlhf import budget, calibrate, data  # noqa: E402
-from tinyrlhf.base_model import load_tokenizer  # noqa: E402
-from tinyrlhf.config import get_paths, get_profile  # noqa: E402
-from tinyrlhf.jobs import torch_threads  # noqa: E402
-from tinyrlhf.results import atomic_write_json, read_json  # noqa: E402
+from tinyrlhf import budget, calibrate, data
+from tinyrlhf.base_model import load_tokenizer
+from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.jobs import torch_threads
+from tinyrlhf.results import atomic_write_json, read_json
 
 STAGES = {"sft": ["sft"], "rm": ["rm"], "bon": ["bon"], "ppo": ["ppo", "eval"]}  # result file <- budget rows
 
@@ -39,7 +39,11 @@ STAGES = {"sft": ["sft"], "rm": ["rm"], "bon": ["bon"], "ppo": ["ppo", "eval"]} 
 def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> dict:
     """Seconds per job beyond the work the budget counts: a real job of each kind, timed, less that work."""
     from tinyrlhf import ppo as ppo_lib
-    from tinyrlhf.reward import evaluate_reward_model, load_reward_model, train_reward_model
+    from tinyrlhf.reward import (
+        evaluate_reward_model,
+        load_reward_model,
+        train_reward_model,
+    )
 
     r, p = profile.rm, profile.ppo
     tok = load_tokenizer(paths.sft_merged)
@@ -82,13 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--write-json", metavar="PATH")
     args = ap.parse_args(argv)
     profile, paths = get_profile("cpu"), get_paths(args.workdir)
-    threads = profile.threads or 1
-    with torch_threads(threads):
-        timings = calibrate.measure(profile, "cpu", threads=threads)
-        peak = budget.cpu_gemm_gflops(threads) / 1000
-        machine = budget.Machine("this CPU", peak, 10.0, threads, timings["score_tokens_per_s"],
-                                 f"this CPU, {threads} thread per job, {profile.workers} jobs at a time")
-        cal = calibrate.calibration_from(profile, machine, timings, source="measured on this CPU")
+    machine, cal = calibrate.cpu_calibration(profile)
+    with torch_threads(profile.threads or 1):
         lengths = budget.lengths_from_stats(profile, read_json(paths.result("data_stats")))
         cal = dataclasses.replace(cal, job_overhead_s=job_overheads(profile, paths, cal, machine, lengths))
     rows = {r["key"]: r for r in budget.predict(profile, machine, lengths=lengths, calibration=cal)}
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
     if args.write_json:
         atomic_write_json(Path(args.write_json), {
             "date": datetime.date.today().isoformat(), "lengths": dataclasses.asdict(lengths),
-            "calibration": dataclasses.asdict(cal), "timings": timings, "stages": table})
+            "calibration": dataclasses.asdict(cal), "machine": dataclasses.asdict(machine), "stages": table})
     return 0
 
 

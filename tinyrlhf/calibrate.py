@@ -108,7 +108,6 @@ def measure(profile: Profile, device: str, *, threads: int = 0, repeats: int = 2
             ids = torch.randint(0, spec.vocab, (8, tokens), device=device)
             timings["score_tokens_per_s"] = 8 * tokens / _timed(
                 lambda: model.base_model.model.model(input_ids=ids), repeats, device)
-    del model
     return timings
 
 
@@ -143,3 +142,40 @@ def describe(prediction: dict) -> list[str]:
         lines.append(f"card speeds {cal.source}: share of its peak {shares}; {1000 * cal.decode_step_s:.1f} ms "
                      f"per decode step")
     return lines
+
+
+VALIDATION_FILE = budget.REFERENCE_FILE.parent / "budget-validation.json"
+
+
+def prediction_for(profile: Profile, report: dict, lengths: budget.Lengths) -> dict:
+    """The prediction for the profile about to run, as 04 prints it: on a card, prediction_here; on the CPU, every
+    speed measured here at the profile's size (a few seconds; jobs' threads as the profile runs them) and the
+    seconds per job (loading, setup) that benchmarks/budget_validation.py measured (docs/budget-validation.json).
+    `lengths`: the prepared data's (budget.lengths_from_stats)."""
+    if profile.device != "cpu" and report["cuda"]["devices"]:
+        return prediction_here(profile, report)
+    machine, cal = cpu_calibration(profile, repeats=1)
+    cal = budget.Calibration(cal.mfu, cal.decode_step_s, cal.source,
+                             read_validation().get("calibration", {}).get("job_overhead_s", {}))
+    rows = budget.predict(profile, machine, lengths=lengths, calibration=cal)
+    return {"machine": machine, "calibration": cal, "lengths": lengths, "rows": rows,
+            "milestones": budget.milestones(profile, rows)}
+
+
+def cpu_calibration(profile: Profile, *, repeats: int = 2) -> tuple[budget.Machine, Calibration]:
+    """This CPU as the profile uses it: reward-model and PPO jobs on `profile.threads` threads each (scoring too),
+    SFT in the notebook's process on every core."""
+    import psutil
+
+    threads, cores = profile.threads or 1, psutil.cpu_count(logical=False) or 1
+    timings = measure(profile, "cpu", threads=threads, repeats=repeats)
+    timings["sft"] = measure(profile, "cpu", threads=cores, repeats=repeats)["sft"]  # its share of 1 thread's peak
+    machine = budget.Machine("this CPU", budget.cpu_gemm_gflops(threads) / 1000, 10.0, threads,
+                             timings["score_tokens_per_s"], f"this CPU, {threads} thread(s) per job")
+    return machine, calibration_from(profile, machine, timings, source="measured on this CPU")
+
+
+def read_validation() -> dict:
+    import json
+
+    return json.loads(VALIDATION_FILE.read_text()) if VALIDATION_FILE.exists() else {}

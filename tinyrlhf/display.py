@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from .config import Paths, Profile, default_profile_name
 from .env import capacities as env_capacities
 from .memory import format_bytes
-from .plots import MISSING, arm_label, distinguishable_from_null, precision_color
+from .plots import MISSING, arm_label, precision_color
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
 LENGTH_FIELDS = ("prompt", "chosen", "rejected")
@@ -184,6 +184,19 @@ def milestone_words(expected: dict, bound: dict | None = None) -> str:
     return (f"The best-of-n tax of every arm, with its intervals, after {hours('bon_tax_hours')}, at 03's end and "
             f"before any PPO run; then each of the {expected['ppo_runs']} PPO runs adds its numbers every "
             f"{hours('ppo_run_hours')}; the whole study {hours('study_hours')}.")
+
+
+def ppo_by_when(milestones: dict, workers: int) -> str:
+    """04's sentence: how long its PPO runs will take, and that finished runs are kept."""
+    each = milestones["ppo_run_hours"] * workers  # predict counts the jobs that run at once as sharing the clock
+    return (f"Predicted: {milestones['ppo_runs']} PPO runs with their evaluation, about {_duration(each)} each"
+            + (f", {workers} at a time" if workers > 1 else "")
+            + f"; all of them after about {_duration(milestones['ppo_runs'] * milestones['ppo_run_hours'])}. "
+              "Every finished run is kept: stopped early, a rerun trains only the runs that had not finished.")
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.0f} min" if hours >= 1 / 60 else f"{3600 * hours:.0f} s"
 
 
 def plot_verdicts(verdicts: list[dict]) -> Figure:
