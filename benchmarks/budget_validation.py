@@ -52,7 +52,7 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
                               ppo=dataclasses.replace(p, steps=1), eval=dataclasses.replace(profile.eval, prompts=1))
     counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
         one, machine, lengths=lengths, calibration=cal)}
-    models = len(one.arms) * len(one.rm.seeds)
+    models = budget.work_counts(one)["reward_models"]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
                           kl_coef=p.kl_coef, steps=1, lr_scheduler=p.lr_scheduler,
                           missing_eos_penalty=p.missing_eos_penalty, temperature=p.temperature, lora_r=p.lora_r,
                           lora_alpha=p.lora_alpha, target_modules=p.target_modules, seed=0)
-        runs = len(one.arms) * len(one.rm.seeds)
+        runs = budget.work_counts(one)["ppo_runs"]
         out["ppo"] = max(0.0, time.perf_counter() - t0 - (counted["ppo"]) / runs)
     return out
 

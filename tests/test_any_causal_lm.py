@@ -69,8 +69,9 @@ def test_every_stage_runs_on_a_local_model_folder(family, tmp_path):
     tok.save_pretrained(folder)
     _model(family, len(tok), tok.eos_token_id).save_pretrained(folder)
 
-    overrides = TINY | {"base.model": str(folder), "rm.precisions": ["bf16", "int8", "int4"], "rm.null_arm": False,
-                        "rm.noisy_arm": False, "rm.seeds": [0], "eval.judge": "gold"}
+    controls = family == "qwen2"  # the null and noisy arms' plumbing, once (the end-to-end run has neither)
+    overrides = TINY | {"base.model": str(folder), "rm.precisions": ["bf16", "int8", "int4"], "rm.null_arm": controls,
+                        "rm.noisy_arm": controls, "rm.seeds": [0], "eval.judge": "gold"}
     if attention:
         overrides |= {"sft.target_modules": attention, "ppo.target_modules": attention, "rm.target_modules": linear}
     profile, paths = get_profile("cpu", overrides=overrides), get_paths(tmp_path / "work").make()
@@ -85,12 +86,15 @@ def test_every_stage_runs_on_a_local_model_folder(family, tmp_path):
     assert merged.pad_token_id is not None and merged.pad_token_id != merged.eos_token_id
 
     rm = run_rm(profile, paths, progress=False)
-    assert {a: r["status"] for a, r in rm["arms"].items()} == {"bf16": "ok", "int8": "ok", "int4": "ok"}, \
+    arms = ["bf16", "int8", "int4"] + (["null", "noisy"] if controls else [])
+    assert {a: r["status"] for a, r in rm["arms"].items()} == dict.fromkeys(arms, "ok"), \
         {a: r.get("reason") for a, r in rm["arms"].items()}
     ppo = run_ppo(profile, paths, progress=False)
-    for arm in ("bf16", "int8", "int4"):
+    for arm in arms:
         run = ppo["arms"][arm]["seeds"][0]
         assert run["status"] == "ok", run.get("reason")
         assert len(run["history"]) == profile.ppo.steps
     assert ppo["judge"]["kind"] == "gold"
-    assert set(ppo["cross_matrix"]["judges"]) >= {"bf16", "int8", "int4"}
+    assert set(ppo["cross_matrix"]["judges"]) >= set(arms)
+    if controls:
+        assert ppo["null_arm"] == "null" and ppo["noisy_arm"] == "noisy"

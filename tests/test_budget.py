@@ -83,7 +83,7 @@ def test_expected_lengths_count_the_tokens_the_stages_process_and_the_card_still
         assert got[key]["gpu_hours"] == pytest.approx(most[key]["gpu_hours"])
     hh = budget.expected(SERIAL)
     assert hh.padded(2 * SERIAL.rm.batch_size, 512) == budget.HH_RLHF_HARMLESS_LONGEST[8]
-    assert hh.padded(3, 512) == budget.HH_RLHF_HARMLESS_LONGEST[2] and hh.padded(1000, 300) == 300
+    assert hh.padded(3, 512) == budget.HH_RLHF_HARMLESS_LONGEST[4] and hh.padded(1000, 300) == 300  # rounds up
     real = {r["key"]: r for r in budget.predict(SERIAL, _machine(), lengths=hh)}
     assert real["sft"]["gpu_hours"] == pytest.approx(most["sft"]["gpu_hours"] * hh.padded(2, 512) / 512)
     assert real["rm"]["gpu_hours"] < most["rm"]["gpu_hours"]

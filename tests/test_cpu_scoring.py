@@ -155,25 +155,40 @@ def test_idle_scoring_goes_to_the_card_only_where_there_is_one(monkeypatch):
 
 
 def test_pool_scoring_asks_for_the_scoring_device(tiny_world, monkeypatch):
-    """The pool's reward model is loaded on, and scores on, the device eval.score_device resolves to (the card's
-    numbers cannot be measured here: the device is recorded and the CPU scores are the same function's)."""
-    from tinyrlhf import stages
+    """The pool's reward model is loaded for, and scores on, the device eval.score_device resolves to."""
+    from tinyrlhf import reward, stages
 
     profile, paths = tiny_world
     asked = []
-    real_load = stages.load_reward_model
 
     def load(path, **kw):
         asked.append(kw["device"])
-        return real_load(path, **kw | {"device": "cpu"})
+        return reward.load_for_scoring(path, **kw | {"device": "cpu"})
 
-    monkeypatch.setattr(stages, "load_reward_model", load)
+    monkeypatch.setattr(stages, "load_for_scoring", load)
     monkeypatch.setattr(stages, "score_device", lambda p: "cuda")
     job = {"skip": None, "profile": profile, "paths": paths, "model_arm": "bf16", "seed": profile.rm.seeds[0],
            "serve_precision": None, "pool": None, "eos": 0}
     record = stages._score_pool_job(job, report=None)
     assert asked == ["cuda"]  # then scoring fails (no card, and no pool given here): recorded, not raised
     assert record["status"] == "failed" and record["reason"]
+
+
+def test_a_reward_model_for_the_idle_card_is_the_cpu_paths_dense_copy_moved_there(tiny_world):
+    """Scoring on the idle card uses the arithmetic of PPO's CPU scoring (the dense copy, the host's compute dtype),
+    not bitsandbytes' CUDA kernels; "meta" stands in for the card here: every weight leaves the CPU."""
+    import torch
+
+    from tinyrlhf.reward import load_for_scoring
+
+    _, paths = tiny_world
+    model, info = load_for_scoring(paths.rm("int4", 0), device="meta", cpu_kernel="bitsandbytes")
+    assert info["kernel"]["kernel"] == "dense" and info["score_device"] == "meta"  # whatever rm.cpu_kernel says
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert not any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
+    cpu, cpu_info = load_for_scoring(paths.rm("int4", 0), device="cpu", cpu_kernel="dense")
+    assert {p.dtype for p in model.parameters()} == {p.dtype for p in cpu.parameters()} and cpu_info["kernel"][
+        "kernel"] == "dense" and torch.device("cpu") == next(cpu.parameters()).device
 
 
 def test_int8_scoring_uses_bitsandbytes_cpu_training_forward_and_stays_close_to_llm_int8(pipeline):

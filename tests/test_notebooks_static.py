@@ -7,6 +7,8 @@ cell.
 
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 
@@ -38,6 +40,10 @@ def test_valid_nbformat_v4(notebook):
     assert nb.nbformat == 4
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
+    # nbformat 4.5 cells carry ids; a cell without one prints a MissingIDFieldWarning on every run
+    raw = json.loads(path.read_text())  # as committed: nbformat.read fills missing ids in (and warns)
+    ids = [cell.get("id") for cell in raw["cells"]] if raw["nbformat_minor"] >= 5 else []
+    assert all(ids) and len(set(ids)) == len(ids), ids
 
 
 def test_no_outputs_and_no_execution_counts(notebook):

@@ -121,14 +121,17 @@ def test_overlapped_scoring_hands_over_only_the_chunk_it_scored():
 
     reward = Reward()
     scoring = OverlappedScoring(reward, pad_token_id=pad, stop_token_id=None)
-    scoring.executor.submit = lambda fn, model, rows, *a: type("Done", (), {"result": lambda self: ("scores", rows),
-                                                                           "cancel": lambda self: None})()
+    scoring.executor.submit = lambda fn, model, rows, *a: type("Done", (), {
+        "result": lambda self: (None, rows[:, -1].float(), rows[:, 0]), "cancel": lambda self: None})()
     chunk = torch.tensor([[0, 5, 6, 7], [4, 5, 6, 0]])
+    scoring.submit(torch.tensor([[0, 1, 2, 3]]), context_length=2)  # a chunk TRL will not ask for
     scoring.submit(chunk, context_length=2)
     assert scoring.take(object(), chunk) is None and scoring.misses == 0  # not the reward model: not its business
     assert scoring.take(reward, torch.tensor([[0, 5, 6, 8], [4, 5, 6, 0]])) is None  # another reply
     assert scoring.take(reward, torch.cat((chunk, torch.tensor([[9], [0]])), 1)) is None  # a real token past it
     assert scoring.misses == 2
     wider = torch.cat((chunk, torch.zeros(2, 3, dtype=chunk.dtype)), 1)
-    assert scoring.take(reward, wider)[0] == "scores" and scoring.hits == 1 and not scoring.pending
+    _, scores, _ = scoring.take(reward, wider)
+    assert scores.tolist() == [7.0, 0.0] and scoring.hits == 1 and not scoring.pending
+    assert scoring.misses == 3  # the two above and the chunk passed over
     scoring.close()

@@ -59,10 +59,11 @@ class Lengths:
     longest: dict | None = None
 
     def padded(self, sequences: int, limit: float) -> float:
-        """Tokens per sequence of a batch of `sequences` padded to its longest (the measured size at or below it)."""
+        """Tokens per sequence of a batch of `sequences` padded to its longest (the measured size at or above it)."""
         if not self.longest:
             return limit
-        return min(limit, self.longest[max(k for k in self.longest if k <= max(1, sequences))])
+        at_least = [k for k in self.longest if k >= sequences]
+        return min(limit, self.longest[min(at_least) if at_least else max(self.longest)])
 
 
 # HH-RLHF's harmless-base test split (../shared/hh-rlhf, 2,312 pairs), measured in characters at 4 per token: prompts
@@ -99,10 +100,22 @@ def expected(profile: Profile, means: dict | None = None, source: str | None = N
 
 
 def lengths_from_stats(profile: Profile, stats: dict) -> Lengths:
-    """Expected lengths from a data stage's results (data_stats.json): for a profile whose data was prepared."""
+    """Expected lengths from a data stage's results (data_stats.json): for a profile whose data was prepared. A padded
+    batch's longest sequence is read from the recorded percentiles of prompt and reply (summed: an approximation):
+    one sequence at the means, up to 4 at the 90th percentiles, up to 16 at the 99th, more at the maxima."""
     t = stats["token_lengths"]
-    return expected(profile, {k: t[k]["mean"] for k in ("prompt", "chosen", "rejected")},
+    d = profile.data
+    base = expected(profile, {k: t[k]["mean"] for k in ("prompt", "chosen", "rejected")},
                     f"the prepared data's means ({stats.get('source', 'data')}, {stats.get('tokenizer', '')})")
+
+    def longest(q: str) -> float:
+        return min(t["prompt"][q], d.max_prompt_tokens) + min(max(t["chosen"][q], t["rejected"][q]),
+                                                             d.max_response_tokens)
+
+    if not all(q in t[k] for q in ("p90", "p99", "max") for k in ("prompt", "chosen", "rejected")):
+        return base
+    return dataclasses.replace(base, longest={1: base.prompt + base.chosen, 4: longest("p90"), 16: longest("p99"),
+                                              64: longest("max")})
 
 
 @dataclass(frozen=True)
@@ -253,11 +266,12 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     d, s, r, p, e = profile.data, profile.sft, profile.rm, profile.ppo, profile.eval
     L, U = lengths or upper_bound(profile), upper_bound(profile)
     seq_limit = U.prompt + U.chosen
+    train = 6 if s.gradient_checkpointing else 4  # FLOPs per parameter per token trained (one setting, every stage)
     rm_pair = 2 * L.padded(2 * r.batch_size, seq_limit)  # TRL pads a micro-batch's chosen and rejected together
     test_pair = 2 * L.padded(32, seq_limit)  # reward.score_texts: 32 texts at once, chosen then rejected
     scored_tokens = L.prompt + L.reply  # a generated reply scored on the CPU (packed, without padding)
     cal = calibration or Calibration({}, decode_step_s, "assumed")
-    flops = {k: machine.bf16_tflops * 1e12 * cal.mfu.get(k, mfu) for k in ("sft", "rm", "ppo", "score")}
+    flops = {k: machine.bf16_tflops * 1e12 * cal.mfu.get(k, mfu) for k in ("base", "sft", "rm", "ppo", "score")}
     overhead, workers = cal.job_overhead_s, max(1, profile.workers)
     seeds, work = len(r.seeds), work_counts(profile)
     models = work["reward_models"]
@@ -269,12 +283,13 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
         return (2 * backbone * tokens / flops["score"], 0.0) if idle_card else (0.0, tokens / machine.cpu_tokens_per_s)
 
     rows = []
-    rows.append(_sft_row(profile, L.padded(s.batch_size, seq_limit), seq_limit, n, flops["sft"], overhead))
+    rows.append(_sft_row(profile, L, seq_limit, n, flops, overhead))
     rm_tokens = r.max_steps * r.batch_size * r.accum * rm_pair
     test_gpu, test_cpu = idle_scoring(r.eval_pairs * test_pair)
     where = "on the card" if idle_card else "on the CPU"
     rows.append(_row("rm", f"reward models (03), {models} models",
-                     models * (4 * backbone * rm_tokens / flops["rm"] + test_gpu + overhead.get("rm", 0.0)) / workers,
+                     models * (train * backbone * rm_tokens / flops["rm"] + test_gpu + overhead.get("rm", 0.0))
+                     / workers,
                      models * test_cpu / workers,
                      f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms x {seeds} seeds); "
                      f"{r.eval_pairs} test pairs scored {where} per model"))
@@ -292,12 +307,13 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
                      f"{p.steps} updates of {p.ppo_batch} rollouts x {d.max_prompt_tokens + p.max_new} tokens, {p.ppo_epochs} epochs, "
                      f"per run"))
 
-    rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where, workers))
+    rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where, workers, n,
+                                flops["score"]))
     return rows
 
 
 def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: float, machine: Machine,
-                    idle_scoring, where: str, workers: int) -> dict:
+                    idle_scoring, where: str, workers: int, n: float, flops_score: float) -> dict:
     """04's evaluation: every run's and the SFT policy's replies generated on the card and judged on the CPU, and
     the cross matrix (every arm's reward model of the same seed) scored where idle scoring goes; inside the PPO
     jobs, `workers` at a time."""
@@ -305,19 +321,25 @@ def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: f
     replies = runs * work["replies_per_run"] + e.prompts * e.samples  # the SFT policy's replies too
     cross = work["cross_scored"]
     cross_gpu, cross_cpu = idle_scoring(cross * scored_tokens)
-    eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s + cross_gpu  # evaluate.sample's chunk
+    # each reply is sampled (evaluate.sample's chunks), its KL to the reference taken (policy and reference forward)
+    # and scored on the CPU by the run's reward model (the proxy) and, unless the judge is the gold rule, the judge
+    scorers = 1 if e.judge == "gold" else 2
+    kl = 2 * 2 * n * replies * (profile.data.max_prompt_tokens + p.max_new) / flops_score
+    eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s + kl + cross_gpu
     return _row("eval", "evaluation (04)", eval_gpu / workers,
-                (replies * scored_tokens / machine.cpu_tokens_per_s + cross_cpu) / workers,
+                (scorers * replies * scored_tokens / machine.cpu_tokens_per_s + cross_cpu) / workers,
                 f"{replies} replies generated and judged on the CPU, {cross} scored for the cross matrix {where}")
 
 
-def _sft_row(profile: Profile, padded: float, seq_limit: float, n: float, flops: float, overhead: dict) -> dict:
+def _sft_row(profile: Profile, L: Lengths, seq_limit: float, n: float, flops: dict, overhead: dict) -> dict:
     """02: LoRA SFT (4N per token, 6N with checkpointing), and for the cpu profile's scratch base model its
-    pre-training (every weight trained: 6N; dialogues counted at the limits)."""
+    pre-training (every weight trained: 6N; batches of dialogues as long as the preference data's)."""
     s, b = profile.sft, profile.base
-    sft_tokens = s.max_steps * s.batch_size * s.accum * padded
-    base_tokens = b.pretrain_steps * b.pretrain_batch * seq_limit if b.model == SCRATCH_MODEL else 0
-    return _row("sft", "SFT (02)", ((6 if s.gradient_checkpointing else 4) * sft_tokens + 6 * base_tokens) * n / flops
+    sft_tokens = s.max_steps * s.batch_size * s.accum * L.padded(s.batch_size, seq_limit)
+    base_tokens = (b.pretrain_steps * b.pretrain_batch * L.padded(b.pretrain_batch, seq_limit)
+                   if b.model == SCRATCH_MODEL else 0)
+    return _row("sft", "SFT (02)", ((6 if s.gradient_checkpointing else 4) * sft_tokens / flops["sft"]
+                                    + 6 * base_tokens / flops.get("base", flops["sft"])) * n
                 + overhead.get("sft", 0.0), 0.0, f"{sft_tokens / 1e6:.1f} M tokens trained"
                 + (f" (+ {base_tokens / 1e6:.1f} M pre-training the base model)" if base_tokens else ""))
 
@@ -331,13 +353,14 @@ def _ppo_update_seconds(profile: Profile, machine: Machine, n: float, backbone: 
     p = profile.ppo
     tokens = p.ppo_batch * (profile.data.max_prompt_tokens + p.max_new)
     generate = p.ppo_batch / p.rollout_chunk * p.max_new * step_s
-    forwards = 4 * 2 * n * tokens / flops["score"]
+    # the policy's log-probs and the reference over the vocabulary; the value model (a backbone and a scalar head) twice
+    forwards = (2 * 2 * n + 2 * 2 * backbone) * tokens / flops["score"]
     train = 4 if not profile.sft.gradient_checkpointing else 6
-    gpu = generate + forwards + p.ppo_epochs * 2 * train * n * tokens / flops["ppo"]
+    gpu = generate + forwards + p.ppo_epochs * train * (n + backbone) * tokens / flops["ppo"]
     if p.rm_device == "cuda":
         return gpu + 2 * backbone * tokens / flops["score"], 0.0
     cpu = p.ppo_batch * scored_tokens / machine.cpu_tokens_per_s
-    if p.overlap_scoring != "off":
+    if p.overlap_scoring == "on" or (p.overlap_scoring == "auto" and profile.device != "cpu"):  # as train_ppo
         cpu = max(0.0, cpu - (generate + forwards) * (1 - p.rollout_chunk / p.ppo_batch))
     return gpu, cpu
 

@@ -16,7 +16,7 @@ import time
 
 from . import budget
 from .budget import Calibration, Machine
-from .config import Profile
+from .config import SCRATCH_MODEL, Profile
 from .jobs import torch_threads
 from .memory import ModelSpec, spec_for_profile
 
@@ -40,10 +40,12 @@ def calibration_from(profile: Profile, machine: Machine, timings: dict, source: 
     n, backbone = spec.n_params, spec.n_params - spec.vocab * spec.hidden
     peak = machine.bf16_tflops * 1e12
     tokens = sequence_tokens(profile)
-    per_token = {"sft": (6 if profile.sft.gradient_checkpointing else 4) * n, "rm": 4 * backbone,
-                 "ppo": (6 if profile.sft.gradient_checkpointing else 4) * n}
+    train = 6 if profile.sft.gradient_checkpointing else 4  # as budget.predict counts them
+    per_token = {"sft": train * n, "rm": train * backbone, "ppo": train * n}
     mfu = {k: per_token[k] * batch_sequences(profile)[k] * tokens / timings[k] / peak for k in KINDS}
     mfu["score"] = 2 * backbone * timings["score_tokens_per_s"] / peak
+    if "base" in timings:  # full training of the scratch base model: 6N per token
+        mfu["base"] = 6 * n * profile.base.pretrain_batch * tokens / timings["base"] / peak
     return Calibration(mfu=mfu, decode_step_s=timings["decode_step"], source=source)
 
 
@@ -57,7 +59,7 @@ def _config(spec: ModelSpec):
 
 
 def _timed(fn, repeats: int, device: str) -> float:
-    """Best of `repeats` after one warm-up call."""
+    """Median of `repeats` after one warm-up call (a training run's steps are typical ones, not the best)."""
     import torch
 
     def sync():
@@ -66,13 +68,13 @@ def _timed(fn, repeats: int, device: str) -> float:
 
     fn()
     sync()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def measure(profile: Profile, device: str, *, threads: int = 0, repeats: int = 2) -> dict:
@@ -85,7 +87,14 @@ def measure(profile: Profile, device: str, *, threads: int = 0, repeats: int = 2
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch_threads(threads):
+        timings = {}
+        if profile.base.model == SCRATCH_MODEL:  # the cpu profile pre-trains its base model: every weight trained
+            full = Qwen2ForCausalLM(_config(spec)).to(device=device, dtype=dtype)
+            ids = torch.randint(0, spec.vocab, (profile.base.pretrain_batch, sequence_tokens(profile)), device=device)
+            timings["base"] = _timed(lambda: full(input_ids=ids).logits.float().mean().backward(), repeats, device)
         model = Qwen2ForCausalLM(_config(spec)).to(device=device, dtype=dtype)
+        if profile.sft.gradient_checkpointing:  # as every stage trains (runtime.trainer_kwargs)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(model, LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha,
                                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
         tokens = sequence_tokens(profile)
@@ -95,8 +104,8 @@ def measure(profile: Profile, device: str, *, threads: int = 0, repeats: int = 2
             out = model(input_ids=ids) if head else model.base_model.model.model(input_ids=ids)
             (out.logits if head else out.last_hidden_state).float().mean().backward()
 
-        timings = {k: _timed(lambda k=k: train_step(batch_sequences(profile)[k], k != "rm"), repeats, device)
-                   for k in KINDS}
+        timings |= {k: _timed(lambda k=k: train_step(batch_sequences(profile)[k], k != "rm"), repeats, device)
+                    for k in KINDS}
         model.eval()
         p = profile.ppo
         prompt = torch.randint(0, spec.vocab, (p.rollout_chunk, profile.data.max_prompt_tokens), device=device)
@@ -111,7 +120,8 @@ def measure(profile: Profile, device: str, *, threads: int = 0, repeats: int = 2
     return timings
 
 
-def prediction_here(profile: Profile, report: dict, *, measure_card=measure, gpu_figures=None) -> dict:
+def prediction_here(profile: Profile, report: dict, *, measure_card=measure, gpu_figures=None,
+                    lengths: budget.Lengths | None = None) -> dict:
     """What 00_Setup and `tinyrlhf env` print: `profile`'s predicted hours on this machine. With a card, its
     throughput and a few real steps of each kind measured on it (`measure_card`, `gpu_figures`: injectable for
     tests), which replace the assumed MFU and decode step; without one, an RTX 4060's published figures and the
@@ -123,7 +133,7 @@ def prediction_here(profile: Profile, report: dict, *, measure_card=measure, gpu
     if card:
         calibration = calibration_from(profile, machine, measure_card(profile, "cuda"),
                                        source=f"measured on {machine.gpu}")
-    lengths = budget.expected(profile)
+    lengths = lengths or budget.expected(profile)
     rows = budget.predict(profile, machine, lengths=lengths, calibration=calibration)
     bound = budget.predict(profile, machine, calibration=calibration)
     return {"machine": machine, "calibration": calibration, "lengths": lengths, "rows": rows, "bound": bound,
@@ -153,7 +163,7 @@ def prediction_for(profile: Profile, report: dict, lengths: budget.Lengths) -> d
     seconds per job (loading, setup) that benchmarks/budget_validation.py measured (docs/budget-validation.json).
     `lengths`: the prepared data's (budget.lengths_from_stats)."""
     if profile.device != "cpu" and report["cuda"]["devices"]:
-        return prediction_here(profile, report)
+        return prediction_here(profile, report, lengths=lengths)
     machine, cal = cpu_calibration(profile, repeats=1)
     cal = budget.Calibration(cal.mfu, cal.decode_step_s, cal.source,
                              read_validation().get("calibration", {}).get("job_overhead_s", {}))
@@ -162,14 +172,15 @@ def prediction_for(profile: Profile, report: dict, lengths: budget.Lengths) -> d
             "milestones": budget.milestones(profile, rows)}
 
 
-def cpu_calibration(profile: Profile, *, repeats: int = 2) -> tuple[budget.Machine, Calibration]:
+def cpu_calibration(profile: Profile, *, repeats: int = 5) -> tuple[budget.Machine, Calibration]:
     """This CPU as the profile uses it: reward-model and PPO jobs on `profile.threads` threads each (scoring too),
     SFT in the notebook's process on every core."""
     import psutil
 
     threads, cores = profile.threads or 1, psutil.cpu_count(logical=False) or 1
     timings = measure(profile, "cpu", threads=threads, repeats=repeats)
-    timings["sft"] = measure(profile, "cpu", threads=cores, repeats=repeats)["sft"]  # its share of 1 thread's peak
+    in_notebook = measure(profile, "cpu", threads=cores, repeats=repeats)  # SFT runs in the notebook's process
+    timings |= {k: in_notebook[k] for k in ("sft", "base") if k in in_notebook}  # shares of 1 thread's peak
     machine = budget.Machine("this CPU", budget.cpu_gemm_gflops(threads) / 1000, 10.0, threads,
                              timings["score_tokens_per_s"], f"this CPU, {threads} thread(s) per job")
     return machine, calibration_from(profile, machine, timings, source="measured on this CPU")

@@ -318,7 +318,7 @@ PROFILES = {
         # and 80 updates are what makes that fit. The study-sized design is the rtx4060_study profile.
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=500, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
-        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=300, lora_dropout=0.05,
+        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=200, lora_dropout=0.05,
                       target_modules=ATTENTION, eval_pairs=1000),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=80),

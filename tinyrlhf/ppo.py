@@ -240,7 +240,8 @@ class OverlappedScoring:
         response = query_response[:, context_length:]
         if self.stop_token_id is not None:
             response = truncate_response(self.stop_token_id, self.pad_token_id, response)
-        rows = torch.cat((query_response[:, :context_length], response), 1)
+        # on the CPU before the thread sees them: no CUDA work from the scoring thread, queued behind generation
+        rows = torch.cat((query_response[:, :context_length], response), 1).cpu()
         self.pending.append((rows, self.executor.submit(get_reward, self.reward, rows, self.pad_token_id,
                                                         context_length)))
 
@@ -248,16 +249,20 @@ class OverlappedScoring:
         """The finished get_reward result for these rows, or None (not the reward model, or not the next chunk)."""
         if model is not self.reward:
             return None
-        if self.pending:
-            rows, future = self.pending[0]
+        asked = query_responses.cpu()
+        for i, (rows, future) in enumerate(self.pending):
             width = rows.shape[1]
-            if (query_responses.shape[0] == rows.shape[0] and query_responses.shape[1] >= width
-                    and torch.equal(query_responses[:, :width], rows)
-                    and bool((query_responses[:, width:] == self.pad_token_id).all())):
+            if (asked.shape[0] == rows.shape[0] and asked.shape[1] >= width and torch.equal(asked[:, :width], rows)
+                    and bool((asked[:, width:] == self.pad_token_id).all())):
+                for _ in range(i):  # chunks TRL never asked for (none in TRL 1.12's loop): dropped, counted
+                    self.pending.popleft()[1].cancel()
+                    self.misses += 1
                 self.pending.popleft()
                 self.hits += 1
-                return future.result()
+                _, scores, lengths = future.result()
+                return None, scores.to(query_responses.device), lengths.to(query_responses.device)
         self.misses += 1
+        log.warning("reward scoring: TRL asked for rows no overlapped chunk holds; scored them as TRL would")
         return None
 
     def close(self) -> None:

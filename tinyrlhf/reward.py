@@ -268,6 +268,22 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
                           "trained_precision": info["precision"], "precision": precision}
 
 
+def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8_cpu_matmul: str = "dequantized",
+                     cpu_kernel: str = "auto", serve_precision: str | None = None):
+    """A reward model for scoring with no policy training beside it (03's test pairs and pool, 04's cross matrix):
+    loaded as PPO's CPU scoring loads it (its kernel, the host's compute dtype) and, when `device` is the card,
+    moved there as its dense copy whatever the CPU's memory, so the card's scores are the CPU path's to float
+    rounding: every arm ranks the pool with the arithmetic PPO's rewards come from (bitsandbytes' CUDA int8 kernel,
+    LLM.int8, would not). Returns (model, info) as load_reward_model."""
+    on_card = device != "cpu"
+    model, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
+                                    int8_cpu_matmul=int8_cpu_matmul, cpu_kernel="dense" if on_card else cpu_kernel,
+                                    serve_precision=serve_precision)
+    if on_card:
+        model.to(device)
+    return model, info | {"score_device": device}
+
+
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
     """Reward of each prompt + reply, formatted exactly as in training (reply, then EOS)."""
     import torch

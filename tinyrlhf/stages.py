@@ -56,7 +56,7 @@ from .reward import (
     RewardModelError,
     compare_cpu_kernels,
     evaluate_reward_model,
-    load_reward_model,
+    load_for_scoring,
     seed_summary,
     train_reward_model,
 )
@@ -530,8 +530,8 @@ def _rm_job(job: dict, report) -> dict:
         if not distributed.is_main():  # evaluation and records are the main process's
             return {"status": "ok", "reason": None, **who}
         device = score_device(profile)
-        model, info = load_reward_model(rm_path(paths, job), trust_remote_code=trust, device=device,
-                                        int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
+        model, info = load_for_scoring(rm_path(paths, job), trust_remote_code=trust, device=device,
+                                       int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"], "score_device": device}
         # How far bitsandbytes' own CPU paths are from the kernel PPO scores with: once per precision (first seed)
@@ -688,10 +688,10 @@ def _score_pool_job(job: dict, report) -> dict:
     try:
         t0 = time.perf_counter()
         device = score_device(profile)
-        model, info = load_reward_model(paths.rm(job["model_arm"], job["seed"]),
-                                        trust_remote_code=profile.base.trust_remote_code, device=device,
-                                        int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
-                                        serve_precision=job["serve_precision"])
+        model, info = load_for_scoring(paths.rm(job["model_arm"], job["seed"]),
+                                       trust_remote_code=profile.base.trust_remote_code, device=device,
+                                       int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
+                                       serve_precision=job["serve_precision"])
         scores = evaluate.proxy_scores(CPURewardModel(model, device), job["pool"], eos_token_id=job["eos"],
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty, report=report)
         record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],
@@ -916,6 +916,7 @@ def _train_and_evaluate(job: dict, report) -> dict:
                                                                          run["peak_memory"]),
         "reward_scoring_seconds": run["reward_scoring_seconds"], "reward_device": run["reward_device"],
         "reward_threads": run["reward_threads"], "reward_scored_tokens": run["reward_scored_tokens"],
+        "reward_overlap": run["reward_overlap"],
         "reward_int8_matmul": run["reward_int8_matmul"], "reward_kernel": run["reward_kernel"],
         "policy_device": run["policy_device"]}
         | ({"ranks": run["ranks"]} if distributed.launched() else {}))
@@ -930,9 +931,9 @@ def _cross_scores(profile: Profile, paths: Paths, model_ids, rollouts, eos_token
     specs = rm_models(profile)
     for mid in model_ids:
         device = score_device(profile)
-        model, _ = load_reward_model(rm_path(paths, specs[mid]), trust_remote_code=profile.base.trust_remote_code,
-                                     device=device,
-                                     int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
+        model, _ = load_for_scoring(rm_path(paths, specs[mid]), trust_remote_code=profile.base.trust_remote_code,
+                                    device=device, int8_cpu_matmul=profile.rm.int8_cpu_matmul,
+                                    cpu_kernel=profile.rm.cpu_kernel)
         scores = evaluate.proxy_scores(CPURewardModel(model, device), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
         out[mid] = sum(scores) / len(scores)
