@@ -185,7 +185,15 @@ def test_an_interrupted_ppo_stage_keeps_the_runs_it_finished(world, monkeypatch)
     from tinyrlhf import stages
 
     profile, paths = world
-    first = stages.run_ppo(profile, paths, progress=False)
+    calls = []
+    first = stages.run_ppo(profile, paths, progress=False, on_run=calls.append)
+    # 04 redraws as each policy finishes: one call per policy (the SFT evaluation and every run), each a row longer
+    assert [len(c) for c in calls] == list(range(1, 2 + len(stages.ppo_runs(profile))))
+    by_run = {(r["policy"], r["seed"]): r["judge_mean"] for r in calls[-1]}
+    for arm, entry in first["arms"].items():
+        for s in entry["seeds"]:
+            assert by_run[(arm, s["seed"])] == s["judge_mean"]
+    assert by_run[("sft", profile.seed)] == first["sft"]["judge_mean"]
     paths.result("ppo").unlink()  # killed after the runs, before the stage's result was written
     trained = []
     original = stages._train_and_evaluate

@@ -250,3 +250,17 @@ def test_saved_figures_are_shown_at_their_inline_size(tmp_path, monkeypatch):
     # saved with a tight bounding box, as the inline backend draws it: within a few percent of the figure width
     assert any(abs(img.width - inline) <= 0.05 * inline for img in images), ([i.width for i in images], inline)
     assert max(i.width for i in images) < 720 * 1.5  # not the 150-dpi pixels
+
+
+def test_the_runs_so_far_figure_draws_what_finished():
+    """04's figure while PPO trains: a dot per finished run in its arm's column, the SFT line once evaluated, and
+    how many of the runs are done."""
+    rows = [{"policy": "bf16", "status": "ok", "judge_mean": 1.1}, {"policy": "int4", "status": "failed",
+                                                                    "judge_mean": None}]
+    fig = plots.plot_runs_so_far(rows, ["bf16", "int8", "int4"], 6)
+    ax = fig.axes[0]
+    assert ax.get_title() == "1 of 6 PPO runs finished, 1 failed"
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 1 and not ax.get_lines()
+    rows.append({"policy": "sft", "status": "ok", "judge_mean": 0.9})
+    ax = plots.plot_runs_so_far(rows, ["bf16", "int8", "int4"], 6).axes[0]
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == [0.9]

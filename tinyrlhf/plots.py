@@ -467,6 +467,34 @@ def plot_gold_gain(ppo: dict) -> Figure:
     return fig
 
 
+def finished_runs(ppo: dict) -> list[dict]:
+    """The rows plot_runs_so_far draws, from a finished (or reused) PPO result."""
+    rows = [{"policy": "sft", "status": "ok", "judge_mean": ppo["sft"]["judge_mean"]}]
+    return rows + [{"policy": arm, "status": s["status"], "judge_mean": s.get("judge_mean")}
+                   for arm, entry in ppo["arms"].items() for s in entry.get("seeds", [])]
+
+
+def plot_runs_so_far(finished: list[dict], arms: list[str], runs: int) -> Figure:
+    """04 while PPO trains: the judge's reward of every finished run per arm (the SFT policy's as a line once it is
+    evaluated), out of `runs`. No intervals: those need every run (the stage's result, at its end)."""
+    fig = Figure(figsize=(5.2, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    done = [r for r in finished if r["policy"] != "sft" and r["status"] == "ok"]
+    for i, arm in enumerate(arms):
+        values = [r["judge_mean"] for r in done if r["policy"] == arm]
+        jitter = np.linspace(-0.1, 0.1, len(values)) if len(values) > 1 else [0.0] * len(values)
+        ax.scatter(np.add(i, jitter), values, s=18, color=precision_color(arm), zorder=2)
+    sft = next((r["judge_mean"] for r in finished if r["policy"] == "sft" and r["status"] == "ok"), None)
+    if sft is not None:
+        ax.axhline(sft, color=precision_color("sft"), ls="--", lw=1.2, label=f"SFT policy ({sft:.3f})")
+        _outside_legend(ax)
+    _categorical(ax, arms)
+    ax.set_ylabel("judge's mean reward")
+    failed = sum(r["status"] != "ok" for r in finished if r["policy"] != "sft")
+    ax.set_title(f"{len(done)} of {runs} PPO runs finished" + (f", {failed} failed" if failed else ""), fontsize=10)
+    return fig
+
+
 def plot_tax(ppo: dict) -> Figure:
     """PPO's tax per arm with its 95% interval, beside its tax minus the null arm's (plot_taxes' PPO panel)."""
     return plot_taxes(None, ppo)

@@ -717,13 +717,15 @@ def _write_pool(path: Path, pool, gold, scores: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ 04 PPO
-def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
+def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True,
+            on_run: Callable[[list[dict]], None] | None = None) -> dict:
     """04: PPO against every arm's reward model of every reward-model seed, evaluated along training by the judge
     and the proxy; the cross matrix; gains, taxes and the controls with intervals over seeds and prompts; the
-    frontier."""
+    frontier. `on_run(finished)` runs as each policy finishes (the SFT policy's evaluation and every PPO run), with
+    one row per finished policy (policy, rm_seed, seed, status, judge_mean): what 04 shows while the rest train."""
     policies = [paths.policy(arm, seed) for arm, _, seed in ppo_runs(profile)]
     return cycle(PPO, profile, paths, force=force, outputs=policies,
-                 compute=lambda: _experiment(profile, paths, progress, keep_finished=not force))
+                 compute=lambda: _experiment(profile, paths, progress, keep_finished=not force, on_run=on_run))
 
 
 def ppo_runs(profile: Profile) -> list[tuple[str, int, int]]:
@@ -732,7 +734,7 @@ def ppo_runs(profile: Profile) -> list[tuple[str, int, int]]:
             for r in range(profile.ppo.runs_per_model)]
 
 
-def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True):
+def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True, on_run=None):
     ######## Inputs: the SFT policy, the reward models that finished, the judge, the evaluation prompts ########
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
@@ -753,9 +755,17 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     labels = ["Evaluating the SFT policy"] + [
         f"PPO {j['arm']} · RM seed {j['rm_seed']} · PPO seed {j['seed']} ({i + 1}/{len(jobs) - 1})"
         for i, j in enumerate(jobs[1:])]
+    finished: list[dict] = []
+
+    def one_finished(i: int, rec: dict) -> None:
+        job = jobs[i]
+        finished.append({"policy": job["arm"], "rm_seed": job.get("rm_seed"), "seed": job.get("seed"),
+                         "status": rec.get("status"), "judge_mean": rec.get("judge_mean")})
+        on_run(list(finished))
+
     results = run_jobs(_policy_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
                        overall="Policies finished (SFT evaluation and every PPO run)",
-                       progress=progress,
+                       progress=progress, on_result=one_finished if on_run and distributed.is_main() else None,
                        failed=lambda job, reason: {"seed": job["seed"], "rm_seed": job.get("rm_seed"),
                                                    "status": "failed", "reason": reason})
     if not distributed.is_main():
