@@ -61,11 +61,11 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
                            lora_r=r.lora_r, lora_alpha=r.lora_alpha, target_modules=r.target_modules,
                            max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                            seed=0, profile=profile)
-        model, _ = load_reward_model(Path(tmp) / "rm", device="cpu")
+        model, _ = load_reward_model(Path(tmp) / "rm", device="cpu", cpu_dtype=r.cpu_dtype)
         evaluate_reward_model(model, tok, test)
         out["rm"] = max(0.0, time.perf_counter() - t0 - counted["rm"] / models)
         t0 = time.perf_counter()
-        load_reward_model(paths.rm("bf16", r.seeds[0]), device="cpu")
+        load_reward_model(paths.rm("bf16", r.seeds[0]), device="cpu", cpu_dtype=r.cpu_dtype)
         out["bon"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ppo_lib.train_ppo(paths.data_file("train"), out_dir=Path(tmp) / "ppo", sft_path=paths.sft_merged,

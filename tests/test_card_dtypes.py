@@ -168,7 +168,7 @@ def test_every_trainable_parameter_is_float32_when_the_model_loads_in_bf16(tiny_
     card = get_profile("cpu", overrides=TINY_WORLD | {"base.train_dtype": "bf16"})
     for precision, settings in (("int4", card), ("bf16", profile), ("int4", profile)):
         if settings is profile:  # "auto": the device's compute dtype, bf16 on the card
-            monkeypatch.setattr(reward, "reward_compute_dtype", lambda device: torch.bfloat16)
+            monkeypatch.setattr(reward, "reward_compute_dtype", lambda device, cpu_dtype="auto": torch.bfloat16)
         out = tmp_path / f"{precision}-{settings.base.train_dtype}"
         run = reward.train_reward_model(pairs, init_path=str(paths.sft_merged), tokenizer=tok, precision=precision,
                                         out_dir=out, batch_size=4, lr=1e-3, max_steps=1, lora_r=4, lora_alpha=8,

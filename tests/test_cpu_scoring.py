@@ -120,7 +120,9 @@ def test_environment_report_says_how_the_reward_model_scores():
     assert cpu["policy_device"] == "cpu" and cpu["int8_matmul"] == "dequantized" and cpu["int4_kernel"]
     assert set(cpu["kernels"]) == {"bf16", "int8", "int4"} and cpu["cpu_kind"] == report["cpu"]["kind"]
     assert cpu["kernels"]["int8"]["kernel"] == "dense"  # the cpu profile's tiny copy fits any RAM
-    assert cpu["compute_dtype"] == ("bfloat16" if report["cpu"]["bf16_usable"] else "float32")
+    assert cpu["compute_dtype"] == "float32"  # rm.cpu_dtype: the cpu profile computes in float32 on every CPU
+    auto = env.reward_scoring(report, config.get_profile("cpu", overrides={"rm.cpu_dtype": "auto"}))
+    assert auto["compute_dtype"] == ("bfloat16" if report["cpu"]["bf16_usable"] else "float32")
     tight = report | {"memory": report["memory"] | {"ram_available_bytes": 2**20}}
     assert env.reward_scoring(tight, config.get_profile("cpu"))["kernels"]["int4"]["kernel"] == "bitsandbytes"
     gpu_report = report | {"cuda": {"available": True, "devices": [{"name": "card"}]},
@@ -130,6 +132,7 @@ def test_environment_report_says_how_the_reward_model_scores():
 
 
 @pytest.mark.parametrize("override, message", [({"rm.int8_cpu_matmul": "fast"}, "rm.int8_cpu_matmul must be"),
+                                               ({"rm.cpu_dtype": "bf16"}, "rm.cpu_dtype must be"),
                                                ({"rm.cpu_kernel": "fast"}, "rm.cpu_kernel must be"),
                                                ({"ppo.rm_threads": -1}, "ppo.rm_threads must be"),
                                                ({"ppo.overlap_scoring": "yes"}, "ppo.overlap_scoring must be"),

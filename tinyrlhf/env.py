@@ -344,8 +344,9 @@ def reward_scoring(report: dict, profile: Profile) -> dict:
     else:
         why = "the job's torch threads: with the policy on the CPU, scoring and training take turns"
     native = report["cpu"]["bf16_usable"]
-    dtype = torch.bfloat16 if native else torch.float32  # runtime.reward_compute_dtype("cpu")
-    dense = memory.linear_bytes(memory.spec_for_profile(profile), "bf16" if native else "fp32")
+    in_bf16 = native and profile.rm.cpu_dtype == "auto"  # runtime.reward_compute_dtype("cpu", rm.cpu_dtype)
+    dtype = torch.bfloat16 if in_bf16 else torch.float32
+    dense = memory.linear_bytes(memory.spec_for_profile(profile), "bf16" if in_bf16 else "fp32")
     chosen = {prec: kernels.choose(prec, setting=profile.rm.cpu_kernel, compute_dtype=dtype, dense_bytes=dense,
                                    available_bytes=report["memory"]["ram_available_bytes"], native_bf16=native,
                                    int8_matmul=profile.rm.int8_cpu_matmul)

@@ -199,8 +199,8 @@ class GoldJudge:
 class RewardModelJudge:
     """A reward model trained here (the heldout judge): scored from the token ids, like every proxy."""
 
-    def __init__(self, path, *, trust_remote_code: bool = False):
-        model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu")
+    def __init__(self, path, *, trust_remote_code: bool = False, cpu_dtype: str = "auto"):
+        model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu", cpu_dtype=cpu_dtype)
         self.model = CPURewardModel(model, "cpu")
 
     def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
@@ -230,12 +230,13 @@ class TextJudge:
         return out
 
 
-def load_judge(spec: dict, *, trust_remote_code: bool = False):
-    """The judge a ppo stage result names: {"kind": "gold" | "reward_model" | "external", "path": ...}."""
+def load_judge(spec: dict, *, trust_remote_code: bool = False, cpu_dtype: str = "auto"):
+    """The judge a ppo stage result names: {"kind": "gold" | "reward_model" | "external", "path": ...}; a reward
+    model judge computes in what `cpu_dtype` (rm.cpu_dtype) says."""
     if spec["kind"] == "gold":
         return GoldJudge()
     if spec["kind"] == "reward_model":
-        return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code)
+        return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype)
     return TextJudge(spec["path"], trust_remote_code=trust_remote_code)
 
 

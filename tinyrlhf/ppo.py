@@ -142,7 +142,8 @@ def build_ppo_trainer(prefs_path, *, sft_path, rm_path, out_dir, profile: Profil
     if rm_device == "cuda" and device != "cuda":
         raise PPOError("ppo.rm_device='cuda' but no CUDA device is visible: set ppo.rm_device='cpu'")
     rm, rm_info = load_reward_model(rm_path, trust_remote_code=trust, device=rm_device,
-                                    int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel)
+                                    int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
+                                    cpu_dtype=profile.rm.cpu_dtype)
     threads = reward_threads(profile.ppo.rm_threads, rm_device, device, psutil.cpu_count(logical=False))
     reward = CPURewardModel(rm, rm_device, threads=threads)
     dataset = _prompt_dataset(read_pairs(prefs_path), tokenizer)

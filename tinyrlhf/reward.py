@@ -83,17 +83,18 @@ def _keep_head_fp32(model) -> None:
 
 
 def load_backbone(init_path: str, precision: str, *, pad_token_id: int, device: str, double_quant: bool = True,
-                  trust_remote_code: bool = False, compute_dtype=None):
+                  trust_remote_code: bool = False, compute_dtype=None, cpu_dtype: str = "auto"):
     """A 1-output sequence-classification model from `init_path` at `precision`. Returns (model, dtype name).
 
     Every precision computes in one dtype, `compute_dtype` (default: runtime.reward_compute_dtype, bf16 where the
     device runs it natively, else float32): the unquantized parts (embedding, norms) and the activations, so the
     arms differ only in their weights. bitsandbytes' CPU layers dequantize to the activations' dtype, so an int8 or
-    NF4 model loaded in float32 computed in float32 even where bf16 is native (0.22-0.30x bf16's speed there)."""
+    NF4 model loaded in float32 computed in float32 even where bf16 is native (0.22-0.30x bf16's speed there).
+    `cpu_dtype`: rm.cpu_dtype, for the default on a CPU."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    dtype = compute_dtype or reward_compute_dtype(device)
+    dtype = compute_dtype or reward_compute_dtype(device, cpu_dtype)
     qconfig = quantization_config(precision, double_quant=double_quant, compute_dtype=dtype)
     kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code, "dtype": dtype}
     if qconfig is not None:
@@ -147,7 +148,7 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     compute_dtype = None if profile.base.train_dtype == "auto" else train_dtype(profile, device)
     model, compute = load_backbone(init_path, precision, pad_token_id=tokenizer.pad_token_id, device=device,
                                    double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code,
-                                   compute_dtype=compute_dtype)
+                                   compute_dtype=compute_dtype, cpu_dtype=profile.rm.cpu_dtype)
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     # No peft.prepare_model_for_kbit_training: it would upcast the quantized models' norms and embedding to float32
@@ -224,7 +225,7 @@ def _stay_in_train_mode(self, mode: bool = True):
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
                       int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None,
-                      serve_precision: str | None = None):
+                      serve_precision: str | None = None, cpu_dtype: str = "auto"):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
 
     `serve_precision` loads its backbone at another precision instead (a bf16-trained model served at int8 or int4:
@@ -233,7 +234,8 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     On the CPU a quantized model scores through the kernel `kernels.choose` picks from `cpu_kernel` (rm.cpu_kernel)
     and this machine: its dense copy (kernels.dense_copy), or bitsandbytes' layers, where an int8 model multiplies
     as `int8_cpu_matmul` says (pin_int8_matmul). `info["kernel"]` records the choice and why. `compute_dtype`
-    overrides the dtype every precision computes in (e.g. float32, where a test claims exact equality)."""
+    overrides the dtype every precision computes in (e.g. float32, where a test claims exact equality); else a CPU
+    computes in what `cpu_dtype` (rm.cpu_dtype) says."""
     import psutil
     from peft import PeftModel
 
@@ -247,7 +249,7 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     precision = serve_precision or info["precision"]
     backbone, _ = load_backbone(init_path, precision, pad_token_id=tok.pad_token_id, device=device,
                                 double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code,
-                                compute_dtype=compute_dtype)
+                                compute_dtype=compute_dtype, cpu_dtype=cpu_dtype)
     dtype = backbone.dtype
     # torch_device: PEFT would otherwise read the adapter onto the device it infers (a GPU when one is visible)
     model = PeftModel.from_pretrained(backbone, str(path), torch_device=device)
@@ -269,7 +271,7 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
 
 
 def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8_cpu_matmul: str = "dequantized",
-                     cpu_kernel: str = "auto", serve_precision: str | None = None):
+                     cpu_kernel: str = "auto", serve_precision: str | None = None, cpu_dtype: str = "auto"):
     """A reward model for scoring with no policy training beside it (03's test pairs and pool, 04's cross matrix):
     loaded as PPO's CPU scoring loads it (its kernel, the host's compute dtype) and, when `device` is the card,
     moved there as its dense copy whatever the CPU's memory, so the card's scores are the CPU path's to float
@@ -278,7 +280,7 @@ def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8
     on_card = device != "cpu"
     model, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
                                     int8_cpu_matmul=int8_cpu_matmul, cpu_kernel="dense" if on_card else cpu_kernel,
-                                    serve_precision=serve_precision)
+                                    serve_precision=serve_precision, cpu_dtype=cpu_dtype)
     if on_card:
         model.to(device)
     return model, info | {"score_device": device}
@@ -337,7 +339,7 @@ def cpu_kernel_variants(precision: str) -> list[tuple[str, str, str]]:
 
 
 def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, used: str, *,
-                        trust_remote_code: bool = False, compute_dtype=None) -> dict:
+                        trust_remote_code: bool = False, compute_dtype=None, cpu_dtype: str = "auto") -> dict:
     """Score `pairs` again through every other CPU path of the saved reward model at `path` and compare with
     `evaluation` (made through the kernel named `used`): per path, the fraction of pairs ordered the same way, the
     largest score difference (beside the mean |margin|), accuracy and pairs per second. The record behind the claim
@@ -351,7 +353,8 @@ def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, us
         try:
             if kernel not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
                 loaded = {kernel: load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
-                                                    cpu_kernel=kernel, compute_dtype=compute_dtype)[0]}
+                                                    cpu_kernel=kernel, compute_dtype=compute_dtype,
+                                                    cpu_dtype=cpu_dtype)[0]}
             model = loaded[kernel]
             if precision == "int8" and kernel == "bitsandbytes":
                 pin_int8_matmul(model, matmul)

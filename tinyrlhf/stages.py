@@ -531,13 +531,15 @@ def _rm_job(job: dict, report) -> dict:
             return {"status": "ok", "reason": None, **who}
         device = score_device(profile)
         model, info = load_for_scoring(rm_path(paths, job), trust_remote_code=trust, device=device,
-                                       int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel)
+                                       int8_cpu_matmul=r.int8_cpu_matmul, cpu_kernel=r.cpu_kernel,
+                                       cpu_dtype=r.cpu_dtype)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"], "score_device": device}
         # How far bitsandbytes' own CPU paths are from the kernel PPO scores with: once per precision (first seed)
         if precision != "bf16" and job["seed"] == r.seeds[0] and device == "cpu":
             ev["cpu_kernel_check"] = compare_cpu_kernels(rm_path(paths, job), tokenizer, test, ev,
-                                                         info["kernel"]["kernel"], trust_remote_code=trust)
+                                                         info["kernel"]["kernel"], trust_remote_code=trust,
+                                                         cpu_dtype=r.cpu_dtype)
         progress.evaluated()
         footprint = info["footprint_bytes"]
         ref = weakref.ref(model)
@@ -624,7 +626,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
-    gold = evaluate.load_judge(judge, trust_remote_code=trust).scores(
+    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype).scores(
         pool, eos_token_id=tokenizer.eos_token_id, missing_eos_penalty=p.missing_eos_penalty)
     sample_seconds = time.perf_counter() - t0
 
@@ -691,7 +693,7 @@ def _score_pool_job(job: dict, report) -> dict:
         model, info = load_for_scoring(paths.rm(job["model_arm"], job["seed"]),
                                        trust_remote_code=profile.base.trust_remote_code, device=device,
                                        int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
-                                       serve_precision=job["serve_precision"])
+                                       serve_precision=job["serve_precision"], cpu_dtype=profile.rm.cpu_dtype)
         scores = evaluate.proxy_scores(CPURewardModel(model, device), job["pool"], eos_token_id=job["eos"],
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty, report=report)
         record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],
@@ -875,7 +877,7 @@ def _evaluate_sft(job: dict, report) -> dict:
     trust = profile.base.trust_remote_code
     tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
     policy = base_model.load_causal_lm(paths.sft_merged, trust_remote_code=trust, device=resolve_device(profile))
-    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust)
+    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype)
     summary, rollouts, judged = evaluate.evaluate_policy(
         policy, tokenizer, job["prompts"], samples=profile.eval.samples, judge=judge, with_kl=False,
         **_evaluation_settings(profile))
@@ -890,7 +892,7 @@ def _train_and_evaluate(job: dict, report) -> dict:
     profile, paths, arm, seed = job["profile"], job["paths"], job["arm"], job["seed"]
     p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
     tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
-    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust)
+    judge = evaluate.load_judge(job["judge"], trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype)
     final, progress = {}, TrainThenEvaluate(report)
 
     def on_checkpoint(policy, step, reward):
@@ -943,7 +945,7 @@ def _cross_scores(profile: Profile, paths: Paths, model_ids, rollouts, eos_token
         device = score_device(profile)
         model, _ = load_for_scoring(rm_path(paths, specs[mid]), trust_remote_code=profile.base.trust_remote_code,
                                     device=device, int8_cpu_matmul=profile.rm.int8_cpu_matmul,
-                                    cpu_kernel=profile.rm.cpu_kernel)
+                                    cpu_kernel=profile.rm.cpu_kernel, cpu_dtype=profile.rm.cpu_dtype)
         scores = evaluate.proxy_scores(CPURewardModel(model, device), rollouts, eos_token_id=eos_token_id,
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty)
         out[mid] = sum(scores) / len(scores)
