@@ -30,10 +30,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable with
 from tinyrlhf import budget, calibrate, data
 from tinyrlhf.base_model import load_tokenizer
 from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.cpu import cpu_kind, flags
 from tinyrlhf.jobs import torch_threads
 from tinyrlhf.results import atomic_write_json, read_json
 
 STAGES = {"sft": ["sft"], "rm": ["rm"], "bon": ["bon"], "ppo": ["ppo", "eval"]}  # result file <- budget rows
+
+
+def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths,
+                   extra_steps: int = 100) -> float:
+    """The reward models' MFU from real RewardTrainer steps: a job of 2 steps and one of 2 + `extra_steps`, timed,
+    their difference against the budget's seconds for those steps at the calibrated MFU. The calibration's bare
+    forward/backward leaves out the trainer's own work per step (collation, LoRA's 28 small modules' optimizer
+    steps, logging), which at the cpu profile's size is a share of a step (measured on an AMX CPU: 75 ms per real
+    step, 15% over the bare step). At Qwen2.5-0.5B's size a step takes seconds and that share is small."""
+    from tinyrlhf.reward import train_reward_model
+
+    r = profile.rm
+    tok = load_tokenizer(paths.sft_merged)
+    train = data.read_pairs(paths.data_file("train"))
+
+    def seconds(steps):
+        with tempfile.TemporaryDirectory() as tmp:
+            return train_reward_model(train, init_path=str(paths.sft_merged), tokenizer=tok, precision="bf16",
+                                      out_dir=Path(tmp) / "rm", batch_size=r.batch_size, lr=r.lr, max_steps=steps,
+                                      lora_r=r.lora_r, lora_alpha=r.lora_alpha, target_modules=r.target_modules,
+                                      max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                                      seed=0, profile=profile)["train_seconds"]
+
+    def counted(steps):  # the budget's seconds for one reward model of `steps` steps
+        one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=steps, seeds=(0,)), workers=1)
+        total = {row["key"]: row["hours"] * 3600 for row in budget.predict(
+            one, machine, lengths=lengths, calibration=cal)}["rm"]
+        return total / budget.work_counts(one)["reward_models"]
+
+    seconds(2)  # warm-up: the first job in a process pays one-off costs
+    measured = seconds(2 + extra_steps) - seconds(2)
+    return cal.mfu["rm"] * (counted(2 + extra_steps) - counted(2)) / measured
 
 
 def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> dict:
@@ -84,11 +117,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=".")
     ap.add_argument("--write-json", metavar="PATH")
+    ap.add_argument("--trainer-steps", action="store_true",
+                    help="calibrate the reward models' speed on real RewardTrainer steps (rm_trainer_mfu)")
     args = ap.parse_args(argv)
     profile, paths = get_profile("cpu"), get_paths(args.workdir)
     machine, cal = calibrate.cpu_calibration(profile)
     with torch_threads(profile.threads or 1):
         lengths = budget.lengths_from_stats(profile, read_json(paths.result("data_stats")))
+        if args.trainer_steps:
+            bare = cal.mfu["rm"]
+            cal = dataclasses.replace(cal, mfu=cal.mfu | {"rm": rm_trainer_mfu(profile, paths, cal, machine, lengths)})
+            print(f"reward models' MFU: {bare:.3f} from bare steps, {cal.mfu['rm']:.3f} from RewardTrainer's steps")
         cal = dataclasses.replace(cal, job_overhead_s=job_overheads(profile, paths, cal, machine, lengths))
     rows = {r["key"]: r for r in budget.predict(profile, machine, lengths=lengths, calibration=cal)}
     table = []
@@ -104,7 +143,9 @@ def main(argv=None) -> int:
     if args.write_json:
         atomic_write_json(Path(args.write_json), {
             "date": datetime.date.today().isoformat(), "lengths": dataclasses.asdict(lengths),
-            "calibration": dataclasses.asdict(cal), "machine": dataclasses.asdict(machine), "stages": table})
+            "calibration": dataclasses.asdict(cal), "machine": dataclasses.asdict(machine), "stages": table,
+            "rm_calibrated_on": "RewardTrainer steps" if args.trainer_steps else "bare steps",
+            "cpu_kind": cpu_kind(flags())})
     return 0
 
 
