@@ -52,7 +52,7 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     from tinyrlhf.reward import Float32Head, evaluate_reward_model, load_reward_model
 
     profile, paths, results, _ = pipeline
-    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel="bitsandbytes")
+    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel="bitsandbytes", cpu_dtype=profile.rm.cpu_dtype)
     kinds = {type(m).__name__ for m in model.modules()}
     if layer:
         assert layer in kinds
@@ -62,7 +62,8 @@ def test_saved_reward_models_reload_at_their_precision_with_a_full_precision_hea
     assert type(head) is Float32Head and head.weight.dtype == torch.float32
     assert not model.training
     # Round trip: reloading as PPO does gives exactly the accuracy recorded when the stage evaluated its saved model.
-    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel=profile.rm.cpu_kernel)
+    model, info = load_reward_model(paths.rm(precision, 0), cpu_kernel=profile.rm.cpu_kernel,
+                                    cpu_dtype=profile.rm.cpu_dtype)
     recorded = results["rm"]["models"][f"{precision}/seed0"]["cpu_kernel"]
     assert (info["kernel"]["kernel"], info["kernel"]["dtype"]) == (recorded["kernel"], recorded["dtype"])
     pairs = read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
