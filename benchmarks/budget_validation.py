@@ -37,26 +37,41 @@ from tinyrlhf.results import atomic_write_json, read_json
 STAGES = {"sft": ["sft"], "rm": ["rm"], "bon": ["bon"], "ppo": ["ppo", "eval"]}  # result file <- budget rows
 
 
+def _train_rm_forever(workdir: str) -> None:
+    """A rival reward-model job (spawned): what the profile's other worker does while one job is timed."""
+    profile, paths = get_profile("cpu"), get_paths(workdir)
+    with torch_threads(profile.threads or 1), tempfile.TemporaryDirectory() as tmp:
+        _train_rm(profile, paths, 1_000_000, Path(tmp))
+
+
+def _train_rm(profile, paths, steps: int, out: Path) -> float:
+    from tinyrlhf.reward import train_reward_model
+
+    r = profile.rm
+    return train_reward_model(data.read_pairs(paths.data_file("train")), init_path=str(paths.sft_merged),
+                              tokenizer=load_tokenizer(paths.sft_merged), precision="bf16", out_dir=out / "rm",
+                              batch_size=r.batch_size, lr=r.lr, max_steps=steps, lora_r=r.lora_r,
+                              lora_alpha=r.lora_alpha, target_modules=r.target_modules,
+                              max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
+                              seed=0, profile=profile)["train_seconds"]
+
+
 def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths,
                    extra_steps: int = 100) -> float:
     """The reward models' MFU from real RewardTrainer steps: a job of 2 steps and one of 2 + `extra_steps`, timed,
     their difference against the budget's seconds for those steps at the calibrated MFU. The calibration's bare
     forward/backward leaves out the trainer's own work per step (collation, LoRA's 28 small modules' optimizer
     steps, logging), which at the cpu profile's size is a share of a step (measured on an AMX CPU: 75 ms per real
-    step, 15% over the bare step). At Qwen2.5-0.5B's size a step takes seconds and that share is small."""
-    from tinyrlhf.reward import train_reward_model
+    step, 15% over the bare step). At Qwen2.5-0.5B's size a step takes seconds and that share is small. The stage
+    runs `workers` jobs at once, so the steps are timed with workers - 1 rival jobs beside them (on that CPU two at
+    once ran 20% slower each than one alone)."""
+    import multiprocessing as mp
 
     r = profile.rm
-    tok = load_tokenizer(paths.sft_merged)
-    train = data.read_pairs(paths.data_file("train"))
 
     def seconds(steps):
         with tempfile.TemporaryDirectory() as tmp:
-            return train_reward_model(train, init_path=str(paths.sft_merged), tokenizer=tok, precision="bf16",
-                                      out_dir=Path(tmp) / "rm", batch_size=r.batch_size, lr=r.lr, max_steps=steps,
-                                      lora_r=r.lora_r, lora_alpha=r.lora_alpha, target_modules=r.target_modules,
-                                      max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                                      seed=0, profile=profile)["train_seconds"]
+            return _train_rm(profile, paths, steps, Path(tmp))
 
     def counted(steps):  # the budget's seconds for one reward model of `steps` steps
         one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=steps, seeds=(0,)), workers=1)
@@ -64,9 +79,19 @@ def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Mach
             one, machine, lengths=lengths, calibration=cal)}["rm"]
         return total / budget.work_counts(one)["reward_models"]
 
-    seconds(2)  # warm-up: the first job in a process pays one-off costs
-    measured = seconds(2 + extra_steps) - seconds(2)
-    return cal.mfu["rm"] * (counted(2 + extra_steps) - counted(2)) / measured
+    rivals = [mp.get_context("spawn").Process(target=_train_rm_forever, args=(str(paths.root),), daemon=True)
+              for _ in range(max(profile.workers, 1) - 1)]
+    for rival in rivals:
+        rival.start()
+    try:
+        seconds(2)  # warm-up: the first job in a process pays one-off costs; the rivals start meanwhile
+        time.sleep(5 if rivals else 0)
+        short, long = seconds(2), seconds(2 + extra_steps)
+    finally:
+        for rival in rivals:
+            rival.terminate()
+            rival.join()
+    return cal.mfu["rm"] * (counted(2 + extra_steps) - counted(2)) / (long - short)
 
 
 def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> dict:
