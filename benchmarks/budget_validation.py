@@ -41,15 +41,17 @@ def _train_rm_forever(workdir: str) -> None:
     """A rival reward-model job (spawned): what the profile's other worker does while one job is timed."""
     profile, paths = get_profile("cpu"), get_paths(workdir)
     with torch_threads(profile.threads or 1), tempfile.TemporaryDirectory() as tmp:
-        _train_rm(profile, paths, 1_000_000, Path(tmp))
+        _train_rm(profile, paths, 1_000_000, Path(tmp), data.read_pairs(paths.data_file("train")),
+                  load_tokenizer(paths.sft_merged))
 
 
-def _train_rm(profile, paths, steps: int, out: Path) -> float:
+def _train_rm(profile, paths, steps: int, out: Path, train, tok) -> float:
+    """One bf16 reward model of `steps` steps at the profile's settings, saved under `out`; its training seconds."""
     from tinyrlhf.reward import train_reward_model
 
     r = profile.rm
-    return train_reward_model(data.read_pairs(paths.data_file("train")), init_path=str(paths.sft_merged),
-                              tokenizer=load_tokenizer(paths.sft_merged), precision="bf16", out_dir=out / "rm",
+    return train_reward_model(train, init_path=str(paths.sft_merged), tokenizer=tok, precision="bf16",
+                              out_dir=out / "rm",
                               batch_size=r.batch_size, lr=r.lr, max_steps=steps, lora_r=r.lora_r,
                               lora_alpha=r.lora_alpha, target_modules=r.target_modules,
                               max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
@@ -68,10 +70,11 @@ def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Mach
     import multiprocessing as mp
 
     r = profile.rm
+    train, tok = data.read_pairs(paths.data_file("train")), load_tokenizer(paths.sft_merged)
 
     def seconds(steps):
         with tempfile.TemporaryDirectory() as tmp:
-            return _train_rm(profile, paths, steps, Path(tmp))
+            return _train_rm(profile, paths, steps, Path(tmp), train, tok)
 
     def counted(steps):  # the budget's seconds for one reward model of `steps` steps
         one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=steps, seeds=(0,)), workers=1)
@@ -97,11 +100,7 @@ def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Mach
 def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> dict:
     """Seconds per job beyond the work the budget counts: a real job of each kind, timed, less that work."""
     from tinyrlhf import ppo as ppo_lib
-    from tinyrlhf.reward import (
-        evaluate_reward_model,
-        load_reward_model,
-        train_reward_model,
-    )
+    from tinyrlhf.reward import evaluate_reward_model, load_reward_model
 
     r, p = profile.rm, profile.ppo
     tok = load_tokenizer(paths.sft_merged)
@@ -114,11 +113,7 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train_reward_model(train, init_path=str(paths.sft_merged), tokenizer=tok, precision="bf16",
-                           out_dir=Path(tmp) / "rm", batch_size=r.batch_size, lr=r.lr, max_steps=2,
-                           lora_r=r.lora_r, lora_alpha=r.lora_alpha, target_modules=r.target_modules,
-                           max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                           seed=0, profile=profile)
+        _train_rm(profile, paths, 2, Path(tmp), train, tok)
         model, _ = load_reward_model(Path(tmp) / "rm", device="cpu", cpu_dtype=r.cpu_dtype)
         evaluate_reward_model(model, tok, test)
         out["rm"] = max(0.0, time.perf_counter() - t0 - counted["rm"] / models)

@@ -21,6 +21,7 @@ from .cpu import BF16_CPU_FLAGS, cpu_kind, parse_cpuinfo  # noqa: F401 (part of 
 from .jobs import reward_threads
 from .memory import format_bytes
 from .results import atomic_write_json, cuda_devices, manifest, package_versions
+from .runtime import reward_cpu_bf16
 
 CORE_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
 
@@ -344,7 +345,7 @@ def reward_scoring(report: dict, profile: Profile) -> dict:
     else:
         why = "the job's torch threads: with the policy on the CPU, scoring and training take turns"
     native = report["cpu"]["bf16_usable"]
-    in_bf16 = native and profile.rm.cpu_dtype == "auto"  # runtime.reward_compute_dtype("cpu", rm.cpu_dtype)
+    in_bf16 = reward_cpu_bf16(profile.rm.cpu_dtype, native)
     dtype = torch.bfloat16 if in_bf16 else torch.float32
     dense = memory.linear_bytes(memory.spec_for_profile(profile), "bf16" if in_bf16 else "fp32")
     chosen = {prec: kernels.choose(prec, setting=profile.rm.cpu_kernel, compute_dtype=dtype, dense_bytes=dense,

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from .config import SCRATCH_MODEL, Profile, get_profile, resolve_device
 from .cpu import native_bf16
+from .runtime import reward_cpu_bf16
 
 GiB = 2**30
 MiB = 2**20
@@ -540,9 +541,8 @@ def estimate_profile(profile: Profile, spec: ModelSpec | None = None, *, device:
     """
     device = device or ("cpu" if profile.device == "cpu" else "cuda")
     spec = spec or spec_for_profile(profile)
-    # the reward models' compute dtype on this host: bf16 where the CPU runs it natively and rm.cpu_dtype allows it
-    # (runtime.reward_compute_dtype)
-    host_compute = host_compute or ("bf16" if native_bf16() and profile.rm.cpu_dtype == "auto" else "fp32")
+    # the reward models' compute dtype on this host (runtime.reward_compute_dtype)
+    host_compute = host_compute or ("bf16" if reward_cpu_bf16(profile.rm.cpu_dtype, native_bf16()) else "fp32")
     d, s, r, p = profile.data, profile.sft, profile.rm, profile.ppo
     # as runtime.train_dtype: base.train_dtype, "auto" being bf16 on the card and float32 on the CPU
     t = profile.base.train_dtype

@@ -122,6 +122,12 @@ def lora_config(model, *, r: int, alpha: int, dropout: float, target_modules, ta
                       modules_to_save=modules_to_save)
 
 
+def reward_cpu_bf16(cpu_dtype: str, native: bool) -> bool:
+    """Whether reward models compute in bf16 on a CPU: where it runs bf16 natively (`native`) and rm.cpu_dtype is
+    "auto"."""
+    return native and cpu_dtype == "auto"
+
+
 def reward_compute_dtype(device: str, cpu_dtype: str = "auto"):
     """The dtype of a `bf16` reward model's backbone: bf16 where the device runs it natively, else float32; on the
     CPU, float32 whatever the CPU when `cpu_dtype` (rm.cpu_dtype) is "fp32"."""
@@ -129,7 +135,7 @@ def reward_compute_dtype(device: str, cpu_dtype: str = "auto"):
 
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if native_bf16() and cpu_dtype == "auto" else torch.float32
+    return torch.bfloat16 if reward_cpu_bf16(cpu_dtype, native_bf16()) else torch.float32
 
 
 def check_target_modules(model, names) -> None:
