@@ -15,14 +15,20 @@ MAX_OUTPUTS = 20  # JupyterLab folds a cell's outputs past 50; stay well under
 # stderr lines a user may see. Empty on purpose: a known harmless library message is handled at its source
 # (tinyrlhf/quiet.py); anything else on stderr is news and fails here.
 STDERR_ALLOWED: tuple[str, ...] = ()
-# A bar per job running at once, relabelled as the next job starts, and one counting finished jobs: the first
-# jobs' labels are in the outputs as displayed, the last ones in the widgets' saved state.
-BARS = {"02_SFT_Finetuning.ipynb": ["Pre-training the base model", "SFT (LoRA)", "Sampling the SFT policy"],
-        "03_Reward_Modeling.ipynb": ["Reward models finished", "RM bf16/seed0 (1/9)", "RM int8/seed0 (2/9)",
-                                     "RM int4/seed2 (9/9)", "Sampling the candidate pool", "Reward models scored",
-                                     "Ranking the pool: bf16/seed0"],
-        "04_PPO_Alignment.ipynb": ["Policies finished", "Evaluating the SFT policy",
-                                   "PPO bf16 · RM seed 0 · PPO seed 0 (1/9)", "PPO int4 · RM seed 2 · PPO seed 2 (9/9)"]}
+# A bar per job running at once, relabelled as the next job starts, and one counting finished jobs: the labels a
+# bar had when first displayed are in the outputs, the last ones in the widgets' saved state. Labels are patterns:
+# which job first shows a bar depends on timing (in 04, when the SFT policy's evaluation finishes before the first
+# PPO run reports, that run takes over its bar and the second run opens the next one).
+exact = re.escape
+BARS = {"02_SFT_Finetuning.ipynb": [exact("Pre-training the base model"), exact("SFT (LoRA)"),
+                                    exact("Sampling the SFT policy")],
+        "03_Reward_Modeling.ipynb": [exact("Reward models finished"), exact("RM bf16/seed0 (1/9)"),
+                                     exact("RM int8/seed0 (2/9)"), exact("RM int4/seed2 (9/9)"),
+                                     exact("Sampling the candidate pool"), exact("Reward models scored"),
+                                     exact("Ranking the pool: bf16/seed0")],
+        "04_PPO_Alignment.ipynb": [exact("Policies finished"), exact("Evaluating the SFT policy"),
+                                   r"PPO bf16 · RM seed \d · PPO seed \d+ \([12]/9\)",
+                                   exact("PPO int4 · RM seed 2 · PPO seed 2 (9/9)")]}
 
 
 def _executed(pipeline):
@@ -63,4 +69,4 @@ def test_every_long_step_has_a_labelled_progress_bar(pipeline):
                           for o in c.outputs] + _widget_texts(nb))
         shown = shown.replace("\u2007", " ").replace("\xa0", " ")  # tqdm pads widget labels with figure spaces
         for label in labels:
-            assert label in shown, f"{name}: no progress bar labelled {label!r}"
+            assert re.search(label, shown), f"{name}: no progress bar labelled {label!r}"
