@@ -23,10 +23,15 @@ SERIAL = config.get_profile("rtx4060", overrides={"eval.score_device": "cpu", "p
 def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
     rows = {r["stage"].split(" (")[0]: r for r in budget.predict(SERIAL, _machine())}
     assert set(rows) == {"SFT", "reward models", "best-of-n", "PPO", "evaluation"}
-    # SFT: steps x batch x accumulation x (prompt + reply) tokens, 6N FLOPs each with checkpointing, at MFU x peak
-    n = budget.spec_for_profile(SERIAL).n_params
-    tokens = SERIAL.sft.max_steps * 2 * 8 * (384 + 128)
-    assert rows["SFT"]["gpu_hours"] == pytest.approx(6 * n * tokens / (30e12 * budget.MFU) / 3600)
+    # SFT: steps x batch x accumulation x (prompt + reply) tokens, 6N FLOPs each with checkpointing, at MFU x peak;
+    # its evaluation: the held-out loss (2N per token) and greedy replies, before and after, and sampled replies
+    # in chunks of 64, each decode step bound by the step overhead (a 0.5B model's weights read in 3.6 ms)
+    n, s, e = budget.spec_for_profile(SERIAL).n_params, SERIAL.sft, SERIAL.eval
+    tokens = s.max_steps * 2 * 8 * (384 + 128)
+    evaluation = (2 * 2 * n * s.eval_pairs * 512 / (30e12 * budget.MFU)
+                  + (2 * s.sample_prompts * 128 + -(-e.prompts * e.samples // 64) * SERIAL.ppo.max_new)
+                  * budget.DECODE_STEP_OVERHEAD_S)
+    assert rows["SFT"]["gpu_hours"] == pytest.approx((6 * n * tokens / (30e12 * budget.MFU) + evaluation) / 3600)
     assert rows["SFT"]["cpu_hours"] == 0
     faster_card = {r["stage"]: r for r in budget.predict(SERIAL, _machine(tflops=60.0))}
     faster_cpu = {r["stage"]: r for r in budget.predict(SERIAL, _machine(cpu=1400.0))}
@@ -85,7 +90,10 @@ def test_expected_lengths_count_the_tokens_the_stages_process_and_the_card_still
     assert hh.padded(2 * SERIAL.rm.batch_size, 512) == budget.HH_RLHF_HARMLESS_LONGEST[8]
     assert hh.padded(3, 512) == budget.HH_RLHF_HARMLESS_LONGEST[4] and hh.padded(1000, 300) == 300  # rounds up
     real = {r["key"]: r for r in budget.predict(SERIAL, _machine(), lengths=hh)}
-    assert real["sft"]["gpu_hours"] == pytest.approx(most["sft"]["gpu_hours"] * hh.padded(2, 512) / 512)
+    n, s = budget.spec_for_profile(SERIAL).n_params, SERIAL.sft  # padded training and held-out loss, shorter
+    shorter = (6 * s.max_steps * 2 * 8 * (512 - hh.padded(2, 512)) + 2 * 2 * s.eval_pairs * (512 - hh.padded(16, 512)))
+    assert most["sft"]["gpu_hours"] - real["sft"]["gpu_hours"] == pytest.approx(
+        n * shorter / (30e12 * budget.MFU) / 3600)
     assert real["rm"]["gpu_hours"] < most["rm"]["gpu_hours"]
     # from a data stage's statistics, each mean capped at its limit; a generated reply as long as a chosen one
     stats = {"source": "local", "tokenizer": "t", "token_lengths": {

@@ -5,7 +5,8 @@ docs/time-budget.md says which figure comes from where, and 00_Setup prints it f
 
 Work per stage (N: the base model's parameters; a forward pass costs 2N FLOPs per token):
 - SFT: steps x batch x accumulation sequences; LoRA training costs 4N per token (forward, backward to the
-  activations; the frozen weights get no gradient), 6N with gradient checkpointing (one more forward).
+  activations; the frozen weights get no gradient), 6N with gradient checkpointing (one more forward); then the
+  held-out loss, greedy replies and the SFT policy's sampled replies (02's evaluation).
 - Reward models: steps x batch x accumulation pairs = twice the sequences, 4N per token, per arm; then every test
   pair scored on the CPU (03 evaluates there).
 - PPO, per run: per update, rollouts generated (decode steps of the rollout chunk, each bound by reading the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,8 +284,8 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     def idle_scoring(tokens: float) -> tuple[float, float]:  # (GPU seconds, CPU seconds)
         return (2 * backbone * tokens / flops["score"], 0.0) if idle_card else (0.0, tokens / machine.cpu_tokens_per_s)
 
-    rows = []
-    rows.append(_sft_row(profile, L, seq_limit, n, flops, overhead))
+    step_s = cal.decode_step_s if calibration else max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)
+    rows = [_sft_row(profile, L, seq_limit, n, flops, overhead, step_s)]
     rm_tokens = r.max_steps * r.batch_size * r.accum * rm_pair
     test_gpu, test_cpu = idle_scoring(r.eval_pairs * test_pair)
     where = "on the card" if idle_card else "on the CPU"
@@ -294,7 +296,6 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
                      f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms x {seeds} seeds); "
                      f"{r.eval_pairs} test pairs scored {where} per model"))
 
-    step_s = cal.decode_step_s if calibration else max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)
     pool, scorers = work["pool_candidates"], work["pool_scorers"]
     pool_gpu, pool_cpu = idle_scoring(scorers * pool * scored_tokens)
     rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s
@@ -331,17 +332,26 @@ def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: f
                 f"{replies} replies generated and judged on the CPU, {cross} scored for the cross matrix {where}")
 
 
-def _sft_row(profile: Profile, L: Lengths, seq_limit: float, n: float, flops: dict, overhead: dict) -> dict:
+def _sft_row(profile: Profile, L: Lengths, seq_limit: float, n: float, flops: dict, overhead: dict,
+             step_s: float) -> dict:
     """02: LoRA SFT (4N per token, 6N with checkpointing), and for the cpu profile's scratch base model its
-    pre-training (every weight trained: 6N; batches of dialogues as long as the preference data's)."""
-    s, b = profile.sft, profile.base
+    pre-training (every weight trained: 6N; batches of dialogues as long as the preference data's); then the
+    evaluation before and after SFT: the held-out loss (a forward pass over sft.eval_pairs, batches of 16) and
+    greedy replies to sft.sample_prompts (one at a time), each twice, and the SFT policy's eval.prompts x
+    eval.samples sampled replies (evaluate.sample's chunks); generation at the limits, as everywhere here."""
+    s, b, e, p = profile.sft, profile.base, profile.eval, profile.ppo
     sft_tokens = s.max_steps * s.batch_size * s.accum * L.padded(s.batch_size, seq_limit)
     base_tokens = (b.pretrain_steps * b.pretrain_batch * L.padded(b.pretrain_batch, seq_limit)
                    if b.model == SCRATCH_MODEL else 0)
-    return _row("sft", "SFT (02)", ((6 if s.gradient_checkpointing else 4) * sft_tokens / flops["sft"]
-                                    + 6 * base_tokens / flops.get("base", flops["sft"])) * n
-                + overhead.get("sft", 0.0), 0.0, f"{sft_tokens / 1e6:.1f} M tokens trained"
-                + (f" (+ {base_tokens / 1e6:.1f} M pre-training the base model)" if base_tokens else ""))
+    train = ((6 if s.gradient_checkpointing else 4) * sft_tokens / flops["sft"]
+             + 6 * base_tokens / flops.get("base", flops["sft"])) * n
+    loss = 2 * 2 * n * s.eval_pairs * L.padded(16, seq_limit) / flops["score"]
+    greedy = 2 * s.sample_prompts * profile.data.max_response_tokens * step_s
+    sampled = math.ceil(e.prompts * e.samples / EVAL_SAMPLE_ROWS) * p.max_new * step_s
+    return _row("sft", "SFT (02)", train + loss + greedy + sampled + overhead.get("sft", 0.0), 0.0,
+                f"{sft_tokens / 1e6:.1f} M tokens trained"
+                + (f" (+ {base_tokens / 1e6:.1f} M pre-training the base model)" if base_tokens else "")
+                + f"; {e.prompts * e.samples} replies sampled")
 
 
 def _ppo_update_seconds(profile: Profile, machine: Machine, n: float, backbone: float, step_s: float,
