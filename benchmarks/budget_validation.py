@@ -4,14 +4,17 @@ stage times on this machine, calibrated by its own CPU measurement, beside the s
 Calibration, alone on the machine, one thread per job as the cpu profile runs them (two at a time):
 - calibrate.cpu_calibration: a training step of each kind, a decode step, a scoring pass, random weights at the
   cpu profile's size (what 00_Setup times on a card), on the threads the profile gives each kind of work;
-- fixed seconds per job, which a CPU run of minutes cannot ignore: one real reward-model job (2 steps, then its
-  test pairs) and one real PPO run (1 update) from the finished run's models, less the work the budget counts for
-  them; loading a reward model for the best-of-n scorers.
+- fixed seconds per job, which a CPU run of minutes cannot ignore: 02's own code in a fresh process (as a
+  notebook's kernel runs it) at the least work (2 pre-training steps, 1 SFT step, 1 pair and 1 prompt evaluated),
+  one real reward-model job (2 steps, then its test pairs) and one real PPO run (1 update) from the finished
+  run's models, each less the work the budget counts for it; loading a reward model for the best-of-n scorers.
 Then budget.predict at the lengths the data stage measured (data_stats.json) against each stage's recorded
 `stage_seconds`. Goal: within +-30% per stage.
 
-Usage: .venv/bin/python benchmarks/budget_validation.py [--workdir .] [--write-json docs/budget-validation.json]
-Run it alone (measured timings), after a fresh `make run` in the same workdir (no stage reused).
+Usage: .venv/bin/python benchmarks/budget_validation.py [--workdir . [more runs]] [--trainer-steps]
+           [--repeats 3] [--write-json docs/budget-validation.json]
+Run it alone (measured timings), after a fresh `make run` in each workdir (no stage reused) of the same code. A
+stage's time varies from run to run (02: 35 to 43 s) and so does a calibration: several of each give the spread.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -56,6 +60,80 @@ def _train_rm(profile, paths, steps: int, out: Path, train, tok) -> float:
                               lora_alpha=r.lora_alpha, target_modules=r.target_modules,
                               max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
                               seed=0, profile=profile)["train_seconds"]
+
+
+def _least_sft_stage(profile):
+    """The cpu profile's 02 at the least work it does: what is left of its time is fixed seconds."""
+    b, s, e = profile.base, profile.sft, profile.eval
+    return dataclasses.replace(profile, base=dataclasses.replace(b, pretrain_steps=2),
+                               sft=dataclasses.replace(s, max_steps=1, eval_pairs=1, sample_prompts=1),
+                               eval=dataclasses.replace(e, prompts=1, samples=1))
+
+
+def _time_sft_stage(workdir: str) -> float:
+    """(Spawned: a fresh process, as 02's kernel is.) 02's compute at the least work, in a copy of `workdir`'s
+    prepared data and tokenizer; its seconds."""
+    from tinyrlhf import stages  # what 02 has imported before its stage runs
+
+    source = get_paths(workdir)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = get_paths(tmp)
+        paths.make()
+        shutil.copytree(source.data, paths.data, dirs_exist_ok=True)
+        paths.base.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(source.base / name, paths.base / name)
+        shutil.copy2(source.result("data_stats"), paths.result("data_stats"))
+        t0 = time.perf_counter()
+        stages._fine_tune(_least_sft_stage(get_profile("cpu")), paths, True, False)
+        return time.perf_counter() - t0
+
+
+def sft_overhead(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths) -> float:
+    """02's fixed seconds: its code at the least work in a fresh process (imports and first uses, building the
+    trainers, merging and saving, loading each model), less the work the budget counts for it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        seconds = pool.submit(_time_sft_stage, str(paths.root)).result()
+    least = _least_sft_stage(profile)
+    counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
+        least, machine, lengths=lengths, calibration=dataclasses.replace(cal, job_overhead_s={}))}["sft"]
+    return max(0.0, seconds - counted)
+
+
+def base_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths,
+                     extra_steps: int = 50) -> float:
+    """The cpu profile's base-model pre-training MFU from real Trainer steps (base_model.pretrain, 2 and
+    2 + `extra_steps` steps, on the notebook's threads), as rm_trainer_mfu does for the reward models: at 0.9 M
+    parameters a step's own work (collation, the optimizer over every weight, logging) is a share of it."""
+    import psutil
+
+    from tinyrlhf.base_model import pretrain
+    from tinyrlhf.stages import context_needed
+    from tinyrlhf.synthetic import pretraining_corpus
+
+    b = profile.base
+    tok = load_tokenizer(paths.base)
+    texts = [t + tok.eos_token for t in pretraining_corpus(b.pretrain_dialogues, profile.seed,
+                                                            rude_share=b.rude_share, comply_share=b.comply_share)]
+
+    def seconds(steps):
+        with tempfile.TemporaryDirectory() as tmp:
+            return pretrain(texts, tok, out_dir=Path(tmp), settings=dataclasses.replace(b, pretrain_steps=steps),
+                            max_len=profile.data.max_prompt_tokens + profile.data.max_response_tokens,
+                            seed=profile.seed, context=context_needed(profile))["seconds"]
+
+    def counted(steps):
+        one = dataclasses.replace(profile, base=dataclasses.replace(b, pretrain_steps=steps))
+        return {row["key"]: row["hours"] * 3600 for row in budget.predict(
+            one, machine, lengths=lengths, calibration=cal)}["sft"]
+
+    with torch_threads(psutil.cpu_count(logical=False) or 1):  # 02 trains in the notebook's process
+        seconds(2)  # warm-up
+        short, long = seconds(2), seconds(2 + extra_steps)
+    return cal.mfu["base"] * (counted(2 + extra_steps) - counted(2)) / (long - short)
 
 
 def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Machine, lengths,
@@ -110,7 +188,7 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
     counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
         one, machine, lengths=lengths, calibration=cal)}
     models = budget.work_counts(one)["reward_models"]
-    out = {}
+    out = {"sft": sft_overhead(profile, paths, cal, machine, lengths)}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         _train_rm(profile, paths, 2, Path(tmp), train, tok)
@@ -133,38 +211,69 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", default=".")
-    ap.add_argument("--write-json", metavar="PATH")
-    ap.add_argument("--trainer-steps", action="store_true",
-                    help="calibrate the reward models' speed on real RewardTrainer steps (rm_trainer_mfu)")
-    args = ap.parse_args(argv)
-    profile, paths = get_profile("cpu"), get_paths(args.workdir)
+def calibrated(profile, paths, trainer_steps: bool):
+    """(machine, calibration, lengths): this CPU measured as the docstring says."""
     machine, cal = calibrate.cpu_calibration(profile)
     with torch_threads(profile.threads or 1):
         lengths = budget.lengths_from_stats(profile, read_json(paths.result("data_stats")))
-        if args.trainer_steps:
+        if trainer_steps:
             bare = cal.mfu["rm"]
             cal = dataclasses.replace(cal, mfu=cal.mfu | {"rm": rm_trainer_mfu(profile, paths, cal, machine, lengths)})
             print(f"reward models' MFU: {bare:.3f} from bare steps, {cal.mfu['rm']:.3f} from RewardTrainer's steps")
+            bare = cal.mfu["base"]
+            cal = dataclasses.replace(cal, mfu=cal.mfu | {"base": base_trainer_mfu(profile, paths, cal, machine,
+                                                                                   lengths)})
+            print(f"base pre-training MFU: {bare:.3f} from bare steps, {cal.mfu['base']:.3f} from Trainer's steps")
         cal = dataclasses.replace(cal, job_overhead_s=job_overheads(profile, paths, cal, machine, lengths))
+    return machine, cal, lengths
+
+
+def compared(profile, machine, cal, lengths, runs: list) -> list[dict]:
+    """The prediction against each run's recorded stage seconds."""
     rows = {r["key"]: r for r in budget.predict(profile, machine, lengths=lengths, calibration=cal)}
     table = []
-    for stage, keys in STAGES.items():
-        measured = read_json(paths.result(stage))["manifest"]["timings"]["stage_seconds"]
-        predicted = sum(rows[k]["hours"] for k in keys) * 3600
-        table.append({"stage": stage, "predicted_s": predicted, "measured_s": measured,
-                      "ratio": predicted / measured, "within_30pct": abs(predicted / measured - 1) <= 0.30})
-    print(f"calibration: {json.dumps(dataclasses.asdict(cal), default=str)}")
-    print("| stage | predicted s | measured s | predicted / measured |\n|---|---|---|---|")
-    for t in table:
-        print(f"| {t['stage']} | {t['predicted_s']:.0f} | {t['measured_s']:.0f} | {t['ratio']:.2f} |")
+    for run in runs:
+        for stage, keys in STAGES.items():
+            measured = read_json(run.result(stage))["manifest"]["timings"]["stage_seconds"]
+            predicted = sum(rows[k]["hours"] for k in keys) * 3600
+            table.append({"run": str(run.root), "stage": stage, "predicted_s": predicted, "measured_s": measured,
+                          "ratio": predicted / measured, "within_30pct": abs(predicted / measured - 1) <= 0.30})
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", nargs="+", default=["."],
+                    help="workdirs of fresh `make run`s of the same profile; the first one's models are timed")
+    ap.add_argument("--write-json", metavar="PATH")
+    ap.add_argument("--trainer-steps", action="store_true",
+                    help="calibrate the reward models' and the base model's speeds on real trainer steps "
+                         "(rm_trainer_mfu, base_trainer_mfu)")
+    ap.add_argument("--repeats", type=int, default=1, help="calibrate this many times: the spread of the ratios")
+    args = ap.parse_args(argv)
+    profile, runs = get_profile("cpu"), [get_paths(w) for w in args.workdir]
+    calibrations, tables = [], []
+    for _ in range(args.repeats):
+        machine, cal, lengths = calibrated(profile, runs[0], args.trainer_steps)
+        calibrations.append(dataclasses.asdict(cal))
+        tables.append(compared(profile, machine, cal, lengths, runs))
+        print(f"calibration: {json.dumps(calibrations[-1], default=str)}")
+    print("| run | stage | predicted s | measured s | predicted / measured |\n|---|---|---|---|---|")
+    for i, row in enumerate(tables[0]):
+        ratios = " / ".join(f"{t[i]['ratio']:.2f}" for t in tables)
+        predicted = " / ".join(f"{t[i]['predicted_s']:.0f}" for t in tables)
+        print(f"| {row['run']} | {row['stage']} | {predicted} | {row['measured_s']:.0f} | {ratios} |")
+    every = [r for t in tables for r in t]
+    print(f"within +-30%: {sum(r['within_30pct'] for r in every)} of {len(every)} (stage, run, calibration)")
     if args.write_json:
         atomic_write_json(Path(args.write_json), {
             "date": datetime.date.today().isoformat(), "lengths": dataclasses.asdict(lengths),
-            "calibration": dataclasses.asdict(cal), "machine": dataclasses.asdict(machine), "stages": table,
+            "calibration": calibrations[0], "machine": dataclasses.asdict(machine), "stages": tables[0],
+            "repeats": [{"calibration": c, "stages": t} for c, t in zip(calibrations, tables)],
+            "ratio_range": {stage: [min(r["ratio"] for r in every if r["stage"] == stage),
+                                    max(r["ratio"] for r in every if r["stage"] == stage)] for stage in STAGES},
             "rm_calibrated_on": "RewardTrainer steps" if args.trainer_steps else "bare steps",
+            "base_calibrated_on": "Trainer steps" if args.trainer_steps else "bare steps",
             "cpu_kind": cpu_kind(flags())})
     return 0
 
