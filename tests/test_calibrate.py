@@ -71,3 +71,18 @@ def test_every_kind_of_step_is_timed_on_this_cpu():
     cpu = budget.Machine("this CPU", budget.cpu_gemm_gflops(1) / 1000, 10.0, 1, 1.0, "test")
     cal = calibrate.calibration_from(profile, cpu, timings, source="this CPU")
     assert all(0 < share < 1.5 for share in cal.mfu.values()), cal.mfu
+
+
+def test_the_validation_of_this_kind_of_cpu_gives_the_fixed_seconds(tmp_path, monkeypatch):
+    """04's CPU prediction takes fixed seconds per job from the budget validation run on this kind of CPU where
+    there is one (they differ by kind), else from the first one."""
+    first = tmp_path / "budget-validation.json"
+    first.write_text('{"calibration": {"job_overhead_s": {"rm": 1.0}}}')
+    monkeypatch.setattr(calibrate, "VALIDATION_FILE", first)
+    monkeypatch.setattr(calibrate, "cpu_kind", lambda flags: "avx2")
+    assert calibrate.read_validation()["calibration"]["job_overhead_s"] == {"rm": 1.0}
+    (tmp_path / "budget-validation-avx2.json").write_text('{"calibration": {"job_overhead_s": {"rm": 2.0}}}')
+    assert calibrate.read_validation()["calibration"]["job_overhead_s"] == {"rm": 2.0}
+    first.unlink()
+    monkeypatch.setattr(calibrate, "cpu_kind", lambda flags: "avx512")
+    assert calibrate.read_validation() == {}

@@ -17,6 +17,7 @@ import time
 from . import budget
 from .budget import Calibration, Machine
 from .config import SCRATCH_MODEL, Profile
+from .cpu import cpu_kind, flags
 from .jobs import torch_threads
 from .memory import ModelSpec, spec_for_profile
 
@@ -143,8 +144,9 @@ def prediction_here(profile: Profile, report: dict, *, measure_card=measure, gpu
 def describe(prediction: dict) -> list[str]:
     """The prediction's sources in lines of text."""
     m, cal = prediction["machine"], prediction["calibration"]
-    lines = [f"on {m.source}", f"reward scoring on the CPU: {m.cpu_tokens_per_s:.0f} tokens/s on {m.cpu_threads} "
-                               f"threads", f"lengths: {prediction['lengths'].source}"]
+    lines = [f"on {m.source}",
+             f"reward scoring on the CPU: {m.cpu_tokens_per_s:.0f} tokens/s on {m.cpu_threads} threads",
+             f"lengths: {prediction['lengths'].source}"]
     if cal is None:
         lines.append("card speeds: assumed (MFU and decode step; no GPU here to measure them on)")
     else:
@@ -187,6 +189,11 @@ def cpu_calibration(profile: Profile, *, repeats: int = 5) -> tuple[budget.Machi
 
 
 def read_validation() -> dict:
+    """The budget validation run on this kind of CPU (docs/budget-validation-<kind>.json) where there is one, else
+    the first one (docs/budget-validation.json, an avx512 CPU): fixed seconds per job differ by kind."""
     import json
 
-    return json.loads(VALIDATION_FILE.read_text()) if VALIDATION_FILE.exists() else {}
+    for path in (VALIDATION_FILE.with_name(f"budget-validation-{cpu_kind(flags())}.json"), VALIDATION_FILE):
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
