@@ -14,7 +14,7 @@ Then budget.predict at the lengths the data stage measured (data_stats.json) aga
 Usage: .venv/bin/python benchmarks/budget_validation.py [--workdir . [more runs]] [--trainer-steps]
            [--repeats 3] [--write-json docs/budget-validation.json]
 Run it alone (measured timings), after a fresh `make run` in each workdir (no stage reused) of the same code. A
-stage's time varies from run to run (02: 35 to 43 s) and so does a calibration: several of each give the spread.
+stage's time varies from run to run (02: 32 to 39 s) and so does a calibration: several of each give the spread.
 """
 
 from __future__ import annotations
