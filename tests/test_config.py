@@ -161,3 +161,21 @@ def test_the_dataset_is_read_at_its_pinned_commit(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     raw = data.load_source("hub", subsets=["harmless-base"], hub_id="Anthropic/hh-rlhf", revision="c0ffee")
     assert asked == [("Anthropic/hh-rlhf", "harmless-base", "c0ffee")] and len(raw.lines) == 1
+
+
+def test_the_noisy_arms_flips_follow_the_data(monkeypatch, tmp_path):
+    """rm.label_noise_on="auto": the rude pairs first on the synthetic data, uniformly on any other (whose pairs have
+    no categories); naming a category on such data, or an unknown value, is refused before any stage runs."""
+    from tinyrlhf.config import LABEL_NOISE_ON
+    from tinyrlhf.synthetic import CATEGORIES
+
+    assert set(LABEL_NOISE_ON) == {"auto", "any", *CATEGORIES}
+    assert get_profile("cpu").rm.label_noise_on == "rude"
+    assert get_profile("cpu", overrides={"rm.label_noise_on": "any"}).rm.label_noise_on == "any"
+    assert get_profile("rtx4060").rm.label_noise_on == "any"  # HH-RLHF
+    with pytest.raises(ConfigError, match="label_noise_on='loud' is not one of auto, any, rude"):
+        get_profile("cpu", overrides={"rm.label_noise_on": "loud"})
+    monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path))
+    assert get_profile("cpu").rm.label_noise_on == "any"
+    with pytest.raises(ConfigError, match="category of the synthetic data.*'local'.*'auto' or 'any'"):
+        get_profile("cpu", overrides={"rm.label_noise_on": "rude"})

@@ -39,6 +39,10 @@ RM_CPU_DTYPES = ("auto", "fp32")  # RMSettings.cpu_dtype
 # card that supports it, float32 elsewhere; "bf16" on a CPU runs the card's dtypes there (emulated and slow without
 # AVX512-BF16): the card-faithful check of benchmarks/real_size_memory.py.
 TRAIN_DTYPES = ("auto", "bf16", "fp32")
+# RMSettings.label_noise_on: which training pairs the noisy arm's flips are drawn from first. "any": uniformly
+# (Coste et al.'s label noise); a synthetic category (synthetic.CATEGORIES); "auto": "rude" on the synthetic data,
+# "any" on any other (only the synthetic data has categories).
+LABEL_NOISE_ON = ("auto", "any", "rude", "off_topic", "harmful")
 JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
@@ -177,6 +181,11 @@ class RMSettings:
     null_arm: bool = True  # per seed, a second bf16 reward model (seed + NULL_SEED_OFFSET): the negative control
     noisy_arm: bool = True  # per seed, bf16 with `label_noise` of the training labels flipped: the positive control
     label_noise: float = 0.25
+    # Which pairs those flips are drawn from first (LABEL_NOISE_ON). Measured on the cpu profile: 25% flipped
+    # uniformly leaves every category mostly right, and PPO on those models gained more than on bf16's (+0.32 vs
+    # +0.24: a less sharp reward is harder to over-optimise), so PPO could not detect it; the same 25% drawn from the
+    # rude pairs first (they are 24% of the pairs) makes a reward model that prefers rudeness, which gold penalises.
+    label_noise_on: str = "auto"
     batch_size: int = 8
     accum: int = 1
     lr: float = 1e-3
@@ -518,7 +527,7 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
             raise ConfigError(f"overrides must be a dict of settings, got {type(given).__name__}")
     merged.update(overrides or {})
     merged.update(kw)
-    profile = _resolve_judge(_resolve_revisions(_apply(PROFILES[name], merged)))
+    profile = _resolve_label_noise(_resolve_judge(_resolve_revisions(_apply(PROFILES[name], merged))))
     _validate(profile)
     return profile
 
@@ -533,6 +542,19 @@ def _resolve_judge(p: Profile) -> Profile:
         raise ConfigError(f"eval.judge='gold' knows only the synthetic data's rules, but the data source is "
                           f"{resolve_source(p)!r}: set eval.judge to 'auto' or 'heldout' (a reward model trained on the "
                           f"half of the pairs no arm sees), or to a reward model's path or hub id")
+    return p
+
+
+def _resolve_label_noise(p: Profile) -> Profile:
+    """rm.label_noise_on="auto" made concrete from the data source; a category refused on data without categories."""
+    synthetic, on = resolve_source(p) == "synthetic", p.rm.label_noise_on
+    if on not in LABEL_NOISE_ON:
+        raise ConfigError(f"rm.label_noise_on={on!r} is not one of {', '.join(LABEL_NOISE_ON)}")
+    if on == "auto":
+        return dataclasses.replace(p, rm=dataclasses.replace(p.rm, label_noise_on="rude" if synthetic else "any"))
+    if on != "any" and not synthetic:
+        raise ConfigError(f"rm.label_noise_on={on!r} is a category of the synthetic data, but the data source is "
+                          f"{resolve_source(p)!r}, whose pairs have none: set rm.label_noise_on to 'auto' or 'any'")
     return p
 
 

@@ -248,11 +248,20 @@ def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int) -> tuple
     return train, test
 
 
-def flip_labels(pairs: list[Pair], share: float, seed: int) -> tuple[list[Pair], list[int]]:
+def flip_labels(pairs: list[Pair], share: float, seed: int, first: str | None = None) -> tuple[list[Pair], list[int]]:
     """A copy of `pairs` with chosen and rejected swapped in round(share x len) of them, drawn with `seed`: the
-    label noise of Coste et al. 2023, for a reward model known to be worse (the positive control). Returns the
-    pairs and the sorted indices flipped."""
-    flipped = sorted(random.Random(seed).sample(range(len(pairs)), round(share * len(pairs))))
+    label noise of Coste et al. 2023, for a reward model known to be worse (the positive control). `first`: a
+    category whose pairs are drawn before any other (then the rest, at random); None: uniformly. Returns the pairs
+    and the sorted indices flipped."""
+    rng = random.Random(seed)
+    if first is None:
+        flipped = sorted(rng.sample(range(len(pairs)), round(share * len(pairs))))
+    else:
+        preferred = [i for i, p in enumerate(pairs) if p.category == first]
+        rest = [i for i, p in enumerate(pairs) if p.category != first]
+        rng.shuffle(preferred)
+        rng.shuffle(rest)
+        flipped = sorted((preferred + rest)[: round(share * len(pairs))])
     out = list(pairs)
     for i in flipped:
         out[i] = replace(pairs[i], chosen=pairs[i].rejected, rejected=pairs[i].chosen)

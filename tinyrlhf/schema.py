@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 from jsonschema.exceptions import best_match
 
-from .config import INT8_CPU_MATMULS, NOISY_ARM, NULL_ARM, PRECISIONS, SERVED_PREFIX
+from .config import INT8_CPU_MATMULS, LABEL_NOISE_ON, NOISY_ARM, NULL_ARM, PRECISIONS, SERVED_PREFIX
 from .results import read_json
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -159,6 +159,7 @@ RM_RESULTS_SCHEMA = _result_schema(
                 cpu_kernel=_nullable(CPU_KERNEL), cpu_kernel_check=_nullable(CPU_KERNEL_CHECK))},
     arms=_by_arm(SEED_SUMMARY), seeds={"type": "array", "items": INT, "minItems": 1},
     null_arm=_nullable(STR), noisy_arm=_nullable(STR), judge_arm=_nullable(STR), label_noise=UNIT,
+    label_noise_on=_nullable({"enum": [v for v in LABEL_NOISE_ON if v != "auto"]}),
 )
 
 SAMPLES = {"type": "array", "items": _obj(["prompt", "response", "judged_reward"], prompt=STR, response=STR,

@@ -435,7 +435,8 @@ def rm_models(profile: Profile) -> dict[str, dict]:
                                                        "train_seed": seed + NULL_SEED_OFFSET}
         if r.noisy_arm:
             models[model_id(NOISY_ARM, seed)] = spec | {"arm": NOISY_ARM, "precision": "bf16", "train_seed": seed,
-                                                        "label_noise": r.label_noise}
+                                                        "label_noise": r.label_noise,
+                                                        "label_noise_on": r.label_noise_on}
     if profile.eval.judge == "heldout":
         models[JUDGE_ARM] = {"arm": JUDGE_ARM, "precision": "bf16", "seed": None, "train_seed": profile.seed + 2,
                              "half": "b", "label_noise": 0.0}
@@ -486,6 +487,7 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
     return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds),
             "null_arm": NULL_ARM if profile.rm.null_arm else None,
             "noisy_arm": NOISY_ARM if profile.rm.noisy_arm else None, "label_noise": profile.rm.label_noise,
+            "label_noise_on": profile.rm.label_noise_on if profile.rm.noisy_arm else None,
             "judge_arm": JUDGE_ARM if JUDGE_ARM in records else None}, {
         "seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
         "timings": {m: r.get("train_seconds") for m, r in records.items()},
@@ -517,7 +519,9 @@ def _rm_job(job: dict, report) -> dict:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
         train, flipped = job["train"], []
         if job["label_noise"]:  # the positive control: the same pairs, a share of them with their labels swapped
-            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"])
+            on = job.get("label_noise_on", "any")
+            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"],
+                                              first=None if on == "any" else on)
         with atomic_folder(rm_path(paths, job)) as written:
             run = train_reward_model(
                 train, init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
