@@ -183,8 +183,8 @@ class RMSettings:
     label_noise: float = 0.25
     # Which pairs those flips are drawn from first (LABEL_NOISE_ON). Measured on the cpu profile: 25% flipped
     # uniformly leaves every category mostly right, and PPO on those models gained more than on bf16's (+0.32 vs
-    # +0.24: a less sharp reward is harder to over-optimise), so PPO could not detect it; the same 25% drawn from the
-    # rude pairs first (they are 24% of the pairs) makes a reward model that prefers rudeness, which gold penalises.
+    # +0.24; KL 0.60 vs 1.07), so PPO could not detect it; the same 25% drawn from the rude pairs first (they are 24%
+    # of the pairs) makes a reward model that prefers rudeness, which gold penalises.
     label_noise_on: str = "auto"
     batch_size: int = 8
     accum: int = 1
