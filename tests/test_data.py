@@ -164,9 +164,9 @@ def test_label_noise_on_a_category_flips_its_pairs_before_any_other():
     where what PPO changes is rudeness), then from the rest at random; the same share either way."""
     pairs = [Pair(f"p{i}", f"good {i}", f"bad {i}", "rude" if i % 4 == 0 else "off_topic") for i in range(200)]
     rude = {i for i, p in enumerate(pairs) if p.category == "rude"}  # 50
-    _, some = flip_labels(pairs, 0.15, seed=3, first="rude")
+    _, some = flip_labels(pairs, 0.15, seed=3, on="rude")
     assert len(some) == 30 and set(some) < rude  # fewer flips than rude pairs: only rude ones
-    noisy, more = flip_labels(pairs, 0.4, seed=3, first="rude")
+    noisy, more = flip_labels(pairs, 0.4, seed=3, on="rude")
     assert len(more) == 80 and rude < set(more)  # every rude pair, then 30 others
     assert all(noisy[i].chosen.startswith("bad") for i in more)
     assert not rude <= set(flip_labels(pairs, 0.4, seed=3)[1])  # uniformly drawn, some rude pairs stay right

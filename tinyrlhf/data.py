@@ -248,17 +248,17 @@ def split_by_prompt(pairs: list[Pair], test_fraction: float, seed: int) -> tuple
     return train, test
 
 
-def flip_labels(pairs: list[Pair], share: float, seed: int, first: str | None = None) -> tuple[list[Pair], list[int]]:
+def flip_labels(pairs: list[Pair], share: float, seed: int, on: str = "any") -> tuple[list[Pair], list[int]]:
     """A copy of `pairs` with chosen and rejected swapped in round(share x len) of them, drawn with `seed`: the
-    label noise of Coste et al. 2023, for a reward model known to be worse (the positive control). `first`: a
-    category whose pairs are drawn before any other (then the rest, at random); None: uniformly. Returns the pairs
-    and the sorted indices flipped."""
+    label noise of Coste et al. 2023, for a reward model known to be worse (the positive control). `on`
+    (rm.label_noise_on, resolved): "any", uniformly; else a category whose pairs are drawn before any other (then
+    the rest, at random). Returns the pairs and the sorted indices flipped."""
     rng = random.Random(seed)
-    if first is None:
+    if on == "any":
         flipped = sorted(rng.sample(range(len(pairs)), round(share * len(pairs))))
     else:
-        preferred = [i for i, p in enumerate(pairs) if p.category == first]
-        rest = [i for i, p in enumerate(pairs) if p.category != first]
+        preferred = [i for i, p in enumerate(pairs) if p.category == on]
+        rest = [i for i, p in enumerate(pairs) if p.category != on]
         rng.shuffle(preferred)
         rng.shuffle(rest)
         flipped = sorted((preferred + rest)[: round(share * len(pairs))])

@@ -519,9 +519,7 @@ def _rm_job(job: dict, report) -> dict:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
         train, flipped = job["train"], []
         if job["label_noise"]:  # the positive control: the same pairs, a share of them with their labels swapped
-            on = job.get("label_noise_on", "any")
-            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"],
-                                              first=None if on == "any" else on)
+            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"], on=job["label_noise_on"])
         with atomic_folder(rm_path(paths, job)) as written:
             run = train_reward_model(
                 train, init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
