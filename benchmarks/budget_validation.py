@@ -111,13 +111,11 @@ def base_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Ma
     import psutil
 
     from tinyrlhf.base_model import pretrain
-    from tinyrlhf.stages import context_needed
-    from tinyrlhf.synthetic import pretraining_corpus
+    from tinyrlhf.stages import context_needed, pretraining_texts
 
     b = profile.base
     tok = load_tokenizer(paths.base)
-    texts = [t + tok.eos_token for t in pretraining_corpus(b.pretrain_dialogues, profile.seed,
-                                                            rude_share=b.rude_share, comply_share=b.comply_share)]
+    texts = pretraining_texts(profile, paths, tok.eos_token)
 
     def seconds(steps):
         with tempfile.TemporaryDirectory() as tmp:

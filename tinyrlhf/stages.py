@@ -400,13 +400,8 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
         if previous.get("config_hash") == config_hash and lineage.stale_reason(previous, paths.root, {}) is None:
             return previous | {"reused": True}
     tok = base_model.load_tokenizer(paths.base)
-    b = profile.base
-    if resolve_source(profile) == "synthetic":
-        texts = [t + tok.eos_token for t in pretraining_corpus(b.pretrain_dialogues, profile.seed,
-                                                                rude_share=b.rude_share, comply_share=b.comply_share)]
-    else:  # real dialogues: both replies of every training pair
-        texts = base_model.dialogue_texts(data.read_pairs(paths.data_file("train")), tok.eos_token)
-    summary = base_model.pretrain(texts, tok, out_dir=paths.base, settings=profile.base, seed=profile.seed,
+    summary = base_model.pretrain(pretraining_texts(profile, paths, tok.eos_token), tok, out_dir=paths.base,
+                                  settings=profile.base, seed=profile.seed,
                                   max_len=profile.data.max_prompt_tokens + profile.data.max_response_tokens,
                                   context=context_needed(profile),
                                   report=progress_bar("Pre-training the base model", progress))
@@ -416,6 +411,16 @@ def build_base_model(profile: Profile, paths: Paths, *, force: bool = False, pro
         atomic_write_json(summary_path, summary)
     distributed.barrier()
     return summary | {"reused": False}
+
+
+def pretraining_texts(profile: Profile, paths: Paths, eos_token: str) -> list[str]:
+    """What the scratch base model pre-trains on: the synthetic world's dialogues, or both replies of every real
+    training pair."""
+    b = profile.base
+    if resolve_source(profile) == "synthetic":
+        return [t + eos_token for t in pretraining_corpus(b.pretrain_dialogues, profile.seed,
+                                                          rude_share=b.rude_share, comply_share=b.comply_share)]
+    return base_model.dialogue_texts(data.read_pairs(paths.data_file("train")), eos_token)
 
 
 # ------------------------------------------------------------------------------------------- 03 reward models
