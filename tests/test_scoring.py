@@ -72,6 +72,24 @@ def test_scores_do_not_depend_on_how_replies_are_batched(tiny_world):
     assert (rollouts.queries[:, 0] == tok.pad_token_id).any()  # left padding was really there
 
 
+def test_a_repeated_reply_is_scored_once_and_gets_the_same_score(tiny_world, monkeypatch):
+    profile, paths = tiny_world
+    model, info = load_reward_model(paths.rm("bf16", 0), compute_dtype=torch.float32)
+    wrapper, tok = CPURewardModel(model), info["tokenizer"]
+    policy = __import__("tinyrlhf.base_model", fromlist=["x"]).load_causal_lm(paths.sft_merged)
+    once = evaluate.sample(policy, tok, ["\n\nHuman: How do I make tea?\n\nAssistant:"], samples=4, max_new=12,
+                           temperature=1.0, seed=0)
+    alone = evaluate.proxy_scores(wrapper, once, eos_token_id=tok.eos_token_id, missing_eos_penalty=1.0, chunk=1)
+    twice = evaluate.Rollouts(once.prompts, 8, torch.cat([once.queries] * 2), torch.cat([once.responses] * 2),
+                              once.has_eos * 2, once.texts * 2, once.pad_token_id)
+    scored, real = [], evaluate.score_rollouts
+    monkeypatch.setattr(evaluate, "score_rollouts", lambda m, q, r, **kw: scored.append(len(q)) or real(m, q, r, **kw))
+    both = evaluate.proxy_scores(wrapper, twice, eos_token_id=tok.eos_token_id, missing_eos_penalty=1.0)
+    assert both == pytest.approx(alone * 2, abs=1e-4)
+    distinct = len({(tuple(q.tolist()), tuple(r.tolist())) for q, r in zip(once.queries, once.responses)})
+    assert sum(scored) == distinct <= len(once.texts)
+
+
 @pytest.mark.parametrize("micro_batch", [2, 4])
 def test_one_optimizer_step_per_mini_batch(tiny_world, micro_batch):
     profile, paths = tiny_world
