@@ -94,3 +94,19 @@ def test_a_reward_model_that_failed_is_left_out_of_its_seed_only():
     out = bon.analyse(gold, {"bf16": good, "int4": broken}, reference="bf16", null=None)
     assert out["arms"]["int4"]["status"] == "partial" and out["arms"]["int4"]["seeds_ok"] == [0, 2]
     assert out["arms"]["int4"]["at_n_star"]["paired_seeds"] == [0, 2]
+
+
+def test_a_control_arm_trained_on_fewer_seeds_is_paired_on_those_and_not_called_partial():
+    rng = np.random.default_rng(2)
+    quality, gold = _pool(rng)
+    good = np.stack([quality + rng.normal(0, 0.3, quality.shape) for _ in range(4)])
+    null = np.stack([quality + rng.normal(0, 0.3, quality.shape) for _ in range(4)])
+    null[2:] = np.nan  # trained for the first two seeds only (rm.control_seeds = 2)
+    planned = {"bf16": [0, 1, 2, 3], "null": [0, 1]}
+    out = bon.analyse(gold, {"bf16": good, "null": null}, reference="bf16", null="null", planned=planned)
+    assert out["arms"]["null"]["status"] == "ok" and out["arms"]["null"]["reason"] is None
+    assert out["arms"]["null"]["seeds_ok"] == [0, 1] and out["arms"]["null"]["at_n_star"]["paired_seeds"] == [0, 1]
+    assert out["arms"]["bf16"]["at_n_star"]["seeds_used"] == [0, 1, 2, 3]
+    null[1] = np.nan  # now one of its planned seeds failed
+    out = bon.analyse(gold, {"bf16": good, "null": null}, reference="bf16", null="null", planned=planned)
+    assert out["arms"]["null"]["status"] == "partial" and "[1]" in out["arms"]["null"]["reason"]

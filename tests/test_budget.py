@@ -184,3 +184,23 @@ def test_the_shipped_reference_was_measured_at_the_real_size():
     ref = budget.reference()
     assert ref["bf16_tokens_per_s_per_thread"] > 0 and ref["gemm_gflops_per_thread"] > 0
     assert budget.cpu_gemm_gflops(1, size=256, repeats=2) > 0
+
+
+def test_the_counts_follow_the_seeds_each_arm_trains_and_runs_on():
+    """Controls on the first rm.control_seeds, PPO on the first ppo.rm_seeds: the jobs the stages build and the
+    budget's counts agree (the default cpu profile: 7 precision seeds, 3 control seeds, PPO on 5)."""
+    from tinyrlhf import stages
+
+    for profile in (config.get_profile("cpu"),
+                    config.get_profile("cpu", overrides={"rm.control_seeds": 0, "ppo.rm_seeds": 0})):
+        work, models = budget.work_counts(profile), stages.rm_models(profile)
+        assert work["reward_models"] == len(models)
+        assert work["pool_scorers"] == len(stages.bon_scorers(profile))
+        assert work["ppo_runs"] == len(stages.ppo_runs(profile))
+        for arm in profile.arms:
+            assert sorted(s["seed"] for s in models.values() if s["arm"] == arm) == sorted(profile.arm_seeds(arm))
+    cpu = config.get_profile("cpu")
+    assert (len(cpu.rm.seeds), cpu.rm.control_seeds, cpu.ppo.rm_seeds) == (7, 3, 5)
+    assert budget.work_counts(cpu)["reward_models"] == 3 * 7 + 2 * 3
+    assert budget.work_counts(cpu)["ppo_runs"] == 3 * 5 + 2 * 3
+    assert {(arm, seed) for arm, seed, _ in stages.ppo_runs(cpu) if arm == "null"} == {("null", s) for s in (0, 1, 2)}

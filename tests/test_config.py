@@ -37,6 +37,8 @@ def test_unknown_profile_lists_allowed():
     ({"rm.seeds": [0, 0]}, "must be distinct"),
     ({"rm.seeds": [0, 100]}, "must be below 100"),
     ({"rm.seeds": ["a"]}, "integers in"),
+    ({"rm.control_seeds": -1}, "rm.control_seeds must be an integer >= 0"),
+    ({"ppo.rm_seeds": -2}, "ppo.rm_seeds must be an integer >= 0"),
     ({"seed": -1}, "seed must be integers in"),
     ({"sft.lr": float("nan")}, "sft.lr must be a finite number"),
     ({"rm.lr": float("inf")}, "rm.lr must be a finite number"),
@@ -179,3 +181,16 @@ def test_the_noisy_arms_flips_follow_the_data(monkeypatch, tmp_path):
     assert get_profile("cpu").rm.label_noise_on == "any"
     with pytest.raises(ConfigError, match="category of the synthetic data.*'local'.*'auto' or 'any'"):
         get_profile("cpu", overrides={"rm.label_noise_on": "rude"})
+
+
+def test_controls_and_ppo_take_the_first_reward_model_seeds():
+    from tinyrlhf.config import NOISY_ARM, NULL_ARM
+
+    p = get_profile("cpu", overrides={"rm.seeds": [4, 2, 7, 9], "rm.control_seeds": 2, "ppo.rm_seeds": 3})
+    assert p.arm_seeds("int4") == p.arm_seeds("served-int4") == (4, 2, 7, 9)
+    assert p.arm_seeds(NULL_ARM) == p.arm_seeds(NOISY_ARM) == (4, 2)
+    assert p.ppo_rm_seeds("bf16") == (4, 2, 7) and p.ppo_rm_seeds(NULL_ARM) == (4, 2)
+    every = get_profile("cpu", overrides={"rm.seeds": [4, 2], "rm.control_seeds": 0, "ppo.rm_seeds": 0})
+    assert every.arm_seeds(NOISY_ARM) == every.ppo_rm_seeds(NULL_ARM) == (4, 2)
+    more = get_profile("cpu", overrides={"rm.seeds": [1], "rm.control_seeds": 5, "ppo.rm_seeds": 5})
+    assert more.arm_seeds(NULL_ARM) == more.ppo_rm_seeds("int8") == (1,)

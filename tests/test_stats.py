@@ -91,15 +91,25 @@ def _simulated(rng, seeds, prompts=41, gains=(0.8, 0.76), seed_sd=0.08):
     return cells, base
 
 
-def test_intervals_cover_the_truth_at_least_93_percent_with_the_default_seeds_and_prompts():
-    """Coverage by simulation at the cpu profile's design (5 reward-model seeds x 41 prompts), for the gain, the
-    gain difference and the ratio. A percentile bootstrap over 5 seeds covers 85-91% (too narrow); this fails if the
-    intervals lose their small-sample correction."""
+def _default_seed_counts() -> list[int]:
+    """The cpu profile's numbers of reward-model seeds behind an interval: best-of-n's precision arms (rm.seeds),
+    PPO's (ppo.rm_seeds) and the controls' (rm.control_seeds)."""
+    from tinyrlhf.config import NULL_ARM, get_profile
+
+    cpu = get_profile("cpu")
+    return sorted({len(cpu.rm.seeds), len(cpu.ppo_rm_seeds("bf16")), len(cpu.arm_seeds(NULL_ARM))})
+
+
+@pytest.mark.parametrize("seeds", _default_seed_counts())
+def test_intervals_cover_the_truth_at_least_93_percent_with_the_default_seeds_and_prompts(seeds):
+    """Coverage by simulation at the cpu profile's designs (its numbers of reward-model seeds x 41 prompts), for the
+    gain, the gain difference and the ratio. A percentile bootstrap over 5 seeds covers 85-91% (too narrow); this
+    fails if the intervals lose their small-sample correction."""
     rng = np.random.default_rng(20261129)
     truth = {"gain": 0.76, "diff": -0.04, "tax": 1 - 0.76 / 0.8}
     hits, n = dict.fromkeys(truth, 0), 600
     for _ in range(n):
-        cells, base = _simulated(rng, seeds=5)
+        cells, base = _simulated(rng, seeds=seeds)
         out = arm_statistics(cells, base, reference="bf16", null=None)["int4"]
         for key, ci in (("gain", out["gold_gain_vs_sft_ci95"]), ("diff", out["gain_diff_vs_bf16_ci95"]),
                         ("tax", out["tax_vs_bf16_ci95"])):

@@ -71,11 +71,13 @@ def sizes(pool: int) -> list[int]:
     return ns if ns[-1] == pool else ns + [pool]
 
 
-def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None) -> dict:
+def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, planned: dict | None = None) -> dict:
     """Paired best-of-n of every arm on one gold-judged pool.
 
     gold: (prompts x N) gold score of every candidate; proxies[arm]: (seeds x prompts x N) each seed's reward model's
-    score of every candidate (NaN rows for a model that failed; seed index i is reward-model seed i in every arm).
+    score of every candidate (NaN rows for a model that failed or was not trained; seed index i is the same
+    reward-model seed in every arm). planned[arm]: the seed indices the arm has models for (default: all); a NaN
+    row among them is a failure, one outside them is by design.
     For each n: every arm's expected gold reward of its best-of-n per (seed, prompt), its gain over the pool's mean
     (the SFT policy's expected gold reward) with arm_statistics' intervals (seeds crossed with prompts, paired
     across arms), and its proxy's best-of-n gain (which must rise with n). n* is the n where bf16's mean gold gain
@@ -113,11 +115,11 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None) -
         fit = fit_bon_frontier(d, gains) if all(g is not None for g in gains) else {"alpha": None, "beta": None}
         star = ns.index(n_star) if n_star is not None else None
         seeds_ok = [int(i) for i in np.flatnonzero(~np.isnan(proxy_gain[arm][0]))]
-        n_seeds = proxy_gain[arm].shape[1]
+        wanted = sorted((planned or {}).get(arm, range(proxy_gain[arm].shape[1])))
+        lost = sorted(set(wanted) - set(seeds_ok))
         arms[arm] = {
-            "status": "ok" if len(seeds_ok) == n_seeds else "partial" if seeds_ok else "failed",
-            "reason": None if len(seeds_ok) == n_seeds else
-            f"seed index(es) {sorted(set(range(n_seeds)) - set(seeds_ok))} have no scores (see scorers)",
+            "status": "ok" if not lost else "partial" if seeds_ok else "failed",
+            "reason": f"seed index(es) {lost} have no scores (see scorers)" if lost else None,
             "seeds_ok": seeds_ok,
             "by_n": [{"n": n, **row["stats"][arm], "proxy_gain": _mean_or_none(proxy_gain[arm][k])}
                      for k, (n, row) in enumerate(zip(ns, by_n))],

@@ -244,11 +244,11 @@ def _efficiency(ref: dict, threads: int) -> float:
 
 def work_counts(profile: Profile) -> dict:
     """What the stages do, counted from the settings (predict's units; tests hold them to a real run's results)."""
-    r, p, e = profile.rm, profile.ppo, profile.eval
-    seeds = len(r.seeds)
-    runs = len(profile.arms) * seeds * p.runs_per_model
-    return {"reward_models": len(profile.arms) * seeds + (1 if e.judge == "heldout" else 0),
-            "pool_candidates": e.prompts * e.bon_pool, "pool_scorers": len(profile.bon_arms) * seeds,
+    p, e = profile.ppo, profile.eval
+    runs = sum(len(profile.ppo_rm_seeds(arm)) for arm in profile.arms) * p.runs_per_model
+    return {"reward_models": sum(len(profile.arm_seeds(arm)) for arm in profile.arms) + (e.judge == "heldout"),
+            "pool_candidates": e.prompts * e.bon_pool,
+            "pool_scorers": sum(len(profile.arm_seeds(arm)) for arm in profile.bon_arms),
             "ppo_runs": runs, "ppo_updates_per_run": p.steps, "checkpoints_per_run": e.checkpoints,
             "replies_per_run": e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples,
             "cross_scored": runs * len(profile.arms) * e.prompts * e.cross_samples}
@@ -293,7 +293,7 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
                      models * (train * backbone * rm_tokens / flops["rm"] + test_gpu + overhead.get("rm", 0.0))
                      / workers,
                      models * test_cpu / workers,
-                     f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms x {seeds} seeds); "
+                     f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms, {seeds} seeds); "
                      f"{r.eval_pairs} test pairs scored {where} per model"))
 
     pool, scorers = work["pool_candidates"], work["pool_scorers"]
@@ -390,7 +390,7 @@ def milestones(profile: Profile, rows: list[dict]) -> dict:
     the reward models and the pool, 03's end, before any PPO run), then each PPO run with its evaluation, and the
     whole study."""
     by_key = {r["key"]: r["hours"] for r in rows}
-    runs = len(profile.arms) * len(profile.rm.seeds) * profile.ppo.runs_per_model
+    runs = work_counts(profile)["ppo_runs"]
     return {"bon_tax_hours": by_key["sft"] + by_key["rm"] + by_key["bon"],
             "ppo_run_hours": (by_key["ppo"] + by_key["eval"]) / runs, "ppo_runs": runs,
             "study_hours": total_hours(rows)}

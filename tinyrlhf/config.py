@@ -105,6 +105,8 @@ _RULES = {
     "threads": (_nonneg, "an integer >= 0 (0: torch's default)"),
     "rm_threads": (_nonneg, "an integer >= 0 (0: chosen from the cores, see PPOSettings)"),
     "max_pairs": (_nonneg, "an integer >= 0 (0: keep all)"),
+    "control_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
+    "rm_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
     "label_noise": (_share, "a share strictly between 0 and 1"),
 }
 
@@ -176,8 +178,13 @@ class RMSettings:
     # The reward-model seeds: the unit of replication. Each seed trains one reward model per precision (the same
     # seed: the same data order, LoRA and head initialisation, so precisions are paired within a seed), the null
     # arm's and the noisy arm's; intervals resample them. With one reward model per arm, a second bf16 seed moved as
-    # much as int8 or int4 did.
-    seeds: tuple = (0, 1, 2, 3, 4)
+    # much as int8 or int4 did. Seven on the cpu profile: best-of-n's int4 tax differs from seed to seed by about 5% of
+    # bf16's gain (sd), so its interval reaches +-5 points with 7 seeds (+-6.1 with 5, measured).
+    seeds: tuple = (0, 1, 2, 3, 4, 5, 6)
+    # The null and noisy arms train on the first `control_seeds` of them (0: all). Controls need fewer: the noisy arm's
+    # effect is large (a tax of +200% in best-of-n), and the null arm's interval, wider than the precisions', must
+    # hold 0; 15 minutes on 2 cores pay for 7 precision seeds only with 3 control seeds.
+    control_seeds: int = 3
     null_arm: bool = True  # per seed, a second bf16 reward model (seed + NULL_SEED_OFFSET): the negative control
     noisy_arm: bool = True  # per seed, bf16 with `label_noise` of the training labels flipped: the positive control
     label_noise: float = 0.25
@@ -219,6 +226,9 @@ class PPOSettings:
     # PPO runs per reward model (arm and reward-model seed); run r against seed s uses PPO seed s + 100 * r, the
     # same for every arm (paired)
     runs_per_model: int = 1
+    # PPO trains against the reward models of the first `rm_seeds` of rm.seeds (0: all); a control arm against those
+    # of them it has. Five resolve the PPO taxes to about +-25 points on the cpu profile (measured: +-20 and +-23).
+    rm_seeds: int = 5
     ppo_batch: int = 32  # rollouts per PPO update
     mini_batch: int = 8  # sequences per optimizer step: ppo_batch / mini_batch steps per PPO epoch
     micro_batch: int = 8  # sequences per forward/backward pass; gradients accumulate up to mini_batch
@@ -315,6 +325,17 @@ class Profile:
             else ()
         return self.arms + served
 
+    def arm_seeds(self, arm: str) -> tuple:
+        """The reward-model seeds `arm` has models for: every seed of rm.seeds, the first rm.control_seeds for the
+        null and noisy arms (a served arm's models are bf16's)."""
+        seeds = tuple(self.rm.seeds)
+        return seeds[: self.rm.control_seeds or len(seeds)] if arm in (NULL_ARM, NOISY_ARM) else seeds
+
+    def ppo_rm_seeds(self, arm: str) -> tuple:
+        """The reward-model seeds PPO trains `arm` against: the first ppo.rm_seeds of rm.seeds that the arm has."""
+        first = self.rm.seeds[: self.ppo.rm_seeds or len(self.rm.seeds)]
+        return tuple(s for s in first if s in self.arm_seeds(arm))
+
     def ppo_seed(self, rm_seed: int, run: int) -> int:
         """The PPO seed of run `run` against the reward models of seed `rm_seed` (the same in every arm)."""
         return rm_seed + PPO_RUN_STRIDE * run
@@ -340,10 +361,10 @@ PROFILES = {
         # and 80 updates are what makes that fit. The study-sized design is the rtx4060_study profile.
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=500, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
-        rm=RMSettings(seeds=(0, 1, 2), batch_size=4, accum=4, lr=1e-4, max_steps=200, lora_dropout=0.05,
+        rm=RMSettings(seeds=(0, 1, 2), control_seeds=0, batch_size=4, accum=4, lr=1e-4, max_steps=200, lora_dropout=0.05,
                       target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto"),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
-                        max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION),
+                        max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0),
         eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
     ),
 }

@@ -426,15 +426,18 @@ def pretraining_texts(profile: Profile, paths: Paths, eos_token: str) -> list[st
 # ------------------------------------------------------------------------------------------- 03 reward models
 def rm_models(profile: Profile) -> dict[str, dict]:
     """Every reward model the rm stage trains, by id ("arm/seedS"): for each reward-model seed S one per precision
-    (training seed S: paired), the null arm's (bf16, seed S + NULL_SEED_OFFSET) and the noisy arm's (bf16, seed S,
-    `rm.label_noise` of the training labels flipped); for the heldout judge one more (bf16, its own seed, trained on
-    the other half of the training pairs)."""
+    (training seed S: paired), and for each of the first rm.control_seeds (Profile.arm_seeds) the null arm's (bf16,
+    seed S + NULL_SEED_OFFSET) and the noisy arm's (bf16, seed S, `rm.label_noise` of the training labels flipped);
+    for the heldout judge one more (bf16, its own seed, trained on the other half of the training pairs)."""
     r = profile.rm
     models = {}
+    controls = profile.arm_seeds(NULL_ARM)
     for seed in r.seeds:
         spec = {"seed": seed, "half": "a", "label_noise": 0.0}
         for p in r.precisions:
             models[model_id(p, seed)] = spec | {"arm": p, "precision": p, "train_seed": seed}
+        if seed not in controls:
+            continue
         if r.null_arm:
             models[model_id(NULL_ARM, seed)] = spec | {"arm": NULL_ARM, "precision": "bf16",
                                                        "train_seed": seed + NULL_SEED_OFFSET}
@@ -486,7 +489,7 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
     ######## Every reward model beside the bf16 model of its seed, on the same test pairs; each arm over seeds ########
     records = dict(zip(models, records))
     compare_with_reference(records, profile.rm.seeds)
-    arms = {arm: seed_summary([records[model_id(arm, s)] for s in profile.rm.seeds]) for arm in profile.arms}
+    arms = {arm: seed_summary([records[model_id(arm, s)] for s in profile.arm_seeds(arm)]) for arm in profile.arms}
     if JUDGE_ARM in records:
         arms[JUDGE_ARM] = seed_summary([records[JUDGE_ARM]])
     return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds),
@@ -601,7 +604,7 @@ def bon_scorers(profile: Profile) -> dict[str, dict]:
     from the bf16-trained model of the same seed (its backbone quantized after training)."""
     scorers = {}
     for arm in profile.bon_arms:
-        for seed in profile.rm.seeds:
+        for seed in profile.arm_seeds(arm):
             served = arm.startswith(SERVED_PREFIX)
             trained = "bf16" if served else arm
             scorers[model_id(arm, seed)] = {"arm": arm, "seed": seed, "model_arm": trained,
@@ -648,13 +651,18 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                       progress=progress, failed=lambda job, reason: {"status": "failed", "reason": reason})
 
     ######## Best-of-n per arm: gains, taxes at every n and at n*, intervals over seeds and prompts ########
+    # Seed row i is rm.seeds[i] in every arm (paired); NaN where a model failed or, for a control arm, was not trained
     n_prompts, size = len(prompts), e.bon_pool
     shape = lambda values: np.asarray(values, dtype=float).reshape(n_prompts, size)
-    proxies = {arm: np.stack([shape(rec["scores"]) if rec["status"] == "ok" else np.full((n_prompts, size), np.nan)
-                              for (sid, spec), rec in zip(scorers.items(), scores) if spec["arm"] == arm])
+    by_id = {sid: rec for sid, rec in zip(scorers, scores)}
+    missing = np.full((n_prompts, size), np.nan)
+    proxies = {arm: np.stack([shape(by_id[sid]["scores"]) if by_id.get(sid, {}).get("status") == "ok" else missing
+                              for sid in (model_id(arm, seed) for seed in profile.rm.seeds)])
+               for arm in profile.bon_arms}
+    planned = {arm: [i for i, seed in enumerate(profile.rm.seeds) if seed in profile.arm_seeds(arm)]
                for arm in profile.bon_arms}
     analysis = bon.analyse(shape(gold), proxies, reference="bf16",
-                           null=NULL_ARM if NULL_ARM in profile.arms else None)
+                           null=NULL_ARM if NULL_ARM in profile.arms else None, planned=planned)
     _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
     result = {"judge": judge, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
@@ -739,8 +747,8 @@ def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bo
 
 def ppo_runs(profile: Profile) -> list[tuple[str, int, int]]:
     """(arm, reward-model seed, PPO seed) of every PPO run: `ppo.runs_per_model` per reward model."""
-    return [(arm, rm_seed, profile.ppo_seed(rm_seed, r)) for arm in profile.arms for rm_seed in profile.rm.seeds
-            for r in range(profile.ppo.runs_per_model)]
+    return [(arm, rm_seed, profile.ppo_seed(rm_seed, r)) for arm in profile.arms
+            for rm_seed in profile.ppo_rm_seeds(arm) for r in range(profile.ppo.runs_per_model)]
 
 
 def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True, on_run=None):
@@ -967,7 +975,7 @@ def _experiment_result(profile: Profile, paths: Paths, judge: dict, prompts, sft
     specs = rm_models(profile)
     result = experiment_result(
         judge, sft, runs, precisions={a: specs[model_id(a, profile.rm.seeds[0])]["precision"] for a in profile.arms},
-        rm_seeds=list(profile.rm.seeds), null=NULL_ARM if NULL_ARM in profile.arms else None,
+        rm_seeds=list(profile.ppo_rm_seeds("bf16")), null=NULL_ARM if NULL_ARM in profile.arms else None,
         noisy=NOISY_ARM if NOISY_ARM in profile.arms else None, bootstrap=e.bootstrap, seed=profile.seed,
         eval_info={"prompts": len(prompts), "samples": e.samples, "checkpoint_samples": e.checkpoint_samples,
                    "checkpoint_steps": evaluate.checkpoint_steps(profile.ppo.steps, e.checkpoints),
