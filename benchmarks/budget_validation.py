@@ -62,6 +62,12 @@ def _train_rm(profile, paths, steps: int, out: Path, train, tok) -> float:
                               seed=0, profile=profile)["train_seconds"]
 
 
+def predicted_seconds(profile, machine: budget.Machine, lengths, cal: budget.Calibration) -> dict:
+    """The budget's seconds per row key ("sft", "rm", "bon", "ppo", "eval") for `profile` on this machine."""
+    return {row["key"]: row["hours"] * 3600 for row in budget.predict(profile, machine, lengths=lengths,
+                                                                        calibration=cal)}
+
+
 def _least_sft_stage(profile):
     """The cpu profile's 02 at the least work it does: what is left of its time is fixed seconds."""
     b, s, e = profile.base, profile.sft, profile.eval
@@ -98,8 +104,7 @@ def sft_overhead(profile, paths, cal: budget.Calibration, machine: budget.Machin
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         seconds = pool.submit(_time_sft_stage, str(paths.root)).result()
     least = _least_sft_stage(profile)
-    counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
-        least, machine, lengths=lengths, calibration=dataclasses.replace(cal, job_overhead_s={}))}["sft"]
+    counted = predicted_seconds(least, machine, lengths, dataclasses.replace(cal, job_overhead_s={}))["sft"]
     return max(0.0, seconds - counted)
 
 
@@ -125,8 +130,7 @@ def base_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Ma
 
     def counted(steps):
         one = dataclasses.replace(profile, base=dataclasses.replace(b, pretrain_steps=steps))
-        return {row["key"]: row["hours"] * 3600 for row in budget.predict(
-            one, machine, lengths=lengths, calibration=cal)}["sft"]
+        return predicted_seconds(one, machine, lengths, cal)["sft"]
 
     with torch_threads(psutil.cpu_count(logical=False) or 1):  # 02 trains in the notebook's process
         seconds(2)  # warm-up
@@ -154,9 +158,7 @@ def rm_trainer_mfu(profile, paths, cal: budget.Calibration, machine: budget.Mach
 
     def counted(steps):  # the budget's seconds for one reward model of `steps` steps
         one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=steps, seeds=(0,)), workers=1)
-        total = {row["key"]: row["hours"] * 3600 for row in budget.predict(
-            one, machine, lengths=lengths, calibration=cal)}["rm"]
-        return total / budget.work_counts(one)["reward_models"]
+        return predicted_seconds(one, machine, lengths, cal)["rm"] / budget.work_counts(one)["reward_models"]
 
     rivals = [mp.get_context("spawn").Process(target=_train_rm_forever, args=(str(paths.root),), daemon=True)
               for _ in range(max(profile.workers, 1) - 1)]
@@ -183,8 +185,7 @@ def job_overheads(profile, paths, cal: budget.Calibration, machine: budget.Machi
     train, test = data.read_pairs(paths.data_file("train")), data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
     one = dataclasses.replace(profile, rm=dataclasses.replace(r, max_steps=2, seeds=(0,)), workers=1,
                               ppo=dataclasses.replace(p, steps=1), eval=dataclasses.replace(profile.eval, prompts=1))
-    counted = {row["key"]: row["hours"] * 3600 for row in budget.predict(
-        one, machine, lengths=lengths, calibration=cal)}
+    counted = predicted_seconds(one, machine, lengths, cal)
     models = budget.work_counts(one)["reward_models"]
     out = {"sft": sft_overhead(profile, paths, cal, machine, lengths)}
     with tempfile.TemporaryDirectory() as tmp:

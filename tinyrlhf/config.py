@@ -333,8 +333,8 @@ class Profile:
 
     def ppo_rm_seeds(self, arm: str) -> tuple:
         """The reward-model seeds PPO trains `arm` against: the first ppo.rm_seeds of rm.seeds that the arm has."""
-        first = self.rm.seeds[: self.ppo.rm_seeds or len(self.rm.seeds)]
-        return tuple(s for s in first if s in self.arm_seeds(arm))
+        first, has = self.rm.seeds[: self.ppo.rm_seeds or len(self.rm.seeds)], self.arm_seeds(arm)
+        return tuple(s for s in first if s in has)
 
     def ppo_seed(self, rm_seed: int, run: int) -> int:
         """The PPO seed of run `run` against the reward models of seed `rm_seed` (the same in every arm)."""
@@ -361,8 +361,8 @@ PROFILES = {
         # and 80 updates are what makes that fit. The study-sized design is the rtx4060_study profile.
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=500, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
-        rm=RMSettings(seeds=(0, 1, 2), control_seeds=0, batch_size=4, accum=4, lr=1e-4, max_steps=200, lora_dropout=0.05,
-                      target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto"),
+        rm=RMSettings(seeds=(0, 1, 2), control_seeds=0, batch_size=4, accum=4, lr=1e-4, max_steps=200,
+                      lora_dropout=0.05, target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto"),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0),
         eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
