@@ -124,8 +124,42 @@ def test_discover_the_repository():
 def test_parse_args_defaults():
     args = rn.parse_args([])
     assert args.only is None and args.profile is None and not args.force
-    assert args.timeout == rn.CELL_TIMEOUT >= 3600
+    assert args.timeout is None  # chosen per profile: rn.cell_timeout
     assert args.root == REPO
+
+
+def test_cell_timeout_is_an_hour_on_the_cpu_and_none_on_a_gpu_profile():
+    assert rn.cell_timeout("cpu") == rn.CELL_TIMEOUT == 3600
+    gpu = [name for name, p in PROFILES.items() if p.device != "cpu"]
+    assert gpu and all(rn.cell_timeout(name) is None for name in gpu)
+    assert rn.cell_timeout("rtx4060", 60) == 60 and rn.cell_timeout("cpu", 0) is None  # --timeout wins; 0: none
+
+
+def test_no_gpu_profile_stage_can_reach_the_cell_limit_of_make_run():
+    """make run (python -m tinyrlhf.run_notebooks, no --timeout) must not stop a GPU profile's stage at its cell
+    limit: every stage runs in one cell, so each stage's predicted hours on an RTX 4060 beside an 8-core desktop,
+    at the data's upper-bound lengths, times a wide margin for a slower card, must stay under the limit."""
+    from tinyrlhf import budget
+
+    margin = 5.0
+    for name, profile in PROFILES.items():
+        if profile.device == "cpu":
+            continue
+        limit = rn.cell_timeout(name, rn.parse_args([]).timeout)
+        for row in budget.predict(profile, budget.desktop(8)):
+            assert limit is None or margin * row["hours"] * 3600 < limit, (
+                f"{name}: {row['stage']} is predicted at {row['hours']:.1f} h, past make run's cell limit of "
+                f"{limit} s")
+
+
+def test_main_runs_a_gpu_profile_with_no_cell_limit(tmp_path, monkeypatch, capsys):
+    fake_notebooks(tmp_path)
+    monkeypatch.setenv("TINYRLHF_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("TINYRLHF_PROFILE", "rtx4060")
+    execute, calls = recorder()
+    assert rn.main(["--root", str(tmp_path), "--only", "00"], execute_fn=execute) == 0
+    assert calls[0]["timeout"] is None
+    assert "profile rtx4060; no limit per cell" in capsys.readouterr().out
 
 
 def test_parse_args_only_and_profile():

@@ -20,12 +20,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, ConfigError, get_paths, repo_root
+from .config import PROFILES, ConfigError, default_profile_name, get_paths, repo_root
 from .results import atomic_write_text
 
 PATTERN = "0*.ipynb"
 KERNEL = "python3"
-CELL_TIMEOUT = 3600  # seconds per cell: training cells on the real profile take long
+# Seconds a cell may run on the cpu profile, whose longest cell takes about 10 minutes: an hour means a hung kernel.
+# A GPU profile's training cells run for hours (docs/time-budget.md: 03's reward models 2-3 h, 04's PPO runs 14 h on
+# an RTX 4060) and nbclient's deadline is per cell, fixed, not extended by progress output: none is set there.
+CELL_TIMEOUT = 3600
 EXECUTED = "executed"
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -65,12 +68,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="profile for every notebook (sets TINYRLHF_PROFILE for the kernels)")
     parser.add_argument("--force", action="store_true",
                         help="recompute stages whose outputs exist (sets TINYRLHF_FORCE=1 for the kernels)")
-    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT, help=f"seconds per cell (default {CELL_TIMEOUT})")
+    parser.add_argument("--timeout", type=int, default=None,
+                        help=f"seconds per cell, 0 for no limit (default: {CELL_TIMEOUT} on the cpu profile, none on "
+                             "a GPU profile, whose training cells run for hours)")
     parser.add_argument("--root", type=Path, default=repo_root(),
                         help="folder holding the notebooks (default: repo root)")
     parser.add_argument("--strip", action="store_true",
                         help="clear the notebooks' outputs in place (run before committing an edit), run nothing")
     return parser.parse_args(argv)
+
+
+def cell_timeout(profile_name: str, asked: int | None = None) -> int | None:
+    """Seconds a cell may run (None: no limit): `asked` (--timeout; 0 is no limit), else CELL_TIMEOUT on a profile
+    that runs on the CPU and none on a GPU profile (every stage there is predicted to take longer than any fixed
+    limit a user would pick, and a limit would throw away the cell's work at the deadline)."""
+    if asked is not None:
+        return asked or None
+    profile = PROFILES.get(profile_name)
+    return CELL_TIMEOUT if profile is not None and profile.device == "cpu" else None
+
+
+def profile_of(env: dict[str, str]) -> str:
+    """The profile the kernels will run: TINYRLHF_PROFILE in their environment, else the default for this
+    machine (config.default_profile_name)."""
+    return env.get("TINYRLHF_PROFILE") or default_profile_name()[0]
 
 
 def kernel_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -145,7 +166,7 @@ def strip(nb) -> bool:
     return changed
 
 
-def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[str, str] | None = None,
+def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int | None, env: dict[str, str] | None = None,
             parameters: dict | None = None) -> None:
     """Execute one notebook with `env` as the kernel's whole environment (default: this process's) and
     `parameters` injected after its parameters cell; write the executed copy atomically (also when it fails);
@@ -164,7 +185,7 @@ def execute(path: Path, out_path: Path, *, cwd: Path, timeout: int, env: dict[st
         atomic_write_text(out_path, nbformat.writes(nb))
 
 
-def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int, env: dict[str, str] | None = None,
+def run(notebooks: list[Path], *, out_dir: Path, cwd: Path, timeout: int | None, env: dict[str, str] | None = None,
         parameters: dict | None = None, execute_fn=execute, stream=sys.stdout) -> list[Outcome]:
     """Run the notebooks in order, stopping at the first failure; one Outcome per notebook."""
     outcomes = [Outcome(nb.name, "not run") for nb in notebooks]
@@ -240,10 +261,13 @@ def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"Running {len(notebooks)} notebook(s) from {root}; profile "
-          f"{env.get('TINYRLHF_PROFILE') or 'default (TINYRLHF_PROFILE not set)'}; artifacts under "
+    profile = profile_of(env)
+    timeout = cell_timeout(profile, args.timeout)
+    print(f"Running {len(notebooks)} notebook(s) from {root}; profile {profile}"
+          f"{'' if env.get('TINYRLHF_PROFILE') else ' (TINYRLHF_PROFILE not set: this machine default)'}; "
+          f"{'no limit per cell' if timeout is None else f'at most {timeout} s per cell'}; artifacts under "
           f"{env['TINYRLHF_WORKDIR']}; executed copies in {out_dir}", flush=True)
-    outcomes = run(notebooks, out_dir=out_dir, cwd=root, timeout=args.timeout, env=env,
+    outcomes = run(notebooks, out_dir=out_dir, cwd=root, timeout=timeout, env=env,
                    parameters=notebook_parameters(args, env), execute_fn=execute_fn)
     print()
     print(summary(outcomes))
