@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import time
 import traceback
@@ -67,6 +69,7 @@ from .synthetic import GOLD_RULE, pretraining_corpus
 
 log = logging.getLogger(__name__)
 
+RM_RECORD = "record.json"  # a finished reward model's evaluation record, beside its adapter: what a rerun keeps
 JUDGE_ARM = "judge"  # the heldout judge's reward model (eval.judge = "heldout"), trained on the other half
 
 
@@ -460,12 +463,41 @@ def rm_path(paths: Paths, spec: dict) -> Path:
 
 
 def run_rm(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
-    """03: the reward models from the SFT model, one job each; one that fails is recorded, the rest go on."""
+    """03: the reward models from the SFT model, one job each; one that fails is recorded, the rest go on. A model
+    finished by an earlier attempt that was stopped (a kill, a crash, a full disk) with the same settings and inputs
+    is kept, unless forced: a rerun trains only the missing ones."""
     return cycle(RM, profile, paths, force=force, outputs=[rm_path(paths, s) for s in rm_models(profile).values()],
-                 compute=lambda: _reward_models(profile, paths, progress))
+                 compute=lambda: _reward_models(profile, paths, progress, keep_finished=not force))
 
 
-def _reward_models(profile: Profile, paths: Paths, progress: bool):
+def finished_key(stage: Stage, profile: Profile, paths: Paths, *parts) -> str:
+    """What one unit of a stage (a reward model, a scorer's pool scores, a PPO run) was made from: the stage's
+    settings, the fingerprints of the upstream results it read (checked current by `cycle` before it computes)
+    and `parts` (the unit's own identity)."""
+    ups = [lineage.fingerprint_of(read_json(paths.result(kind))) for kind in lineage.UPSTREAM[stage.kind]]
+    return ":".join(map(str, [config_hash(stage, profile), *ups, *parts]))
+
+
+def finished_model(folder: Path, key: str) -> dict | None:
+    """The evaluation record of a reward model in `folder` finished with the same `key`, when every file it was
+    saved with is still there with the same size and sha256; else None (it is trained again)."""
+    try:
+        saved = read_json(folder / RM_RECORD)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    record, files = saved.get("record") or {}, saved.get("files") or {}
+    if saved.get("key") != key or record.get("status") != "ok" or not files:
+        return None
+    return record if lineage.output_problem({"lineage": {"outputs": files}}, folder) is None else None
+
+
+def _keep_model(folder: Path, key: str, record: dict) -> None:
+    """Save a finished reward model's record beside it, with the digests of the files it was saved with."""
+    files = {rel: d for rel, d in lineage.describe_outputs(folder, [folder]).items() if rel != RM_RECORD}
+    atomic_write_json(folder / RM_RECORD, {"key": key, "files": files, "record": record})
+
+
+def _reward_models(profile: Profile, paths: Paths, progress: bool, keep_finished: bool = True):
     if not (paths.sft_merged / "config.json").exists():
         raise RewardModelError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     ######## The training pairs: all of them, or two halves when a reward model is the judge ########
@@ -473,10 +505,16 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
     halves = dict(zip("ab", data.split_by_prompt(train, 0.5, profile.seed))) if profile.eval.judge == "heldout" \
         else {"a": train}
 
-    ######## One job per reward model ########
+    ######## One job per reward model; those an interrupted earlier attempt finished are kept ########
     models = rm_models(profile)
-    jobs = [{"profile": profile, "paths": paths, "id": mid, "train": halves[spec["half"]], **spec}
-            for mid, spec in models.items()]
+    jobs = [{"profile": profile, "paths": paths, "id": mid, "train": halves[spec["half"]],
+             "key": finished_key(RM, profile, paths, mid), **spec} for mid, spec in models.items()]
+    for job in jobs:
+        if keep_finished and (done := finished_model(rm_path(paths, job), job["key"])) is not None:
+            job["finished"] = done
+    kept = [job["id"] for job in jobs if "finished" in job]
+    if kept:
+        log.info("rm: %d reward model(s) finished by an earlier, interrupted attempt are kept", len(kept))
     labels = [f"RM {mid} ({i + 1}/{len(jobs)})" for i, mid in enumerate(models)]
     records = run_jobs(_rm_job, jobs, workers=profile.workers, threads=profile.threads, labels=labels,
                        overall="Reward models finished",
@@ -492,7 +530,7 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool):
     arms = {arm: seed_summary([records[model_id(arm, s)] for s in profile.arm_seeds(arm)]) for arm in profile.arms}
     if JUDGE_ARM in records:
         arms[JUDGE_ARM] = seed_summary([records[JUDGE_ARM]])
-    return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds),
+    return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds), "kept_from_earlier_attempt": kept,
             "null_arm": NULL_ARM if profile.rm.null_arm else None,
             "noisy_arm": NOISY_ARM if profile.rm.noisy_arm else None, "label_noise": profile.rm.label_noise,
             "label_noise_on": profile.rm.label_noise_on if profile.rm.noisy_arm else None,
@@ -519,6 +557,9 @@ class TrainThenEvaluate:
 
 def _rm_job(job: dict, report) -> dict:
     """Train one reward model, reload it as saved (proving it loads at its precision) and evaluate it on CPU."""
+    if "finished" in job:
+        report(1, 1)
+        return job["finished"]
     profile, paths, precision = job["profile"], job["paths"], job["precision"]
     r, trust, progress = profile.rm, profile.base.trust_remote_code, TrainThenEvaluate(report)
     who = {"arm": job["arm"], "precision": precision, "seed": job["seed"], "train_seed": job["train_seed"],
@@ -554,7 +595,7 @@ def _rm_job(job: dict, report) -> dict:
         footprint = info["footprint_bytes"]
         ref = weakref.ref(model)
         del model
-        return {"status": "ok", "reason": None, **who,
+        record = {"status": "ok", "reason": None, **who,
                 "train_pairs": len(train), "flipped_pairs": len(flipped), **ev,
                 "footprint_bytes": footprint, "train_seconds": run["train_seconds"],
                 "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
@@ -563,6 +604,8 @@ def _rm_job(job: dict, report) -> dict:
                 "loss_curve": [h["loss"] for h in run["loss_curve"]], "released": collected(ref),
                 "rss_after_release_bytes": current_rss_bytes()} | (
             {"ranks": run["ranks"]} if distributed.launched() else {})
+        _keep_model(rm_path(paths, job), job["key"], record)  # a rerun after a kill keeps it
+        return record
     except Exception as e:  # recorded; the other reward models go on
         record = failure(e, "rm.batch_size") | who
     free_memory()  # outside the except block, where the failed run's frames are no longer held
@@ -641,10 +684,13 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     sample_seconds = time.perf_counter() - t0
 
     ######## Every reward model (and each bf16 model served quantized) scores every candidate ########
-    scorers = bon_scorers(profile)
+    # A scorer's scores are kept as it finishes, for this pool (its digest) and these reward models: a rerun after
+    # a kill scores only the rest (sampling is seeded: the same pool again, else every scorer scores anew)
+    scorers, digest = bon_scorers(profile), pool_digest(pool)
     jobs = [{"profile": profile, "paths": paths, "pool": pool, "eos": tokenizer.eos_token_id, "id": sid, **spec,
              "skip": None if models.get(spec["model"], {}).get("status") == "ok" else
-             f"reward model {spec['model']} failed in 03: {models.get(spec['model'], {}).get('reason')}"}
+             f"reward model {spec['model']} failed in 03: {models.get(spec['model'], {}).get('reason')}",
+             "kept": pool_scores_path(paths, sid), "key": finished_key(BON, profile, paths, sid, digest)}
             for sid, spec in scorers.items()]
     scores = run_jobs(_score_pool_job, jobs, workers=profile.workers, threads=profile.threads,
                       labels=[f"Ranking the pool: {sid}" for sid in scorers], overall="Reward models scored",
@@ -697,10 +743,34 @@ def _bon_arms_info(profile: Profile, models: dict) -> dict:
     return info
 
 
+def pool_digest(pool) -> str:
+    """sha256 of a candidate pool's prompts and replies: which pool a scorer's kept scores belong to."""
+    blob = json.dumps([pool.prompts, pool.samples, pool.texts, pool.has_eos], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def pool_scores_path(paths: Paths, sid: str) -> Path:
+    return paths.bon_pool.parent / "scores" / f"{sid}.json"
+
+
+def kept_pool_scores(path: Path, key: str, candidates: int) -> dict | None:
+    """A scorer's record kept by an earlier attempt with the same `key` and a score for every candidate, or None."""
+    try:
+        saved = read_json(path)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    record = saved.get("record") or {}
+    ok = saved.get("key") == key and record.get("status") == "ok" and len(record.get("scores") or []) == candidates
+    return record if ok else None
+
+
 def _score_pool_job(job: dict, report) -> dict:
-    """One reward model's scores of every candidate, through PPO's CPU scoring path."""
+    """One reward model's scores of every candidate, through PPO's CPU scoring path; kept as soon as it finishes."""
     if job["skip"]:
         return {"status": "failed", "reason": job["skip"]}
+    if (kept := kept_pool_scores(job["kept"], job["key"], len(job["pool"].texts))) is not None:
+        report(1, 1)
+        return kept
     profile, paths = job["profile"], job["paths"]
     try:
         t0 = time.perf_counter()
@@ -714,6 +784,7 @@ def _score_pool_job(job: dict, report) -> dict:
         record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],
                   "seconds": time.perf_counter() - t0}
         del model
+        atomic_write_json(job["kept"], {"key": job["key"], "record": record})
     except Exception as e:  # recorded; the other scorers go on
         record = failure(e)
     free_memory()
@@ -836,8 +907,7 @@ def _policy_jobs(profile: Profile, paths: Paths, base: dict, rm_records: dict, k
     """The SFT policy's evaluation, then one job per PPO run: skipped when its reward model failed, and (unless
     forced) carrying its record when an interrupted earlier attempt finished it with the same settings and
     inputs."""
-    ups = [lineage.fingerprint_of(read_json(paths.result(kind))) for kind in ("sft", "rm")]
-    key = ":".join(map(str, [config_hash(PPO, profile), *ups, *base["scorers"]]))
+    key = finished_key(PPO, profile, paths, *base["scorers"])
     jobs = [base | {"arm": "sft", "seed": profile.seed, "rm_seed": None}]
     for arm, rm_seed, seed in ppo_runs(profile):
         mid = model_id(arm, rm_seed)
