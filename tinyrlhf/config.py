@@ -391,6 +391,12 @@ def default_profile_name() -> tuple[str, str]:
         return env, "TINYRLHF_PROFILE is set"
     if cuda_available():
         return "rtx4060", "CUDA is available and TINYRLHF_PROFILE is not set"
+    from .env import nvidia_presence  # here, not at the top: env imports this module
+
+    # File checks and PATH only (no nvidia-smi run): this is asked by every notebook and stage.
+    if nvidia_presence(query_smi=False)["present"]:
+        return "cpu", ("no CUDA device usable by torch although an NVIDIA driver is present: see 00_Setup's "
+                       "problems (TINYRLHF_PROFILE is not set)")
     return "cpu", "no CUDA device and TINYRLHF_PROFILE is not set"
 
 

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -49,6 +51,11 @@ MIN_FREE_DISK_BYTES = 2 * 1024**3
 MIN_RAM_BYTES = 4 * 1024**3
 _FIX_HINTS = {"trl": "1.12.0 is the last release with trl.experimental.ppo"}
 _TRUE = ("1", "on", "yes", "true")
+# Where the OS shows an NVIDIA driver and its devices whatever torch can see (module-level: tests fake them).
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+NVIDIA_DEVICE_GLOB = "/dev/nvidia[0-9]*"
+NVIDIA_SMI = "nvidia-smi"
+NVIDIA_SMI_TIMEOUT_S = 5
 
 
 def _installed_version(name: str) -> str | None:
@@ -135,6 +142,58 @@ def _cpu_4bit_kernel() -> str:
     return f"fused AVX512-BF16 kernel from the hub via kernels {kernels} when online, else bitsandbytes' own"
 
 
+def _driver_version(text: str) -> str | None:
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 ..." (or "... Open Kernel Module for
+    # x86_64  570.86.15 ..."): the version is the first dotted number of the NVRM line.
+    nvrm = next((line for line in text.splitlines() if line.startswith("NVRM")), "")
+    found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", nvrm + " ")
+    return found.group(1) if found else None
+
+
+def nvidia_presence(query_smi: bool = True) -> dict:
+    """What the OS shows of an NVIDIA driver and devices, independent of torch: the kernel driver's version file,
+    the /dev/nvidia<N> device files, and nvidia-smi (asked for the GPUs only when on PATH and `query_smi`; any
+    failure is kept as text, never raised). `present` is True when any of them is there."""
+    try:
+        driver_text = NVIDIA_DRIVER_FILE.read_text(errors="replace")
+    except OSError:  # no Linux NVIDIA kernel module (or not Linux, or WSL: nvidia-smi is the only sign there)
+        driver_text = None
+    smi = shutil.which(NVIDIA_SMI)
+    gpus, smi_error = [], None
+    if smi and query_smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True).stdout
+            for line in out.splitlines():
+                name, _, version = line.rpartition(",")
+                if name.strip():
+                    gpus.append({"name": name.strip(), "driver_version": version.strip() or None})
+        except subprocess.CalledProcessError as e:  # e.g. "couldn't communicate with the NVIDIA driver"
+            said = (e.stdout or e.stderr or "").strip()
+            smi_error = said.splitlines()[0] if said else f"exit status {e.returncode}"
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            smi_error = f"{type(e).__name__}: {e}"
+    driver = _driver_version(driver_text) if driver_text else None
+    driver = driver or next((g["driver_version"] for g in gpus if g["driver_version"]), None)
+    devices = sorted(glob.glob(NVIDIA_DEVICE_GLOB))
+    return {"present": bool(driver_text is not None or devices or smi), "driver_version": driver,
+            "driver_file": str(NVIDIA_DRIVER_FILE) if driver_text is not None else None, "device_files": devices,
+            "smi": smi, "smi_gpus": gpus, "smi_error": smi_error,
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _torch_cuda_error() -> str | None:
+    """torch's own reason for seeing no CUDA device ("The NVIDIA driver on your system is too old (found version
+    12020)...", "Torch not compiled with CUDA enabled"): is_available() only answers False, init() says why."""
+    import torch
+
+    try:
+        torch.cuda.init()
+    except Exception as e:  # whatever torch raises is the diagnosis, not a failure of the report
+        return " ".join(str(e).split()) or type(e).__name__
+    return None
+
+
 def _env_dirs() -> dict:
     out = {}
     for var in ENV_DIRS:
@@ -174,12 +233,15 @@ def environment_report(paths: Paths | None = None) -> dict:
     ram = psutil.virtual_memory()
     profile, why = default_profile_name()
     devices = cuda_devices()
+    nvidia = nvidia_presence()
+    # Only asked when it explains something: the card is there but torch does not see it.
+    torch_error = _torch_cuda_error() if nvidia["present"] and not devices else None
     return {
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "packages": packages,
         "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
                   "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None},
-        "cuda": {"available": bool(devices), "devices": devices},
+        "cuda": {"available": bool(devices), "devices": devices, "nvidia": nvidia, "torch_error": torch_error},
         "cpu": cpu_facts(),
         "bitsandbytes": _bitsandbytes(),
         "memory": {"ram_total_bytes": ram.total, "ram_available_bytes": ram.available},
@@ -193,6 +255,54 @@ def environment_report(paths: Paths | None = None) -> dict:
 # -------------------------------------------------------------------------------------------- verdicts
 
 
+def _nvidia_evidence(nvidia: dict) -> str:
+    seen = []
+    if nvidia.get("driver_file"):
+        seen.append(f"driver {nvidia.get('driver_version') or '(version unknown)'} in {nvidia['driver_file']}")
+    elif nvidia.get("driver_version"):
+        seen.append(f"driver {nvidia['driver_version']}")
+    seen += nvidia.get("device_files") or []
+    gpus = [g["name"] for g in nvidia.get("smi_gpus") or ()]
+    if gpus:
+        seen.append(f"nvidia-smi lists {', '.join(gpus)}")
+    elif nvidia.get("smi"):
+        seen.append(f"{nvidia['smi']}" + (f" (failing: {nvidia['smi_error']})" if nvidia.get("smi_error") else ""))
+    return ", ".join(seen)
+
+
+def _hides_every_device(nvidia: dict) -> bool:
+    hidden = nvidia.get("CUDA_VISIBLE_DEVICES")
+    return hidden is not None and hidden.strip() in ("", "-1")
+
+
+def _unusable_gpu_why(report: dict, nvidia: dict) -> str:
+    built_for = report["torch"]["cuda"]
+    if built_for is None:
+        cause = f"torch {report['torch']['version']} is a CPU-only build (torch.version.cuda is None)"
+    elif _hides_every_device(nvidia):
+        cause = f"CUDA_VISIBLE_DEVICES={nvidia['CUDA_VISIBLE_DEVICES']!r} hides every device from torch"
+    else:
+        cause = (f"this torch build uses CUDA {built_for}, which likely needs a newer NVIDIA driver than the one "
+                 f"found ({nvidia.get('driver_version') or 'version unknown'})")
+    torch_says = report["cuda"].get("torch_error")
+    if torch_says and built_for is not None:
+        cause += f"; torch says: {torch_says}"
+    return (f"the OS shows {_nvidia_evidence(nvidia)}, but torch.cuda.is_available() is False: {cause}. So the "
+            "default profile fell back to `cpu` (the ~15-minute synthetic run), not the experiment on the card")
+
+
+def _unusable_gpu_fix(report: dict, nvidia: dict) -> str:
+    check = 'then check with: python -c "import torch; print(torch.cuda.is_available())"'
+    if report["torch"]["cuda"] is not None and _hides_every_device(nvidia):
+        return f"unset CUDA_VISIBLE_DEVICES (or set it to 0); {check}"
+    pin = PINS.get("torch") or report["torch"]["version"].split("+")[0]
+    install = (f"pip install --force-reinstall torch=={pin} --index-url https://download.pytorch.org/whl/cu1xx "
+               "(cu1xx: a CUDA version your driver supports, at most the 'CUDA Version' nvidia-smi prints, e.g. cu126)")
+    if report["torch"]["cuda"] is None:
+        return f"install a CUDA build of torch: {install}; {check}"
+    return f"update the NVIDIA driver (nvidia.com/drivers), or install a build for an older CUDA: {install}; {check}"
+
+
 def problems(report: dict, profile: Profile | str) -> list[dict]:
     """What stands in the way of running `profile` here, each with why it matters and how to fix it."""
     name = getattr(profile, "name", profile)
@@ -203,6 +313,11 @@ def problems(report: dict, profile: Profile | str) -> list[dict]:
         out.append({"what": what, "why": why, "fix": fix})
 
     has_cuda = report["cuda"]["available"]
+    nvidia = report["cuda"].get("nvidia") or {}
+    if not has_cuda and nvidia.get("present"):
+        # For every profile: the user most likely wanted the card, and the default fell back to cpu in silence.
+        add("an NVIDIA GPU/driver is present but torch cannot use it", _unusable_gpu_why(report, nvidia),
+            _unusable_gpu_fix(report, nvidia))
     if not has_cuda and (name.startswith("rtx4060") or device == "cuda"):
         add(f"profile {name!r} but no CUDA device is visible",
             "this profile is the real experiment on an 8 GB GPU; on CPU it would take days",
@@ -266,6 +381,8 @@ def report_table(report: dict):
     devices = report["cuda"]["devices"]
     if not devices:
         rows.append(("CUDA devices", "none"))
+    nvidia = report["cuda"].get("nvidia") or {}
+    rows.append(("NVIDIA driver (OS)", _nvidia_evidence(nvidia) or "none found"))
     for d in devices:
         rows.append((f"GPU {d['index']}", f"{d['name']}, {_size(d['total_memory_bytes'])} total, "
                      f"{_size(d['free_memory_bytes'])} free, capability {d['capability']}, "
