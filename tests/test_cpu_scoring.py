@@ -157,7 +157,7 @@ def test_idle_scoring_goes_to_the_card_only_where_there_is_one(monkeypatch):
         config.score_device(config.get_profile("rtx4060", overrides={"eval.score_device": "cuda"}))
 
 
-def test_pool_scoring_asks_for_the_scoring_device(tiny_world, monkeypatch):
+def test_pool_scoring_asks_for_the_scoring_device(tiny_world, monkeypatch, tmp_path):
     """The pool's reward model is loaded for, and scores on, the device eval.score_device resolves to."""
     from tinyrlhf import reward, stages
 
@@ -171,44 +171,54 @@ def test_pool_scoring_asks_for_the_scoring_device(tiny_world, monkeypatch):
     monkeypatch.setattr(stages, "load_for_scoring", load)
     monkeypatch.setattr(stages, "score_device", lambda p: "cuda")
     job = {"skip": None, "profile": profile, "paths": paths, "model_arm": "bf16", "seed": profile.rm.seeds[0],
-           "serve_precision": None, "pool": None, "eos": 0}
+           "serve_precision": None, "pool": None, "eos": 0, "kept": tmp_path / "none.json", "key": "k"}
     record = stages._score_pool_job(job, report=None)
     assert asked == ["cuda"]  # then scoring fails (no card, and no pool given here): recorded, not raised
     assert record["status"] == "failed" and record["reason"]
 
 
-def test_a_reward_model_for_the_idle_card_is_the_cpu_paths_dense_copy_moved_there(tiny_world):
-    """Scoring on the idle card uses the arithmetic of PPO's CPU scoring (the dense copy, the host's compute dtype),
-    not bitsandbytes' CUDA kernels; "meta" stands in for the card here: every weight leaves the CPU."""
+def test_a_reward_model_for_the_idle_card_is_its_dense_copy_in_the_cards_dtype(tiny_world, monkeypatch):
+    """Scoring on the idle card uses the arm's arithmetic (the dense copy, as PPO's CPU scoring), not bitsandbytes'
+    CUDA kernels, in the card's compute dtype whatever the host CPU computes in; "meta" stands in for the card
+    here: every weight leaves the CPU."""
     import torch
 
     from tinyrlhf.reward import load_for_scoring
 
     _, paths = tiny_world
-    model, info = load_for_scoring(paths.rm("int4", 0), device="meta", cpu_kernel="bitsandbytes")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # the card's (an RTX 4060's) answer
+    model, info = load_for_scoring(paths.rm("int4", 0), device="meta", cpu_kernel="bitsandbytes", cpu_dtype="fp32")
     assert info["kernel"]["kernel"] == "dense" and info["score_device"] == "meta"  # whatever rm.cpu_kernel says
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert not any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
-    cpu, cpu_info = load_for_scoring(paths.rm("int4", 0), device="cpu", cpu_kernel="dense")
-    assert {p.dtype for p in model.parameters()} == {p.dtype for p in cpu.parameters()} and cpu_info["kernel"][
-        "kernel"] == "dense" and torch.device("cpu") == next(cpu.parameters()).device
+    def backbone(m):  # the dense copy's layers and the embedding (LoRA and the head train and score in float32)
+        return {p.dtype for n, p in m.named_parameters() if "base_layer" in n or "embed" in n}
+
+    assert backbone(model) == {torch.bfloat16} and "bfloat16 on meta, dense copy" in info["arithmetic"]
+    cpu, cpu_info = load_for_scoring(paths.rm("int4", 0), device="cpu", cpu_kernel="dense", cpu_dtype="fp32")
+    assert backbone(cpu) == {torch.float32}  # the host's
+    assert cpu_info["kernel"]["kernel"] == "dense" and torch.device("cpu") == next(cpu.parameters()).device
 
 
 def test_int8_scoring_uses_bitsandbytes_cpu_training_forward_and_stays_close_to_llm_int8(pipeline):
     import bitsandbytes as bnb
 
     profile, paths, results, _ = pipeline
+    from tinyrlhf import kernels
+
     model, info = load_reward_model(paths.rm("int8", 0), cpu_kernel="bitsandbytes")
     assert info["int8_matmul"] == "dequantized"
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     model.eval()
     CPURewardModel(model).train()  # what PPO does to the wrapper: the pin holds
-    assert layers and all(layer.training for layer in layers) and not model.training
+    assert layers and all(kernels.pinned(layer) for layer in layers) and not model.training
     tok = info["tokenizer"]
     ids = torch.tensor([tok("\n\nHuman: How do I make tea?\n\nAssistant: Boil water.")["input_ids"]])
     with torch.no_grad():
         pinned = model(input_ids=ids).logits
-        model.train()  # bitsandbytes' own train-mode forward: MatMul8bitFp on the CPU (no dropout in these models)
+        for layer in layers:  # unpinned: bitsandbytes' own train-mode forward, MatMul8bitFp on the CPU
+            del layer.forward
+        model.train()  # (no dropout in these models)
         trained = model(input_ids=ids).logits
         model.eval()
     assert torch.equal(pinned, trained)
@@ -253,7 +263,9 @@ def test_kernel_choice_follows_memory_and_the_cpu():
     assert choose("int8", setting="auto", available_bytes=8 * gib, **args)["kernel"] == "dense"
     assert choose("int4", setting="auto", available_bytes=8 * gib, **args)["dtype"] == "bfloat16"
     tight = choose("int4", setting="auto", available_bytes=3 * gib, **args)  # a dense copy would take a third
-    assert tight["kernel"] == "bitsandbytes" and "fused" in tight["why"] and "more than 25%" in tight["why"]
+    # pinned to the arm's arithmetic even where bitsandbytes would repack for its fused bf16 kernel
+    assert tight["kernel"] == "bitsandbytes" and "dequantized to bfloat16" in tight["why"] and "more than 25%" in \
+        tight["why"]
     no_bf16 = choose("int4", setting="auto", available_bytes=3 * gib, **args | {"native_bf16": False,
                                                                                "compute_dtype": torch.float32})
     assert "dequantized to float32 on every call" in no_bf16["why"]

@@ -154,6 +154,20 @@ def kernel_check_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def arithmetic_table(result: dict) -> pd.DataFrame:
+    """What each arm's reward models computed when trained and when scored (its first finished seed), by device:
+    one arithmetic per arm (kernels.ARITHMETIC), named."""
+    rows, seen = [], set()
+    for rec in result["models"].values():
+        arm = rec.get("arm")
+        if rec.get("status") != "ok" or arm in seen or not rec.get("arithmetic"):
+            continue
+        seen.add(arm)
+        rows.append({"arm": arm, "precision": rec["precision"], "trained as": rec["arithmetic"]["train"],
+                     "scored as": rec["arithmetic"]["score"]})
+    return pd.DataFrame(rows)
+
+
 def kernels_table(scoring: dict) -> pd.DataFrame:
     """env.reward_scoring's kernel per precision: which CPU path each reward model scores with, and why."""
     return pd.DataFrame([{"precision": p, "kernel": k["kernel"], "computes in": k["dtype"], "why": k["why"]}

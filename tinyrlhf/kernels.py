@@ -59,8 +59,7 @@ def choose(precision: str, *, setting: str, compute_dtype, dense_bytes: int, ava
         how = {"dequantized": "int8 weights dequantized on every call (its CPU training forward)",
                "llm.int8": "LLM.int8 (activations quantized too)"}[int8_matmul]
         return {"kernel": f"bitsandbytes {int8_matmul}", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
-    how = ("fused NF4 kernel on repacked weights, computing in bf16 (AVX512-BF16)" if native_bf16 else
-           f"NF4 weights dequantized to {dtype} on every call")
+    how = f"NF4 weights dequantized to {dtype} on every call (the arm's arithmetic, pinned: kernels.pin_dequantized)"
     return {"kernel": "bitsandbytes", "dtype": dtype, "why": f"{reason}: bitsandbytes' {how}"}
 
 
@@ -109,3 +108,95 @@ def dense_bytes(model, dtype) -> int:
     """Bytes of the dense copy of `model`'s quantized layers in `dtype`."""
     size = torch.empty((), dtype=dtype).element_size()
     return sum(layer.in_features * layer.out_features * size for _, _, layer in quantized_layers(model))
+
+
+# ------------------------------------------------------------------------------- one arithmetic per arm
+# What an arm's quantized layers compute, in training and in scoring, on every device: the weights in the arm's
+# format, dequantized to the compute dtype, times unquantized activations (the dense copy's arithmetic, exactly).
+# bitsandbytes 0.50 would pick per device and mode instead: on CUDA an int8 layer trains and scores through
+# LLM.int8 (MatMul8bitLt: activations quantized to int8, outlier columns above llm_int8_threshold split out), on the
+# CPU it trains dequantized (MatMul8bitFp) and scores through LLM.int8 in eval mode; an NF4 layer goes through
+# `gemm_4bit`, whose CUDA dispatch takes a fused kernel or dequantize + linear by the batch's token count and the
+# card's architecture, and which on an AVX512-BF16 CPU repacks the weights for a fused bf16 kernel at the first eval
+# forward. A reward model fitted under one of those and scored under another would not be the model that was
+# trained; `pin_dequantized` fixes each layer's forward to the one arithmetic whatever the device, mode or batch.
+ARITHMETIC = {"bf16": "dense weights in the compute dtype",
+              "int8": "int8 weights (row-wise absmax) dequantized to the compute dtype, times unquantized activations "
+                      "(bitsandbytes' MatMul8bitFp)",
+              "int4": "NF4 weights (block-wise absmax) dequantized to the compute dtype, times unquantized "
+                      "activations (bitsandbytes' dequantize_4bit, then F.linear)"}
+
+
+class _Dequantized(torch.autograd.Function):
+    """A quantized layer's product through its dequantized weights, the same on every device. Nothing is saved for
+    backward: the input's gradient needs only the weights, dequantized again there. (bitsandbytes' MatMul8bitFp
+    keeps the layer's input on its ctx, outside save_for_backward, for a weight gradient a frozen backbone never
+    needs: activation checkpointing cannot free it, about 1.3 GiB over a Qwen2.5-0.5B int8 reward model's
+    estimate on the card.)"""
+
+    @staticmethod
+    def forward(ctx, x, dequantize, bias):
+        ctx.dequantize, ctx.has_bias = dequantize, bias is not None
+        return nn.functional.linear(x, dequantize(x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x = grad @ ctx.dequantize(grad.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias
+
+
+def _int8_forward(self, x):
+    """bitsandbytes' Linear8bitLt.forward (0.50) with its dispatch (`bnb.matmul`) replaced by the dequantized
+    product, computed as MatMul8bitFp computes it (`CB.to(dtype) * SCB / 127`)."""
+    self.state.is_training = self.training
+    if self.weight.CB is not None:
+        self.init_8bit_state()
+    if self.bias is not None and self.bias.dtype != x.dtype:
+        self.bias.data = self.bias.data.to(x.dtype)
+    state = self.state
+    out = _Dequantized.apply(x, lambda dtype: state.CB.to(dtype).mul_(state.SCB.unsqueeze(1).mul(1.0 / 127.0)),
+                             self.bias)
+    if not self.state.has_fp16_weights and self.state.CB is not None:
+        self.weight.data = self.state.CB
+    return out
+
+
+def _nf4_forward(self, x):
+    """bitsandbytes' Linear4bit.forward (0.50) without the CPU repacking and with `matmul_4bit` replaced by the
+    dequantized product (`dequantize_4bit(...).to(dtype)`, as its dequantize + linear path computes it)."""
+    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+    fix_4bit_weight_quant_state_from_module(self)
+    if not self.compute_type_is_set:
+        self.set_compute_type(x)
+        self.compute_type_is_set = True
+    inp_dtype = x.dtype
+    if self.compute_dtype is not None:
+        x = x.to(self.compute_dtype)
+    bias = None if self.bias is None else self.bias.to(x.dtype)
+    weight, state = self.weight, self.weight.quant_state
+    return _Dequantized.apply(x, lambda dtype: dequantize_4bit(weight, state).to(dtype), bias).to(inp_dtype)
+
+
+def pin_dequantized(model) -> int:
+    """Fix every bitsandbytes int8 and NF4 layer of `model` to its arm's one arithmetic (ARITHMETIC): the forward of
+    the layer object itself, so a PEFT LoRA wrapper around it (base_layer) keeps it. Returns the layers pinned."""
+    import types
+
+    import bitsandbytes as bnb
+
+    pinned = 0
+    for layer in model.modules():
+        forward = _int8_forward if isinstance(layer, bnb.nn.Linear8bitLt) else \
+            _nf4_forward if isinstance(layer, bnb.nn.Linear4bit) else None
+        if forward is not None:
+            layer.forward = types.MethodType(forward, layer)
+            pinned += 1
+    return pinned
+
+
+def pinned(layer) -> bool:
+    forward = getattr(layer, "__dict__", {}).get("forward")
+    return getattr(forward, "__func__", None) in (_int8_forward, _nf4_forward)

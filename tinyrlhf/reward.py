@@ -22,7 +22,7 @@ from .data import Pair, read_pairs
 from .distributed import per_rank, rank_record
 from .jobs import torch_threads
 from .kernels import choose as choose_kernel
-from .kernels import dense_bytes, dense_copy, dtype_name
+from .kernels import ARITHMETIC, dense_bytes, dense_copy, dtype_name, pin_dequantized
 from .results import MemoryMeter, atomic_write_text
 from .runtime import (
     drop_scratch,
@@ -149,6 +149,7 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
     model, compute = load_backbone(init_path, precision, pad_token_id=tokenizer.pad_token_id, device=device,
                                    double_quant=double_quant, trust_remote_code=profile.base.trust_remote_code,
                                    compute_dtype=compute_dtype, cpu_dtype=profile.rm.cpu_dtype)
+    pin_dequantized(model)  # the arm's one arithmetic on every device (kernels.ARITHMETIC), LoRA wraps these layers
     lora = lora_config(model, r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     # No peft.prepare_model_for_kbit_training: it would upcast the quantized models' norms and embedding to float32
@@ -198,13 +199,12 @@ def keep_trainable_fp32(model) -> int:
 
 
 def pin_int8_matmul(model, matmul: str) -> int:
-    """Fix the function an int8 model's layers multiply with on the CPU, whatever train()/eval() later say.
+    """Fix the function an int8 model's layers multiply with, whatever train()/eval() later say.
 
-    "dequantized": bitsandbytes' own CPU training forward (MatMul8bitFp: the same int8 weights and row scales,
-    dequantized, times unquantized activations), which bitsandbytes chooses for a layer in train mode. The layer is
-    pinned to train mode; that flag changes nothing else in it (no dropout; under no_grad no weight is
-    re-quantized, as the weights are not float). "llm.int8": bitsandbytes' eval-mode path, left as it is.
-    Returns the number of int8 layers pinned.
+    "dequantized": the int8 arm's one arithmetic (kernels.pin_dequantized: the int8 weights and row scales,
+    dequantized, times unquantized activations, bitsandbytes' MatMul8bitFp) on every device. "llm.int8":
+    bitsandbytes' own eval-mode dispatch (activations quantized too, outliers split out), kept for measuring how
+    far it is from the arm's arithmetic (03's kernel check). Returns the number of int8 layers pinned.
     """
     import bitsandbytes as bnb
 
@@ -212,20 +212,17 @@ def pin_int8_matmul(model, matmul: str) -> int:
         raise RewardModelError(f"int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; got {matmul!r}")
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
     for layer in layers:
-        layer.__dict__.pop("train", None)
-        layer.training = matmul == "dequantized"
+        layer.__dict__.pop("forward", None)
         if matmul == "dequantized":
-            layer.train = _stay_in_train_mode.__get__(layer)  # nn.Module.train/eval reach children through this
+            pin_dequantized(layer)
+        else:
+            layer.training = False
     return len(layers)
-
-
-def _stay_in_train_mode(self, mode: bool = True):
-    return self
 
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
                       int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None,
-                      serve_precision: str | None = None, cpu_dtype: str = "auto"):
+                      serve_precision: str | None = None, cpu_dtype: str = "auto", own_dispatch: bool = False):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
 
     `serve_precision` loads its backbone at another precision instead (a bf16-trained model served at int8 or int4:
@@ -235,7 +232,9 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     and this machine: its dense copy (kernels.dense_copy), or bitsandbytes' layers, where an int8 model multiplies
     as `int8_cpu_matmul` says (pin_int8_matmul). `info["kernel"]` records the choice and why. `compute_dtype`
     overrides the dtype every precision computes in (e.g. float32, where a test claims exact equality); else a CPU
-    computes in what `cpu_dtype` (rm.cpu_dtype) says."""
+    computes in what `cpu_dtype` (rm.cpu_dtype) says. Off the dense copy a quantized model's layers are pinned to
+    its arm's arithmetic (kernels.pin_dequantized) on every device; `own_dispatch` leaves bitsandbytes' own
+    (LLM.int8, NF4's fused kernels), only to measure how far it is (compare_cpu_kernels)."""
     import psutil
     from peft import PeftModel
 
@@ -263,9 +262,13 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
         if precision != "bf16" and kernel["kernel"] == "dense":
             dense_copy(model, dtype)  # before any forward (an AVX512-BF16 CPU repacks NF4 weights at the first)
     matmul = None
-    if precision == "int8" and (kernel is None or kernel["kernel"] != "dense"):
-        matmul = int8_cpu_matmul if device == "cpu" else "llm.int8"
-        pin_int8_matmul(model, matmul)
+    if precision != "bf16" and (kernel is None or kernel["kernel"] != "dense"):
+        # the arm's one arithmetic on every device; bitsandbytes' own dispatch only where asked for, to compare
+        matmul = int8_cpu_matmul if precision == "int8" else "dequantized"
+        if own_dispatch:
+            matmul = "llm.int8" if precision == "int8" else None
+        if matmul is not None:
+            pin_int8_matmul(model, matmul) if precision == "int8" else pin_dequantized(model)
     return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel, "footprint_bytes": footprint,
                           "trained_precision": info["precision"], "precision": precision}
 
@@ -276,14 +279,25 @@ def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8
     loaded as PPO's CPU scoring loads it (its kernel, the host's compute dtype) and, when `device` is the card,
     moved there as its dense copy whatever the CPU's memory, so the card's scores are the CPU path's to float
     rounding: every arm ranks the pool with the arithmetic PPO's rewards come from (bitsandbytes' CUDA int8 kernel,
-    LLM.int8, would not). Returns (model, info) as load_reward_model."""
+    LLM.int8, would not). Returns (model, info) as load_reward_model; info["arithmetic"] names what it computes."""
     on_card = device != "cpu"
+    # On the card in the card's compute dtype (what its reward models trained in), whatever the host CPU's rule
     model, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
                                     int8_cpu_matmul=int8_cpu_matmul, cpu_kernel="dense" if on_card else cpu_kernel,
-                                    serve_precision=serve_precision, cpu_dtype=cpu_dtype)
+                                    serve_precision=serve_precision, cpu_dtype=cpu_dtype,
+                                    compute_dtype=reward_compute_dtype("cuda") if on_card else None)
     if on_card:
         model.to(device)
-    return model, info | {"score_device": device}
+    return model, info | {"score_device": device, "arithmetic": scoring_arithmetic(info, device)}
+
+
+def scoring_arithmetic(info: dict, device: str) -> str:
+    """What a loaded reward model computes, in words: its precision's arithmetic (kernels.ARITHMETIC), the dtype,
+    the device and the path (dense copy or pinned bitsandbytes layers)."""
+    precision, kernel = info["precision"], info.get("kernel") or {"kernel": "dense"}
+    path = "dense copy" if kernel["kernel"] == "dense" else f"bitsandbytes layers ({info.get('int8_matmul')})"
+    dtype = kernel.get("dtype") or info.get("compute_dtype")
+    return f"{ARITHMETIC[precision]}; {dtype} on {device}, {path if precision != 'bf16' else 'its own weights'}"
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:
@@ -334,7 +348,8 @@ def cpu_kernel_variants(precision: str) -> list[tuple[str, str, str]]:
         return [("dense", "dense", "dequantized"),
                 *((f"bitsandbytes {m}", "bitsandbytes", m) for m in INT8_CPU_MATMULS)]
     if precision == "int4":
-        return [("dense", "dense", "dequantized"), ("bitsandbytes", "bitsandbytes", "dequantized")]
+        return [("dense", "dense", "dequantized"), ("bitsandbytes", "bitsandbytes", "dequantized"),
+                ("bitsandbytes own dispatch", "bitsandbytes", "own")]
     return []
 
 
@@ -351,11 +366,12 @@ def compare_cpu_kernels(path, tokenizer, pairs: list[Pair], evaluation: dict, us
         if name == used or (kernel == "dense" and used != "dense"):  # a dense copy refused for memory is not made
             continue
         try:
-            if kernel not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
-                loaded = {kernel: load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
-                                                    cpu_kernel=kernel, compute_dtype=compute_dtype,
-                                                    cpu_dtype=cpu_dtype)[0]}
-            model = loaded[kernel]
+            own = matmul == "own"  # NF4 through bitsandbytes' own dispatch (its fused kernels where it picks them)
+            if (kernel, own) not in loaded:  # one load per kernel: the int8 matmuls are pinned on the same layers
+                loaded = {(kernel, own): load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
+                                                           cpu_kernel=kernel, compute_dtype=compute_dtype,
+                                                           cpu_dtype=cpu_dtype, own_dispatch=own)[0]}
+            model = loaded[(kernel, own)]
             if precision == "int8" and kernel == "bitsandbytes":
                 pin_int8_matmul(model, matmul)
             again = evaluate_reward_model(model, tokenizer, pairs)

@@ -38,6 +38,7 @@ from .config import (
     score_device,
 )
 from .evaluate import experiment_result
+from .kernels import ARITHMETIC
 from .jobs import run_jobs
 from .memory import measured_vs_estimate
 from .ppo import PPOError, train_ppo
@@ -586,8 +587,13 @@ def _rm_job(job: dict, report) -> dict:
                                        cpu_dtype=r.cpu_dtype)
         test = data.read_pairs(paths.data_file("test"))[: r.eval_pairs]
         ev = evaluate_reward_model(model, tokenizer, test) | {"cpu_kernel": info["kernel"], "score_device": device}
+        # What the arm computed, by phase and device: one arithmetic (kernels.ARITHMETIC), named so 03 shows it
+        ev["arithmetic"] = {"train": f"{ARITHMETIC[precision]}; {run['compute_dtype']} on {resolve_device(profile)}"
+                                     + (", bitsandbytes layers pinned" if precision != "bf16" else ""),
+                            "score": info["arithmetic"]}
         # How far bitsandbytes' own CPU paths are from the kernel PPO scores with: once per precision (first seed)
-        if precision != "bf16" and job["seed"] == r.seeds[0] and device == "cpu":
+        # (on the CPU, where PPO scores, whichever device scored the test pairs above)
+        if precision != "bf16" and job["seed"] == r.seeds[0]:
             ev["cpu_kernel_check"] = compare_cpu_kernels(rm_path(paths, job), tokenizer, test, ev,
                                                          info["kernel"]["kernel"], trust_remote_code=trust,
                                                          cpu_dtype=r.cpu_dtype)
@@ -753,14 +759,16 @@ def pool_scores_path(paths: Paths, sid: str) -> Path:
     return paths.bon_pool.parent / "scores" / f"{sid}.json"
 
 
-def kept_pool_scores(path: Path, key: str, candidates: int) -> dict | None:
-    """A scorer's record kept by an earlier attempt with the same `key` and a score for every candidate, or None."""
+def kept_pool_scores(path: Path, key: str, pool) -> dict | None:
+    """A scorer's record kept by an earlier attempt with the same `key` and a score for every candidate of `pool`,
+    or None."""
     try:
         saved = read_json(path)
     except (FileNotFoundError, ValueError, OSError):
         return None
     record = saved.get("record") or {}
-    ok = saved.get("key") == key and record.get("status") == "ok" and len(record.get("scores") or []) == candidates
+    ok = saved.get("key") == key and record.get("status") == "ok" and len(record.get("scores") or []) == len(
+        pool.texts)
     return record if ok else None
 
 
@@ -768,7 +776,7 @@ def _score_pool_job(job: dict, report) -> dict:
     """One reward model's scores of every candidate, through PPO's CPU scoring path; kept as soon as it finishes."""
     if job["skip"]:
         return {"status": "failed", "reason": job["skip"]}
-    if (kept := kept_pool_scores(job["kept"], job["key"], len(job["pool"].texts))) is not None:
+    if (kept := kept_pool_scores(job["kept"], job["key"], job["pool"])) is not None:
         report(1, 1)
         return kept
     profile, paths = job["profile"], job["paths"]
