@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard 0*.ipynb))
 
-.PHONY: run test test-nbmake install clean-artifacts strip-notebooks
+.PHONY: run test test-nbmake install clean-artifacts strip-notebooks preflight
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m tinyrlhf.run_notebooks
+
+# Minutes on the card before the night: every stage's heaviest phase at the default profile's sizes (tinyrlhf.preflight)
+preflight: $(STAMP)
+	$(PY) -m tinyrlhf preflight
 
 # Unit and end-to-end tests on the cpu profile, in a temporary workdir so a user's data/, models/ and results/ are
 # never touched. The five notebooks run once, top to bottom, inside the suite (tests/conftest.py `pipeline`, with

@@ -1,4 +1,4 @@
-"""The command line: ``tinyrlhf run|plots|env`` (also ``python -m tinyrlhf``).
+"""The command line: ``tinyrlhf run|plots|env|preflight`` (also ``python -m tinyrlhf``).
 
     tinyrlhf run                                  # every stage, default profile
     tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'rm.seeds=[0,1,2]'
@@ -66,7 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run pipeline stages", epilog=settings_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("stages", nargs="*", metavar="STAGE", help="data, sft, rm, ppo (default: all, in order)")
+    run.add_argument("stages", nargs="*", metavar="STAGE", help="data, sft, rm, bon, ppo (default: all, in order)")
     run.add_argument("--profile", choices=sorted(PROFILES), help="default: TINYRLHF_PROFILE, else by CUDA")
     run.add_argument("--workdir", help="artifacts folder (default: TINYRLHF_WORKDIR or the repository root)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -79,6 +79,13 @@ def make_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="environment report, problems with fixes, memory verdicts")
     env.add_argument("--profile", choices=sorted(PROFILES))
     env.add_argument("--workdir")
+    pre = sub.add_parser("preflight", help="every stage's heaviest phase at the profile's sizes, a few steps each: "
+                                           "minutes before the night (results/preflight.json)")
+    pre.add_argument("--profile", choices=sorted(PROFILES), help="default: TINYRLHF_PROFILE, else by CUDA")
+    pre.add_argument("--workdir", help="its stages run in WORKDIR/preflight; the verdicts go to WORKDIR/results")
+    pre.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                     help="a setting for every stage (e.g. base.model=FOLDER)")
+    pre.add_argument("--steps", type=int, default=2, help="training steps per model (default 2)")
     return parser
 
 
@@ -137,13 +144,29 @@ def _env(args) -> int:
     return 0
 
 
+def _preflight(args) -> int:
+    from . import preflight
+
+    overrides = dict(parse_assignment(s) for s in args.overrides)
+    profile, paths = get_profile(args.profile, overrides=overrides), get_paths(args.workdir).make()
+    out = preflight.run(profile, paths, overrides=overrides, steps=args.steps)
+    for r in out["stages"]:
+        peak = "" if not r.get("peak_bytes") else f"peak {r['peak_bytes'] / 2**30:.2f} GiB " \
+            f"(estimate {r['estimate_bytes'] / 2**30:.2f})"
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+        print(f"  {r['stage']:<5} {r['verdict']:<22} {secs:>6}  {peak}  {r['reason']}")
+    print(preflight.sentence(out))
+    print(f"wrote {paths.results / preflight.FILE}")
+    return 0 if out["ready"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     rank = f"[rank {distributed.rank()}] " if distributed.launched() else ""
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format=f"%(asctime)s {rank}%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return {"run": _run, "plots": _plots, "env": _env}[args.command](args)
+        return {"run": _run, "plots": _plots, "env": _env, "preflight": _preflight}[args.command](args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

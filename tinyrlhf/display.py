@@ -168,6 +168,17 @@ def arithmetic_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def preflight_table(out: dict) -> pd.DataFrame:
+    """The preflight's verdict per stage, with its seconds and measured peak beside the estimate."""
+    def size(b):
+        return "—" if not b else format_bytes(b)
+
+    return pd.DataFrame([{"stage": r["stage"], "verdict": r["verdict"],
+                          "seconds": "—" if r.get("seconds") is None else f"{r['seconds']:.0f}",
+                          "measured peak": size(r.get("peak_bytes")), "estimate": size(r.get("estimate_bytes")),
+                          "why": r.get("reason") or ""} for r in out["stages"]])
+
+
 def kernels_table(scoring: dict) -> pd.DataFrame:
     """env.reward_scoring's kernel per precision: which CPU path each reward model scores with, and why."""
     return pd.DataFrame([{"precision": p, "kernel": k["kernel"], "computes in": k["dtype"], "why": k["why"]}
