@@ -40,9 +40,11 @@ def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
         assert faster_cpu[r["stage"]]["gpu_hours"] == pytest.approx(r["gpu_hours"])
         assert faster_card[r["stage"]]["gpu_hours"] <= r["gpu_hours"]
     assert rows["PPO"]["hours"] == max(r["hours"] for r in rows.values())  # the PPO runs' updates dominate
-    # best-of-n: every candidate scored once by every reward model of every best-of-n arm, on the CPU
+    # best-of-n: every candidate scored once by every reward model of every best-of-n arm, and by the heldout judge,
+    # on the CPU
     pool = SERIAL.eval.prompts * SERIAL.eval.bon_pool
-    scored = len(SERIAL.bon_arms) * len(SERIAL.rm.seeds) * pool * (384 + 128)
+    assert SERIAL.eval.judge == "heldout"
+    scored = (len(SERIAL.bon_arms) * len(SERIAL.rm.seeds) + 1) * pool * (384 + 128)
     assert rows["best-of-n"]["cpu_hours"] == pytest.approx(scored / 700.0 / 3600)
 
 
@@ -55,7 +57,8 @@ def test_scoring_beside_no_training_moves_to_the_idle_card():
                                                _machine())}
     spec = budget.spec_for_profile(RTX)
     backbone = spec.n_params - spec.vocab * spec.hidden
-    tokens = len(RTX.bon_arms) * len(RTX.rm.seeds) * RTX.eval.prompts * RTX.eval.bon_pool * (384 + 128)
+    judge = RTX.eval.judge == "heldout"  # a reward-model judge scores the pool where the scorers do
+    tokens = (len(RTX.bon_arms) * len(RTX.rm.seeds) + judge) * RTX.eval.prompts * RTX.eval.bon_pool * (384 + 128)
     assert idle["bon"]["cpu_hours"] == 0 and idle["rm"]["cpu_hours"] == 0
     assert idle["bon"]["gpu_hours"] - cpu["bon"]["gpu_hours"] == pytest.approx(
         2 * backbone * tokens / (30e12 * budget.MFU) / 3600)

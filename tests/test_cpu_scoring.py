@@ -276,3 +276,20 @@ def test_kernel_choice_follows_memory_and_the_cpu():
     assert choose("bf16", setting="bitsandbytes", available_bytes=None, **args)["kernel"] == "dense"
     with pytest.raises(KernelError, match="rm.cpu_kernel must be one of"):
         choose("int8", setting="fast", available_bytes=None, **args)
+
+
+def test_a_reward_model_judge_scores_the_pool_on_the_idle_card_and_is_counted(tiny_world, monkeypatch):
+    """The heldout judge scores best-of-n's pool where every scorer does (eval.score_device: the idle card), as its
+    dense copy in the card's dtype ("meta" stands in for the card); the time budget counts its pool scoring."""
+    from tinyrlhf import budget, config, evaluate
+
+    _, paths = tiny_world
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    judge = evaluate.load_judge({"kind": "reward_model", "path": str(paths.rm("bf16", 0))}, device="meta",
+                                cpu_dtype="fp32")
+    assert judge.model.device.type == "meta"
+    assert {p.dtype for n, p in judge.model.reward_model.named_parameters() if "embed" in n} == {torch.bfloat16}
+    machine = budget.Machine("card", 100.0, 300.0, 7, 5000.0, "test")
+    rows = {judged: {r["key"]: r for r in budget.predict(config.get_profile("rtx4060", overrides={
+        "eval.judge": judged, "data.source": "synthetic"}), machine)}["bon"] for judged in ("heldout", "gold")}
+    assert rows["heldout"]["gpu_hours"] > rows["gold"]["gpu_hours"] and "heldout judge" in rows["heldout"]["work"]

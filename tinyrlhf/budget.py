@@ -297,9 +297,11 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
                      f"{r.eval_pairs} test pairs scored {where} per model"))
 
     pool, scorers = work["pool_candidates"], work["pool_scorers"]
-    pool_gpu, pool_cpu = idle_scoring(scorers * pool * scored_tokens)
+    judges = 1 if e.judge == "heldout" else 0  # a reward-model judge scores the pool where the scorers do
+    pool_gpu, pool_cpu = idle_scoring((scorers + judges) * pool * scored_tokens)
     rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s
-                     + (pool_gpu + scorers * overhead.get("bon", 0.0)) / workers, pool_cpu / workers, f"{pool} candidates generated, each scored by {scorers} reward models {where}"))
+                     + (pool_gpu + scorers * overhead.get("bon", 0.0)) / workers, pool_cpu / workers, f"{pool} candidates generated, each scored by {scorers} reward models"
+                     f"{' and the heldout judge' if judges else ''} {where}"))
 
     runs = work["ppo_runs"]
     gpu_update, cpu_update = _ppo_update_seconds(profile, machine, n, backbone, step_s, flops, scored_tokens)

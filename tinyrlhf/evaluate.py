@@ -217,9 +217,14 @@ class GoldJudge:
 class RewardModelJudge:
     """A reward model trained here (the heldout judge): scored from the token ids, like every proxy."""
 
-    def __init__(self, path, *, trust_remote_code: bool = False, cpu_dtype: str = "auto"):
-        model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu", cpu_dtype=cpu_dtype)
-        self.model = CPURewardModel(model, "cpu")
+    def __init__(self, path, *, trust_remote_code: bool = False, cpu_dtype: str = "auto", device: str = "cpu"):
+        if device == "cpu":
+            model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu", cpu_dtype=cpu_dtype)
+        else:  # an idle card: its dense copy in the card's dtype, as every reward model scores there
+            from .reward import load_for_scoring
+
+            model, _ = load_for_scoring(path, device=device, trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype)
+        self.model = CPURewardModel(model, device)
 
     def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
         return proxy_scores(self.model, rollouts, eos_token_id=eos_token_id, missing_eos_penalty=missing_eos_penalty)
@@ -248,13 +253,14 @@ class TextJudge:
         return out
 
 
-def load_judge(spec: dict, *, trust_remote_code: bool = False, cpu_dtype: str = "auto"):
+def load_judge(spec: dict, *, trust_remote_code: bool = False, cpu_dtype: str = "auto", device: str = "cpu"):
     """The judge a ppo stage result names: {"kind": "gold" | "reward_model" | "external", "path": ...}; a reward
-    model judge computes in what `cpu_dtype` (rm.cpu_dtype) says."""
+    model judge scores on `device` (an idle card: best-of-n's pool) and on the CPU computes in what `cpu_dtype`
+    (rm.cpu_dtype) says."""
     if spec["kind"] == "gold":
         return GoldJudge()
     if spec["kind"] == "reward_model":
-        return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype)
+        return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype, device=device)
     return TextJudge(spec["path"], trust_remote_code=trust_remote_code)
 
 

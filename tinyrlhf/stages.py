@@ -685,7 +685,9 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
-    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype).scores(
+    # the card is idle here (the policy is gone): a reward-model judge scores where every scorer scores
+    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype,
+                               device=score_device(profile)).scores(
         pool, eos_token_id=tokenizer.eos_token_id, missing_eos_penalty=p.missing_eos_penalty)
     sample_seconds = time.perf_counter() - t0
 
