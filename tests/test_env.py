@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from tinyrlhf import env
+from tinyrlhf import nvidia as probe
 from tinyrlhf.config import get_paths, get_profile
 
 GiB = 1024**3
@@ -37,9 +38,9 @@ def fake_nvidia(monkeypatch, tmp_path, driver=True, devices=("nvidia0",), smi=No
     dev.mkdir(exist_ok=True)
     for name in (*devices, "nvidiactl", "nvidia-uvm"):  # the control files are no device: the glob skips them
         (dev / name).touch()
-    monkeypatch.setattr(env, "NVIDIA_DRIVER_FILE", driver_file)
-    monkeypatch.setattr(env, "NVIDIA_DEVICE_GLOB", str(dev / "nvidia[0-9]*"))
-    monkeypatch.setattr(env.shutil, "which", lambda cmd: smi if cmd == env.NVIDIA_SMI else None)
+    monkeypatch.setattr(probe, "NVIDIA_DRIVER_FILE", driver_file)
+    monkeypatch.setattr(probe, "NVIDIA_DEVICE_GLOB", str(dev / "nvidia[0-9]*"))
+    monkeypatch.setattr(env.shutil, "which", lambda cmd: smi if cmd == probe.NVIDIA_SMI else None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
@@ -91,7 +92,7 @@ def test_report_has_documented_keys_and_types(report):
     assert len(report["cuda"]["devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     nvidia = report["cuda"]["nvidia"]
     assert set(nvidia) == set(NO_NVIDIA)
-    assert nvidia["present"] == bool(env.NVIDIA_DRIVER_FILE.exists() or nvidia["device_files"] or nvidia["smi"])
+    assert nvidia["present"] == bool(probe.NVIDIA_DRIVER_FILE.exists() or nvidia["device_files"] or nvidia["smi"])
     cpu = report["cpu"]
     assert cpu["logical_cores"] >= 1 and isinstance(cpu["flags"], list)
     assert set(cpu["flags"]) <= set(env.CPU_FLAGS_OF_INTEREST)
@@ -194,7 +195,7 @@ def test_nvidia_presence_reads_driver_file_devices_and_smi(monkeypatch, tmp_path
     monkeypatch.setattr(env.subprocess, "run", fake_run)
     found = env.nvidia_presence()
     assert found["present"] and found["driver_version"] == "550.54.14"
-    assert found["driver_file"] == str(env.NVIDIA_DRIVER_FILE)
+    assert found["driver_file"] == str(probe.NVIDIA_DRIVER_FILE)
     assert [p.rsplit("/", 1)[1] for p in found["device_files"]] == ["nvidia0", "nvidia1"]
     assert found["smi_gpus"] == [{"name": "NVIDIA GeForce RTX 4060", "driver_version": "550.54.14"}]
     assert ran[0][0] == "/usr/bin/nvidia-smi" and "--query-gpu=name,driver_version" in ran[0]
@@ -296,5 +297,5 @@ def test_default_profile_reason_names_the_unusable_driver(monkeypatch, tmp_path)
     assert name == "cpu"
     assert "no CUDA device usable by torch although an NVIDIA driver is present" in why and "00_Setup" in why
 
-    monkeypatch.setattr(env, "NVIDIA_DRIVER_FILE", tmp_path / "absent")
+    monkeypatch.setattr(probe, "NVIDIA_DRIVER_FILE", tmp_path / "absent")
     assert config.default_profile_name() == ("cpu", "no CUDA device and TINYRLHF_PROFILE is not set")

@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .nvidia import nvidia_presence
+
 PRECISIONS = ("bf16", "int8", "int4")
 NULL_ARM = "null"  # a second bf16 reward model with another seed: its "tax" is the noise floor (negative control)
 # bf16 trained with a share of the training labels flipped (Coste et al. 2023's label noise): a reward model known to
@@ -391,8 +393,6 @@ def default_profile_name() -> tuple[str, str]:
         return env, "TINYRLHF_PROFILE is set"
     if cuda_available():
         return "rtx4060", "CUDA is available and TINYRLHF_PROFILE is not set"
-    from .env import nvidia_presence  # here, not at the top: env imports this module
-
     # File checks and PATH only (no nvidia-smi run): this is asked by every notebook and stage.
     if nvidia_presence(query_smi=False)["present"]:
         return "cpu", ("no CUDA device usable by torch although an NVIDIA driver is present: see 00_Setup's "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .logits import contiguous_output_input, response_logprobs
-from .reward import CPURewardModel, grouped_reasons, load_reward_model, score_rollouts
+from .reward import CPURewardModel, grouped_reasons, load_for_scoring, load_reward_model, score_rollouts
 from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
 from .synthetic import gold_reward
 
@@ -221,8 +221,6 @@ class RewardModelJudge:
         if device == "cpu":
             model, _ = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu", cpu_dtype=cpu_dtype)
         else:  # an idle card: its dense copy in the card's dtype, as every reward model scores there
-            from .reward import load_for_scoring
-
             model, _ = load_for_scoring(path, device=device, trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype)
         self.model = CPURewardModel(model, device)
 

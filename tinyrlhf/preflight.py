@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Paths, Profile, get_paths, repo_root
+from .config import Paths, Profile, get_paths, repo_root, resolve_device
 from .results import atomic_write_json, manifest, read_json
 
 STAGES = ("data", "sft", "rm", "bon", "ppo")
@@ -110,8 +110,6 @@ def run(profile: Profile, paths: Paths, *, overrides: dict | None = None, steps:
     """Run the preflight for `profile` (settings as given plus `overrides`, e.g. a base model folder) and write
     `results/preflight.json`; returns what it wrote. Stops at the first stage that fails: the ones after it need
     its outputs."""
-    from .config import resolve_device
-
     sets = settings(profile, steps) | (overrides or {})
     where = get_paths(paths.root / "preflight").make()
     device = resolve_device(profile)

@@ -670,8 +670,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     if not (paths.sft_merged / "config.json").exists():
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
-    rm_result = read_json(paths.result("rm"))
-    models = intact_rm_records(paths, rm_result)
+    models = intact_rm_records(paths, read_json(paths.result("rm")))
     judge = judge_spec(profile, paths, models)
     prompts = evaluate.eval_prompts([q.prompt for q in data.read_pairs(paths.data_file("test"))], e.prompts,
                                     profile.seed)
@@ -685,15 +684,13 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
-    # the card is idle here (the policy is gone): a reward-model judge scores where every scorer scores
-    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype,
+    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype,  # the card is idle
                                device=score_device(profile)).scores(
         pool, eos_token_id=tokenizer.eos_token_id, missing_eos_penalty=p.missing_eos_penalty)
     sample_seconds = time.perf_counter() - t0
 
     ######## Every reward model (and each bf16 model served quantized) scores every candidate ########
-    # A scorer's scores are kept as it finishes, for this pool (its digest) and these reward models: a rerun after
-    # a kill scores only the rest (sampling is seeded: the same pool again, else every scorer scores anew)
+    # Each scorer's scores kept as it finishes, for this pool's digest: a rerun after a kill scores only the rest
     scorers, digest = bon_scorers(profile), pool_digest(pool)
     jobs = [{"profile": profile, "paths": paths, "pool": pool, "eos": tokenizer.eos_token_id, "id": sid, **spec,
              "skip": None if models.get(spec["model"], {}).get("status") == "ok" else
