@@ -93,3 +93,18 @@ def test_no_function_is_longer_than_a_screen():
             if lines > MAX_FUNCTION_LINES:
                 long.append(f"{name}.{fn.name}: {lines} lines")
     assert not long, long
+
+
+def test_the_licence_and_the_citation_can_be_read_by_their_tools():
+    import tomllib
+
+    import yaml
+
+    root = PACKAGE.parent
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT" and cff["title"] and cff["authors"]
+    readme = (root / "README.md").read_text()
+    assert "@software{" in readme and "[LICENSE](LICENSE)" in readme
