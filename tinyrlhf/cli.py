@@ -1,4 +1,4 @@
-"""The command line: ``tinyrlhf run|plots|env|preflight`` (also ``python -m tinyrlhf``).
+"""The command line: ``tinyrlhf run|plots|tables|env|preflight`` (also ``python -m tinyrlhf``).
 
     tinyrlhf run                                  # every stage, default profile
     tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'rm.seeds=[0,1,2]'
@@ -79,6 +79,9 @@ def make_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="environment report, problems with fixes, memory verdicts")
     env.add_argument("--profile", choices=sorted(PROFILES))
     env.add_argument("--workdir")
+    tables = sub.add_parser("tables", help="every results table as CSV and LaTeX (booktabs), from the JSON files")
+    tables.add_argument("results", help="folder holding rm_results.json / bon_results.json / ppo_experiment_results.json")
+    tables.add_argument("out", nargs="?", help="where the tables go (default: RESULTS/tables)")
     pre = sub.add_parser("preflight", help="every stage's heaviest phase at the profile's sizes, a few steps each: "
                                            "minutes before the night (results/preflight.json)")
     pre.add_argument("--profile", choices=sorted(PROFILES), help="default: TINYRLHF_PROFILE, else by CUDA")
@@ -144,6 +147,14 @@ def _env(args) -> int:
     return 0
 
 
+def _tables(args) -> int:
+    from .tables import write_all
+
+    for name, files in write_all(args.results, args.out).items():
+        print(f"{name}: {', '.join(str(p) for p in files)}")
+    return 0
+
+
 def _preflight(args) -> int:
     from . import preflight
 
@@ -166,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format=f"%(asctime)s {rank}%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return {"run": _run, "plots": _plots, "env": _env, "preflight": _preflight}[args.command](args)
+        return {"run": _run, "plots": _plots, "env": _env, "tables": _tables, "preflight": _preflight}[args.command](args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
