@@ -53,7 +53,8 @@ def test_the_preflight_stops_at_the_first_stage_that_fails_and_names_why(qwen2_f
     overrides = SMALL | {"base.model": str(qwen2_folder), "rm.target_modules": ["no_such_layer"]}
     profile, paths = get_profile("rtx4060", overrides=overrides), get_paths(tmp_path).make()
     out = preflight.run(profile, paths, overrides=overrides, report=lambda _: None)
-    verdicts = {r["stage"]: r["verdict"] for r in out["stages"]}
+    # "ok" or "ok, above its estimate": a small model's process RSS is near the estimate's fixed part
+    verdicts = {r["stage"]: r["verdict"].split(",")[0] for r in out["stages"]}
     assert verdicts == {"data": "ok", "sft": "ok", "rm": "fails", "bon": "not run", "ppo": "not run"}
     assert "no_such_layer" in next(r for r in out["stages"] if r["stage"] == "rm")["reason"]
     assert not out["ready"] and "FAILED at rm" in preflight.sentence(out)
