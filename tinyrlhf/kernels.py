@@ -122,7 +122,7 @@ def dense_bytes(model, dtype) -> int:
 # trained; `pin_dequantized` fixes each layer's forward to the one arithmetic whatever the device, mode or batch.
 ARITHMETIC = {"bf16": "dense weights in the compute dtype",
               "int8": "int8 weights (row-wise absmax) dequantized to the compute dtype, times unquantized activations "
-                      "(bitsandbytes' MatMul8bitFp)",
+                      "(as bitsandbytes' MatMul8bitFp computes them)",
               "int4": "NF4 weights (block-wise absmax) dequantized to the compute dtype, times unquantized "
                       "activations (bitsandbytes' dequantize_4bit, then F.linear)"}
 
