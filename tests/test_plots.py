@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
@@ -264,3 +266,64 @@ def test_the_runs_so_far_figure_draws_what_finished():
     rows.append({"policy": "sft", "status": "ok", "judge_mean": 0.9})
     ax = plots.plot_runs_so_far(rows, ["bf16", "int8", "int4"], 6).axes[0]
     assert [line.get_ydata()[0] for line in ax.get_lines()] == [0.9]
+
+
+def _spills_over(fig) -> list[float]:
+    """How far (inches) what the figure draws reaches past its canvas on each side (left, bottom, right, top): what
+    a file saved at the figure's exact size would clip. The tight box is what `bbox_inches="tight"` would keep."""
+    box = fig.get_tightbbox(FigureCanvasAgg(fig).get_renderer())
+    width, height = fig.get_size_inches()
+    return [-box.x0, -box.y0, box.x1 - width, box.y1 - height]
+
+
+@pytest.mark.parametrize("name", ["column", "page"])
+def test_paper_styles_draw_every_figure_at_their_width_with_no_text_under_8_points(tmp_path, name):
+    """`tinyrlhf plots --style column|page`: every figure exactly 3.3 in / 7 in wide, every text at least 8 pt at
+    that width, nothing outside the canvas, no titles; the arms keep their colours."""
+    rm, ppo, bon = make_rm_results(), make_ppo_results(), make_bon_results(failed=every_seed("int4"))
+    makers = plots.figure_makers({"rm": rm, "ppo": ppo, "bon": bon})
+    assert set(makers) == ALL_FIGURES | BON_FIGURES
+    with plots.style(name) as chosen:
+        for figure, draw in makers.items():
+            fig = draw()
+            FigureCanvasAgg(fig).draw()  # lays it out (constrained) and creates every tick label
+            assert fig.get_figwidth() == pytest.approx(chosen.width), figure
+            sizes = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text()}
+            small = {text: size for text, size in sizes.items() if size < 8}
+            assert not small, f"{figure}: text under 8 pt: {small}"
+            assert max(_spills_over(fig)) < 0.02, (figure, _spills_over(fig))
+            assert fig.get_suptitle() == "", figure
+        written = plots.draw_all(write_results(tmp_path, rm, ppo, bon), tmp_path / "paper", name)
+    png = matplotlib.image.imread(written["taxes"][0])
+    assert png.shape[1] == pytest.approx(chosen.width * 150, abs=2)  # saved at its width, not cropped or grown
+    assert colors_by_precision(plots.plot_gold_gain(ppo)) == {a: to_hex(plots.precision_color(a)) for a in ARMS}
+
+
+def test_the_tax_figure_puts_the_controls_on_their_own_axis():
+    """The positive control's large effect must not set the scale on which the precisions' intervals are read."""
+    bon, ppo = make_bon_results(), make_ppo_results()
+    fig = plots.plot_taxes(bon, ppo)
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    precisions = [t.get_text() for t in panels["PPO"].get_xticklabels()]
+    controls = [t.get_text() for t in panels["PPO: controls"].get_xticklabels()]
+    assert not any(c.startswith(("null", "noisy")) for c in precisions) and controls
+    assert all(c.startswith(("null", "noisy")) for c in controls)
+    assert panels["PPO"].get_ylim() != panels["PPO: controls"].get_ylim()
+
+
+def test_styles_are_named_alike_in_the_cli_and_checked():
+    from tinyrlhf import cli
+
+    parser = cli.make_parser()
+    assert parser.parse_args(["plots", "r", "--style", "column"]).style == "column"
+    for style in plots.STYLES:
+        parser.parse_args(["plots", "r", "--style", style])
+    with pytest.raises(ValueError, match="unknown figure style 'poster'.*column"):
+        with plots.style("poster"):
+            pass
+    assert all(c.upper() in {v.upper() for v in plots.PRECISION_COLORS.values()} for c in OKABE_ITO)
+    assert set(plots.PRECISION_COLORS.values()) <= set(OKABE_ITO) | {plots.PRECISION_COLORS["sft"]}
+
+
+# Okabe & Ito (2008), "Color Universal Design": the palette every arm's colour comes from
+OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")

@@ -1,7 +1,7 @@
 """The command line: ``tinyrlhf run|plots|tables|env|preflight`` (also ``python -m tinyrlhf``).
 
     tinyrlhf run                                  # every stage, default profile
-    tinyrlhf run rm ppo --profile cpu --set ppo.steps=20 --set 'rm.seeds=[0,1,2]'
+    tinyrlhf run rm bon ppo --profile cpu --set ppo.steps=20 --set 'rm.seeds=[0,1,2]'
     tinyrlhf plots results/ paper/figures/
     tinyrlhf env
 
@@ -61,12 +61,15 @@ def settings_help() -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    # the stage list the help names is the one `run` runs (settings_help loads it too)
+    from .stages import STAGES
+
     parser = argparse.ArgumentParser(prog="tinyrlhf", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run pipeline stages", epilog=settings_help(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("stages", nargs="*", metavar="STAGE", help="data, sft, rm, bon, ppo (default: all, in order)")
+    run.add_argument("stages", nargs="*", metavar="STAGE", help=f"{', '.join(STAGES)} (default: all, in order)")
     run.add_argument("--profile", choices=sorted(PROFILES), help="default: TINYRLHF_PROFILE, else by CUDA")
     run.add_argument("--workdir", help="artifacts folder (default: TINYRLHF_WORKDIR or the repository root)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -76,6 +79,8 @@ def make_parser() -> argparse.ArgumentParser:
     plots = sub.add_parser("plots", help="redraw every figure from the result files alone")
     plots.add_argument("results", help="folder holding rm_results.json / ppo_experiment_results.json")
     plots.add_argument("out", nargs="?", help="where the figures go (default: RESULTS/figures)")
+    plots.add_argument("--style", choices=["notebook", "column", "page"], default="notebook",
+                       help="notebook (default), column (3.3 in) or page (7 in): paper figures, every text >= 8 pt")
     env = sub.add_parser("env", help="environment report, problems with fixes, memory verdicts")
     env.add_argument("--profile", choices=sorted(PROFILES))
     env.add_argument("--workdir")
@@ -117,7 +122,7 @@ def _run(args) -> int:
 def _plots(args) -> int:
     from .plots import draw_all
 
-    for name, files in draw_all(args.results, args.out).items():
+    for name, files in draw_all(args.results, args.out, args.style).items():
         print(f"{name}: {', '.join(str(p) for p in files)}")
     return 0
 

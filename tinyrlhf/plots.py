@@ -4,7 +4,7 @@ Everything here reads the dicts stored in ``results/rm_results.json``, ``results
 ``results/ppo_experiment_results.json``
 (never live models or trainers), so a paper's figures can be redrawn from those files on any machine:
 
-    python -m tinyrlhf.plots results/ [out_dir]        # or: draw_all("results", "paper/figures")
+    python -m tinyrlhf.plots results/ [out_dir] [--style column|page]   # or: draw_all("results", "paper/figures")
 
 Functions return ``matplotlib.figure.Figure`` objects that are not registered with pyplot: nothing global is
 touched and they never pile up in pyplot's figure manager. A notebook shows them with ``display(fig)`` or as a
@@ -15,10 +15,14 @@ One colour per precision everywhere (PRECISION_COLORS). A failed precision is dr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import sys
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -29,14 +33,17 @@ if matplotlib.get_backend(auto_select=False) is None:
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from .results import atomic_file
 from .schema import FILE_NAMES, validate_file
 
-# Okabe-Ito palette: distinguishable under the common colour-vision deficiencies and in greyscale print.
+# Okabe-Ito's palette (Okabe & Ito 2008), all of it: its 7 hues for the 7 arms, its black for the judge; the SFT
+# reference is a neutral grey. Distinguishable under the common colour-vision deficiencies.
 PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "null": "#CC79A7", "noisy": "#E69F00",
-                    "served-int8": "#56B4E9", "served-int4": "#8C564B", "judge": "#000000", "sft": "#999999"}
+                    "served-int8": "#56B4E9", "served-int4": "#F0E442", "judge": "#000000", "sft": "#999999"}
 # the canonical order of arms in every figure and table
 ARMS = ("bf16", "int8", "int4", "null", "noisy", "served-int8", "served-int4", "judge")
 ARM_LABELS = {"null": "null (bf16, other seed)", "noisy": "noisy (bf16, flipped labels)",
@@ -50,12 +57,104 @@ DONE = ("ok", "partial")  # statuses whose aggregate metrics exist ("partial": s
 _PAPER_RC = {"pdf.fonttype": 42, "ps.fonttype": 42}
 
 
+@dataclass(frozen=True)
+class Style:
+    """How figures are laid out. `notebook`: each figure at its own width, with titles (04 and the CLI's default).
+    `column` / `page`: a paper's single column (3.3 in) or full width (7 in), every text at least `min_font` points
+    at that width, no titles (the caption says it), short arm names, panels wrapped into rows, legends below."""
+    name: str
+    width: float | None = None  # inches; None: the figure's own width
+    row_height: float = 0.0  # inches per row of panels
+    max_columns: int = 99  # panels per row
+    min_font: float = 0.0  # points
+    titles: bool = True
+    short_labels: bool = False
+
+
+STYLES = {"notebook": Style("notebook"),
+          "column": Style("column", width=3.3, row_height=2.1, max_columns=2, min_font=8, titles=False,
+                          short_labels=True),
+          "page": Style("page", width=7.0, row_height=2.6, max_columns=4, min_font=8, titles=False,
+                        short_labels=True)}
+STYLE_HELP = ("notebook: each figure at its own width, with titles (default); column: 3.3 in wide (a paper's single "
+              "column), page: 7 in; both with every text at least 8 pt at that width and no titles")
+_STYLE: contextvars.ContextVar[Style] = contextvars.ContextVar("tinyrlhf_plot_style", default=STYLES["notebook"])
+
+
+@contextlib.contextmanager
+def style(name: str):
+    """Draw (and save) figures inside this block in a style of STYLES: ``with plots.style("column"): ...``."""
+    if name not in STYLES:
+        raise ValueError(f"unknown figure style {name!r}; choose one of: {', '.join(STYLES)}")
+    chosen = STYLES[name]
+    # Text sizes rcParams give (ticks, labels, legends) are read when artists are created or drawn: the whole
+    # drawing and saving happens inside this context.
+    rc = {} if chosen.width is None else {k: chosen.min_font for k in (
+        "font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize", "ytick.labelsize", "legend.fontsize")}
+    token = _STYLE.set(chosen)
+    try:
+        with matplotlib.rc_context(rc):
+            yield chosen
+    finally:
+        _STYLE.reset(token)
+
+
+def _fs(size: float) -> float:
+    """A font size in points, raised to the style's minimum."""
+    return max(size, _STYLE.get().min_font)
+
+
+def _figure(width: float, height: float, panels: int = 1, *, columns: int | None = None,
+            min_panel_width: float = 1.5, width_ratios=None, **subplot_kw) -> tuple[Figure, list]:
+    """A constrained-layout figure with `panels` axes: in rows of `columns` (default: all in one row) at width x
+    height (notebook), or at the style's width wrapped into rows of as many panels as fit at `min_panel_width`
+    inches. `width_ratios` repeat in every row."""
+    current = _STYLE.get()
+    if current.width is None:
+        columns = columns or panels
+        width_of_row, rows = width, math.ceil(panels / columns)
+    else:
+        columns = max(1, min(panels, current.max_columns, int(current.width // min_panel_width)))
+        rows = math.ceil(panels / columns)
+        width_of_row, height = current.width, current.row_height * rows
+    fig = Figure(figsize=(width_of_row, height), layout="constrained")
+    ratios = None if width_ratios is None else list(width_ratios)[:columns]
+    axes = list(fig.subplots(rows, columns, squeeze=False, width_ratios=ratios, **subplot_kw).flat)
+    for extra in axes[panels:]:
+        extra.remove()
+    return fig, axes[:panels]
+
+
+def _title(ax, text: str, short: str | None = None) -> None:
+    """A panel's title; in a paper style only its short form (when the panel needs one to be told apart)."""
+    if _STYLE.get().titles:
+        ax.set_title(text, fontsize=10)
+    elif short:
+        ax.set_title(short)
+
+
+def _ylabel(ax, text: str, short: str) -> None:
+    """A y label; its short form in a paper style, where a long one would reach past a short panel."""
+    ax.set_ylabel(short if _STYLE.get().short_labels else text)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    if _STYLE.get().titles:
+        fig.suptitle(text, fontsize=11)
+
+
 def precision_color(precision: str) -> str:
     """The colour of a precision ("bf16", "int8", "int4") or of the SFT reference ("sft")."""
     try:
         return PRECISION_COLORS[precision]
     except KeyError:
         raise KeyError(f"no colour for {precision!r}; known: {', '.join(PRECISION_COLORS)}") from None
+
+
+def _text_color(arm: str) -> str:
+    """An arm's colour for text: its own, unless too light to read on white (Okabe-Ito's yellow), then near-black."""
+    r, g, b = to_rgb(precision_color(arm))
+    return precision_color(arm) if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.7 else "0.15"
 
 
 def _gid(precision: str) -> str:
@@ -69,11 +168,14 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, name: str) -> list[Path
     written = []
     # CreationDate off: the same results give byte-identical PDFs, so figure diffs mean changed numbers.
     formats = {"png": {"dpi": 150}, "pdf": {"metadata": {"CreationDate": None}}}
+    # A paper style's figure is saved at exactly its width (its layout keeps everything inside); a notebook
+    # figure is cropped to what it draws, as the inline backend shows it.
+    bbox = "tight" if _STYLE.get().width is None else None
     with matplotlib.rc_context(_PAPER_RC):
         for fmt, options in formats.items():
             path = out_dir / f"{name}.{fmt}"
             with atomic_file(path, "wb") as f:
-                fig.savefig(f, format=fmt, bbox_inches="tight", **options)
+                fig.savefig(f, format=fmt, bbox_inches=bbox, **options)
             written.append(path)
     if "matplotlib.pyplot" in sys.modules:  # only a pyplot-made figure is registered anywhere
         sys.modules["matplotlib.pyplot"].close(fig)
@@ -88,7 +190,8 @@ def _arms(*results: dict) -> list[str]:
 
 
 def arm_label(arm: str) -> str:
-    return ARM_LABELS.get(arm, arm)
+    """An arm's name in figures and tables; a paper style uses the short one (its caption explains it)."""
+    return arm if _STYLE.get().short_labels else ARM_LABELS.get(arm, arm)
 
 
 def _done(entry: dict | None) -> bool:
@@ -115,7 +218,7 @@ def _failure_label(entry: dict | None) -> str:
 def _mark_gap(ax, x: float, text: str) -> None:
     """Annotate an empty slot on a categorical axis (y in axes units, so it works on any scale)."""
     ax.text(x, 0.5, textwrap.fill(text, 28), transform=ax.get_xaxis_transform(), rotation=90, ha="center",
-            va="center", fontsize=7, color="0.25", bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
+            va="center", fontsize=_fs(7), color="0.25", bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
 
 
 def _legend_failures(ax, results: dict) -> None:
@@ -127,16 +230,38 @@ def _legend_failures(ax, results: dict) -> None:
 
 
 def _outside_legend(ax, **kw) -> None:
-    """A legend beside the axes, where it covers no data."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, **kw)
+    """A legend where it covers no data: beside the axes, or in a paper style below all panels, in as many columns
+    as its longest label allows at the figure's width (the figure grows by the legend's height)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    current = _STYLE.get()
+    if current.width is None:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, **kw)
+        return
+    fig = ax.figure
+    em = current.min_font / 72  # inches
+    labels = [textwrap.fill(label, int((current.width - 4 * em) / (0.6 * em))) for label in labels]
+    lines = [len(line) for label in labels for line in label.splitlines()]
+    # as many columns as the longest line allows (0.6 em an average glyph, 3 em its handle and gaps), fewer while
+    # the drawn legend is still wider than the figure
+    for columns in range(max(1, min(len(labels), int(current.width / ((max(lines) * 0.6 + 3) * em)))), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncols=columns, frameon=False, **kw)
+        if columns == 1 or legend.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width <= fig.bbox.width:
+            break
+        legend.remove()
+    rows = math.ceil(len(labels) / columns)  # matplotlib fills the columns one after the other
+    text_lines = sum(max(label.count("\n") + 1 for label in labels[r::rows]) for r in range(rows))
+    fig.set_figheight(fig.get_figheight() + text_lines * 1.4 * em + 0.15)
 
 
 def _categorical(ax, arms: list[str]) -> None:
     ax.set_xticks(range(len(arms)), [arm_label(a).replace(" (", "\n(") for a in arms])
     for tick, arm in zip(ax.get_xticklabels(), arms):
-        tick.set_color(precision_color(arm))
+        tick.set_color(_text_color(arm))
     ax.set_xlim(-0.6, len(arms) - 0.4)
+    if _STYLE.get().short_labels and len(arms) > 2:
+        ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel("reward model (arm)")
 
 
@@ -168,7 +293,7 @@ def _bars(ax, results: dict, key: str, *, arms: list[str], scale: float = 1.0, i
                gid=_gid(arm), error_kw={"elinewidth": 1})
         if label_fmt:
             ax.annotate(label_fmt.format(value), (i, value), xytext=(0, 2), textcoords="offset points",
-                        ha="center", va="bottom" if value >= 0 else "top", fontsize=7)
+                        ha="center", va="bottom" if value >= 0 else "top", fontsize=_fs(7))
     _categorical(ax, arms)
 
 
@@ -202,7 +327,7 @@ def _draw_rm_accuracy(ax, rm: dict, arms: list[str]) -> None:
     ax.axhline(0.5, color="black", ls=":", lw=1, label="chance")
     ax.set_ylim(0, 1.05)
     ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("preference accuracy (test pairs)")
+    _ylabel(ax, "preference accuracy (test pairs)", "accuracy (test pairs)")
 
 
 def plot_rm_accuracy(rm: dict) -> Figure:
@@ -214,25 +339,23 @@ def plot_rm_accuracy(rm: dict) -> Figure:
     panels = [("overall", lambda m: m.get("accuracy"))] + [
         (c.replace("_", "-"), lambda m, c=c: (m.get("by_category") or {}).get(c, {}).get("accuracy"))
         for c in categories]
-    fig = Figure(figsize=(2.3 * len(panels) + 0.6, 3.8), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    fig, axes = _figure(2.3 * len(panels) + 0.6, 3.8, len(panels), sharey=True)
     for ax, (title, value) in zip(axes, panels):
         _strip(ax, rm, arms, value)
         ax.axhline(0.5, color="black", ls=":", lw=1)
         ax.set_ylim(0, 1.05)
-        ax.set_title(title, fontsize=10)
+        _title(ax, title, title)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
-    axes[0].set_ylabel("preference accuracy (test pairs)")
+        ax.tick_params(axis="x", labelrotation=90, labelsize=_fs(8))
+        if ax.get_subplotspec().is_first_col():
+            _ylabel(ax, "preference accuracy (test pairs)", "accuracy (test pairs)")
     seeds = len(rm.get("seeds") or [])
-    fig.suptitle(f"Reward-model accuracy: a dot per reward-model seed ({seeds}), bar at the mean; dotted: chance",
-                 fontsize=11)
+    _suptitle(fig, f"Reward-model accuracy: a dot per reward-model seed ({seeds}), bar at the mean; dotted: chance")
     return fig
 
 
 def plot_rm_costs(rm: dict) -> Figure:
     """Footprint, training time and scoring throughput per arm (means over its seeds), as small multiples."""
-    fig = Figure(figsize=(9.5, 3.6), layout="constrained")
     panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.2f}"),
               ("train_seconds", 1.0, "training time (s)", "{:.0f}"),
               ("throughput_pairs_per_s", 1.0, "CPU scoring (pairs/s)", "{:.0f}")]
@@ -240,13 +363,14 @@ def plot_rm_costs(rm: dict) -> Figure:
     means = {"arms": {arm: (rm["arms"].get(arm) or {}) | {
         key: (float(np.mean(v)) if (v := [m[key] for m in seed_models(rm, arm) if m.get(key) is not None]) else None)
         for key, *_ in panels} for arm in arms}}
-    for ax, (key, scale, label, fmt) in zip(fig.subplots(1, 3), panels):
+    fig, axes = _figure(9.5, 3.6, len(panels))
+    for ax, (key, scale, label, fmt) in zip(axes, panels):
         _bars(ax, means, key, arms=arms, scale=scale, label_fmt=fmt)
-        ax.set_title(label, fontsize=10)
+        _title(ax, label, label)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=_fs(8))
         ax.margins(y=0.12)
-    fig.suptitle("Reward-model costs (mean over seeds)", fontsize=11)
+    _suptitle(fig, "Reward-model costs (mean over seeds)")
     return fig
 
 
@@ -279,10 +403,10 @@ def _draw_bon_frontier(ax, bon: dict) -> None:
         x = math.sqrt(bon["kl"][bon["ns"].index(bon["n_star"])])
         ax.axvline(x, color="0.4", ls=":", lw=1)
         ax.annotate(f"n* = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -12),
-                    textcoords="offset points", fontsize=8, color="0.3", ha="right")  # left of the line: never clipped
+                    textcoords="offset points", fontsize=_fs(8), color="0.3", ha="right")  # left of the line: never clipped
     ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
-    top.set_xticks(d, [str(n) for n in bon["ns"]], fontsize=7)
+    top.set_xticks(d, [str(n) for n in bon["ns"]], fontsize=_fs(7))
     top.set_xlabel("n (best of n)", fontsize=8)
     ax.set_xlabel("d = sqrt(KL_bon), KL_bon = log n − (n−1)/n")
     ax.set_ylabel("gold gain over the SFT policy")
@@ -316,24 +440,22 @@ def plot_bon_frontier(bon: dict, ppo: dict | None = None) -> Figure:
     """Gao et al.'s Figure 1 for this experiment: best-of-n's gold gain against d = sqrt(KL_bon) for every arm on
     the shared pool (95% bands over reward-model seeds and prompts; dashed: quantized only to serve), and, when the
     PPO results are given, RL's gain against d = sqrt(KL) on the same judge beside it."""
-    fig = Figure(figsize=(10.4 if ppo else 6.6, 4.0), layout="constrained")
-    axes = fig.subplots(1, 2 if ppo else 1, squeeze=False)[0]
+    fig, axes = _figure(10.4 if ppo else 6.6, 4.0, 2 if ppo else 1, min_panel_width=3.0)
     _draw_bon_frontier(axes[0], bon)
-    axes[0].set_title(f"Best-of-n on one pool ({bon['pool_size']} candidates x {bon['prompts']} prompts)",
-                      fontsize=10)
+    _title(axes[0], f"Best-of-n on one pool ({bon['pool_size']} candidates x {bon['prompts']} prompts)",
+           "best-of-n" if ppo else None)
     if ppo:
         _draw_rl_frontier(axes[1], ppo)
-        axes[1].set_title("RL (PPO): every checkpoint of every run, R(d) = d(α − β log d)", fontsize=10)
+        _title(axes[1], "RL (PPO): every checkpoint of every run, R(d) = d(α − β log d)", "PPO")
         _legend_failures(axes[1], ppo)
     _outside_legend(axes[-1] if ppo else axes[0])
-    fig.suptitle("Gold reward against KL: best-of-n and RL", fontsize=11)
+    _suptitle(fig, "Gold reward against KL: best-of-n and RL")
     return fig
 
 
 def plot_bon_proxy_vs_gold(bon: dict) -> Figure:
     """Over-optimisation in best-of-n: each arm's own proxy gain keeps rising with n while the gold gain peaks."""
-    fig = Figure(figsize=(6.6, 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(6.6, 3.6)
     d = np.sqrt(bon["kl"])
     for arm in _bon_arms(bon):
         entry = bon["arms"][arm]
@@ -348,44 +470,70 @@ def plot_bon_proxy_vs_gold(bon: dict) -> Figure:
     ax.plot([], [], color="0.3", label="gold")
     ax.set_xlabel("d = sqrt(KL_bon)")
     ax.set_ylabel("gain over the pool's mean")
-    ax.set_title("Best-of-n: the proxy rises, the gold reward peaks", fontsize=10)
+    _title(ax, "Best-of-n: the proxy rises, the gold reward peaks")
     _outside_legend(ax)
     return fig
 
 
+CONTROL_ARMS = ("null", "noisy")
+
+
+def _draw_taxes(ax, entries: dict, arms: list[str]) -> None:
+    """Each arm's tax (filled square) beside its tax minus the null arm's (hollow), 95% intervals, in percent."""
+    for i, arm in enumerate(arms):
+        e = entries[arm]
+        if _point_with_interval(ax, i - 0.12, arm, e, "tax_vs_bf16", fmt="s", scale=100,
+                                missing=e.get("tax_undefined") or "tax: n/a") is None:
+            continue
+        v, ci = _value(e, "tax_minus_null"), _value(e, "tax_minus_null_ci95")
+        if v is not None:
+            ax.errorbar(i + 0.12, v * 100, yerr=_yerr(v * 100, None if ci is None else [c * 100 for c in ci]),
+                        fmt="o", mfc="white", ms=6, capsize=3, color=precision_color(arm), zorder=3)
+    ax.axhline(0, color="black", lw=0.8)
+    _categorical(ax, arms)
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=90, labelsize=_fs(8))
+
+
 def plot_taxes(bon: dict | None = None, ppo: dict | None = None) -> Figure:
-    """Both taxes side by side with 95% intervals: best-of-n at n* and PPO, each beside its tax minus the null
-    arm's (hollow): a tax is resolved when its interval excludes 0, and told apart from reward-model noise when the
-    hollow one does. An arm whose tax is undefined (bf16's gain interval does not exclude 0) says so."""
-    panels = []
+    """Both taxes with 95% intervals: best-of-n at n* and PPO, each arm's tax beside its tax minus the null arm's
+    (hollow): a tax is resolved when its interval excludes 0, and told apart from reward-model noise when the hollow
+    one does. The controls (null, noisy) get their own panel and scale, so that the positive control's large effect
+    does not flatten the precisions' intervals. An arm whose tax is undefined (bf16's gain interval does not exclude
+    0) says so."""
+    methods = []
     if bon:
-        panels.append(("best-of-n at n* = " + str(bon.get("n_star")), {a: (bon["arms"][a].get("at_n_star") or {}) | {
-            "status": bon["arms"][a].get("status")} for a in _bon_arms(bon)}))
+        methods.append((f"best-of-n at n* = {bon.get('n_star')}", f"best-of-n, n = {bon.get('n_star')}",
+                        {a: (bon["arms"][a].get("at_n_star") or {}) | {"status": bon["arms"][a].get("status")}
+                         for a in _bon_arms(bon)}))
     if ppo:
-        panels.append(("PPO", {a: ppo["arms"][a] for a in _ppo_arms(ppo)}))
-    fig = Figure(figsize=(4.6 * len(panels) + 0.6, 4.2), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, entries) in zip(axes, panels):
-        arms = [a for a in entries if a != "bf16"]
-        for i, arm in enumerate(arms):
-            e = entries[arm]
-            if _point_with_interval(ax, i - 0.12, arm, e, "tax_vs_bf16", fmt="s", scale=100,
-                                    missing=e.get("tax_undefined") or "tax: n/a") is None:
-                continue
-            v, ci = _value(e, "tax_minus_null"), _value(e, "tax_minus_null_ci95")
-            if v is not None:
-                ax.errorbar(i + 0.12, v * 100, yerr=_yerr(v * 100, None if ci is None else [c * 100 for c in ci]),
-                            fmt="o", mfc="white", ms=6, capsize=3, color=precision_color(arm), zorder=3)
-        ax.axhline(0, color="black", lw=0.8)
-        _categorical(ax, arms)
-        ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=90, labelsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel("tax: % of bf16's gold gain lost")
+        methods.append(("PPO", "PPO", {a: ppo["arms"][a] for a in _ppo_arms(ppo)}))
+    panels = []  # (title, short title, entries, arms, y label)
+    for title, short, entries in methods:
+        precisions = [a for a in entries if a != "bf16" and a not in CONTROL_ARMS]
+        controls = [a for a in entries if a in CONTROL_ARMS]
+        paper = _STYLE.get().width is not None
+        panels.append((title, short, entries, precisions,
+                       "tax (% of bf16's gain)" if paper else "tax: % of bf16's gold gain lost"))
+        if controls:
+            panels.append((f"{title}: controls", "controls", entries, controls, "controls' tax (%)"))
+    with_controls = len(panels) > len(methods)
+    ratios = [3, 2] * len(methods) if with_controls else None
+    if with_controls:  # a row per method: its precisions, then its controls
+        fig, axes = _figure(6.6, 3.4 * len(methods), len(panels), columns=2, min_panel_width=1.3, width_ratios=ratios)
+    else:
+        fig, axes = _figure(4.6 * len(panels) + 0.6, 4.2, len(panels), min_panel_width=1.3)
+    for ax, (title, short, entries, arms, ylabel) in zip(axes, panels):
+        _draw_taxes(ax, entries, arms)
+        _title(ax, title, short)
+        ax.set_ylabel(ylabel)
     axes[0].errorbar([], [], fmt="s", color="0.3", label="tax vs bf16")
     axes[0].errorbar([], [], fmt="o", mfc="white", color="0.3", label="tax − null arm's tax")
-    axes[0].legend(fontsize=8, frameon=False)
-    fig.suptitle("The quantization tax, 95% CI over reward-model seeds and prompts", fontsize=11)
+    if _STYLE.get().width is None:
+        axes[0].legend(fontsize=8, frameon=False)
+    else:
+        _outside_legend(axes[0])
+    _suptitle(fig, "The quantization tax, 95% CI over reward-model seeds and prompts")
     return fig
 
 
@@ -447,8 +595,7 @@ def _point_with_interval(ax, i, arm: str, entry: dict, key: str, *, fmt: str, mi
 
 def plot_gold_gain(ppo: dict) -> Figure:
     """The judge's gain over the SFT policy per arm: bootstrap 95% interval, seeds as open dots."""
-    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(5.2, 3.6)
     arms = _ppo_arms(ppo)
     sft = ppo["sft"]["judge_mean"]
     for i, arm in enumerate(arms):
@@ -461,8 +608,8 @@ def plot_gold_gain(ppo: dict) -> Figure:
         ax.scatter(np.add(i + 0.25, jitter), seeds, s=14, facecolors="none", edgecolors=color, lw=1, zorder=2)
     ax.axhline(0, color=precision_color("sft"), ls="--", lw=1.2, label=f"SFT policy ({sft:.3f})")
     _categorical(ax, arms)
-    ax.set_ylabel("judge's reward gain over SFT")
-    ax.set_title(f"Gain over SFT under the judge ({ppo['judge']['kind']}), 95% CI", fontsize=10)
+    _ylabel(ax, "judge's reward gain over SFT", "gain over SFT")
+    _title(ax, f"Gain over SFT under the judge ({ppo['judge']['kind']}), 95% CI")
     _outside_legend(ax)
     return fig
 
@@ -477,8 +624,7 @@ def finished_runs(ppo: dict) -> list[dict]:
 def plot_runs_so_far(finished: list[dict], arms: list[str], runs: int) -> Figure:
     """04 while PPO trains: the judge's reward of every finished run per arm (the SFT policy's as a line once it is
     evaluated), out of `runs`. No intervals: those need every run (the stage's result, at its end)."""
-    fig = Figure(figsize=(5.2, 3.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(5.2, 3.2)
     done = [r for r in finished if r["policy"] != "sft" and r["status"] == "ok"]
     for i, arm in enumerate(arms):
         values = [r["judge_mean"] for r in done if r["policy"] == arm]
@@ -491,7 +637,7 @@ def plot_runs_so_far(finished: list[dict], arms: list[str], runs: int) -> Figure
     _categorical(ax, arms)
     ax.set_ylabel("judge's mean reward")
     failed = sum(r["status"] != "ok" for r in finished if r["policy"] != "sft")
-    ax.set_title(f"{len(done)} of {runs} PPO runs finished" + (f", {failed} failed" if failed else ""), fontsize=10)
+    _title(ax, f"{len(done)} of {runs} PPO runs finished" + (f", {failed} failed" if failed else ""))
     return fig
 
 
@@ -503,18 +649,17 @@ def plot_tax(ppo: dict) -> Figure:
 def plot_frontier(ppo: dict) -> Figure:
     """Gao et al.'s frontier: judge and proxy gain over SFT against d = sqrt(KL) at every checkpoint of every
     run, and R(d) = d (alpha - beta log d) fitted to the judge's points."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_gold, ax_proxy = fig.subplots(1, 2, sharex=True)
+    fig, (ax_gold, ax_proxy) = _figure(10, 3.8, 2, min_panel_width=3.0, sharex=True)
     _draw_rl_frontier(ax_gold, ppo, proxy_ax=ax_proxy)
     _legend_failures(ax_gold, ppo)
     ax_gold.set_ylabel("gain over SFT, judge")
     ax_proxy.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     ax_proxy.set_xlabel("d = sqrt(KL to the SFT policy)")
-    ax_proxy.set_ylabel("gain over SFT, own reward model (proxy)")
-    ax_gold.set_title("Judge: points and R(d) = d(α − β log d)", fontsize=10)
-    ax_proxy.set_title("Proxy: each arm's own reward model", fontsize=10)
+    _ylabel(ax_proxy, "gain over SFT, own reward model (proxy)", "proxy's gain over SFT")
+    _title(ax_gold, "Judge: points and R(d) = d(α − β log d)", "judge")
+    _title(ax_proxy, "Proxy: each arm's own reward model", "proxy")
     _outside_legend(ax_gold)
-    fig.suptitle("Reward against KL along PPO (every checkpoint of every seed)", fontsize=11)
+    _suptitle(fig, "Reward against KL along PPO (every checkpoint of every seed)")
     return fig
 
 
@@ -524,8 +669,7 @@ def _history_frame(seed: dict) -> pd.DataFrame:
 
 def plot_training_curves(ppo: dict) -> Figure:
     """Training reward (the arm's own reward model) and KL per PPO update: mean over seeds, thin per seed."""
-    fig = Figure(figsize=(10, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig, axes = _figure(10, 3.4, 2, min_panel_width=3.0)
     labels = {"reward": "training reward (own reward model)", "kl": "KL to the SFT policy"}
     for ax, metric in zip(axes, ("reward", "kl")):
         for arm in _ppo_arms(ppo):
@@ -543,39 +687,37 @@ def plot_training_curves(ppo: dict) -> Figure:
                         f"(mean of {len(finished)})", gid=_gid(arm))
         _legend_failures(ax, ppo)
         ax.set_xlabel("PPO update")
-        ax.set_title(labels[metric], fontsize=10)
+        _title(ax, labels[metric], labels[metric])
     _outside_legend(axes[1])
-    fig.suptitle("PPO training curves (thin: individual seeds)", fontsize=11)
+    _suptitle(fig, "PPO training curves (thin: individual seeds)")
     return fig
 
 
 def plot_time_memory(ppo: dict) -> Figure:
     """PPO training time (mean over seeds) and peak memory (max over seeds) per arm."""
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
-    ax_time, ax_mem = fig.subplots(1, 2)
+    fig, (ax_time, ax_mem) = _figure(8, 3.2, 2)
     arms = _ppo_arms(ppo)
     _bars(ax_time, ppo, "train_seconds_mean", arms=arms, label_fmt="{:.0f}")
     _bars(ax_mem, ppo, "peak_memory_bytes_max", arms=arms, scale=MIB, label_fmt="{:.0f}")
-    ax_time.set_title("training time per seed (s)", fontsize=10)
-    ax_mem.set_title("peak memory (MiB)", fontsize=10)
+    _title(ax_time, "training time per seed (s)", "time per seed (s)")
+    _title(ax_mem, "peak memory (MiB)", "peak memory (MiB)")
     for ax in (ax_time, ax_mem):
         ax.margins(y=0.12)
-    fig.suptitle("PPO cost per arm", fontsize=11)
+    _suptitle(fig, "PPO cost per arm")
     return fig
 
 
 def plot_rm_vs_ppo(rm: dict, ppo: dict) -> Figure:
     """Does reward-model accuracy predict alignment? Accuracy beside the judge's gain over SFT, per arm."""
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
-    ax_rm, ax_gain = fig.subplots(1, 2)
+    fig, (ax_rm, ax_gain) = _figure(9, 3.6, 2)
     arms = [a for a in _arms(rm, ppo) if a != "judge"]
     _draw_rm_accuracy(ax_rm, rm, arms)
-    ax_rm.set_title("reward-model accuracy (95% CI)", fontsize=10)
+    _title(ax_rm, "reward-model accuracy (95% CI)", "reward-model accuracy")
     _bars(ax_gain, ppo, "gold_gain_vs_sft", arms=arms, interval_key="gold_gain_vs_sft_ci95")
     ax_gain.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     ax_gain.margins(y=0.2)
-    ax_gain.set_ylabel("judge's gain over SFT")
-    ax_gain.set_title("PPO gain over SFT (95% CI)", fontsize=10)
+    _ylabel(ax_gain, "judge's gain over SFT", "gain over SFT")
+    _title(ax_gain, "PPO gain over SFT (95% CI)", "PPO gain over SFT")
     return fig
 
 
@@ -583,8 +725,10 @@ def plot_cross_matrix(ppo: dict) -> Figure:
     """Mean reward of each policy (rows) under the judge and each arm's reward model (columns)."""
     m = ppo["cross_matrix"]
     values = np.array([[np.nan if v is None else v for v in row] for row in m["mean_reward"]], dtype=float)
-    fig = Figure(figsize=(1.3 * len(m["judges"]) + 2.6, 0.55 * len(m["policies"]) + 1.6), layout="constrained")
-    ax = fig.add_subplot()
+    fig, (ax,) = _figure(1.3 * len(m["judges"]) + 2.6, 0.55 * len(m["policies"]) + 1.6)
+    paper = _STYLE.get().width is not None
+    if paper:  # a row per policy, two lines of 8-point text high, and the rotated column names
+        fig.set_figheight(0.3 * len(m["policies"]) + 1.3)
     # Each column on its own scale: the judge and the reward models do not share units.
     shown = (values - np.nanmin(values, 0)) / np.where(np.ptp(np.nan_to_num(values), 0) > 0,
                                                         np.ptp(np.nan_to_num(values), 0), 1)
@@ -592,16 +736,19 @@ def plot_cross_matrix(ppo: dict) -> Figure:
     ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, aspect="auto", vmin=0, vmax=1)
     for (r, c), v in np.ndenumerate(values):
         dark = np.isfinite(v) and shown[r, c] < 0.6
-        ax.text(c, r, MISSING if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=9,
+        ax.text(c, r, MISSING if not np.isfinite(v) else f"{v:.{1 if paper else 2}f}", ha="center", va="center",
+                fontsize=_fs(7) if paper else 9,
                 color="white" if dark else "black")
     ax.set_xticks(range(len(m["judges"])), [("judge" if j == "judge" else f"{j} RM") for j in m["judges"]])
     ax.set_yticks(range(len(m["policies"])),
                   ["SFT policy" if p == "sft" else f"PPO vs {arm_label(p)}" for p in m["policies"]])
     for tick, name in [*zip(ax.get_xticklabels(), m["judges"]), *zip(ax.get_yticklabels(), m["policies"])]:
         if name in PRECISION_COLORS:
-            tick.set_color(precision_color(name))
+            tick.set_color(_text_color(name))
+    if paper:
+        ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel("scored by (colour: rank within each column)")
-    ax.set_title("Every policy under the judge and every reward model", fontsize=10)
+    _title(ax, "Every policy under the judge and every reward model")
     return fig
 
 
@@ -720,14 +867,9 @@ def load_results(results_dir: str | os.PathLike) -> dict[str, dict | None]:
     return loaded
 
 
-def draw_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, list[Path]]:
-    """Redraw every figure the result files in results_dir allow; return {figure name: [png, pdf]}.
-
-    Figures go to out_dir (default results_dir/figures). A missing file only skips its figures.
-    """
-    loaded = load_results(results_dir)
+def figure_makers(loaded: dict[str, dict | None]) -> dict[str, Callable[[], Figure]]:
+    """{figure name: a function drawing it} for every figure the loaded results (load_results) allow."""
     rm, bon, ppo = loaded["rm"], loaded["bon"], loaded["ppo"]
-    out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
     figures = {}
     if rm is not None:
         figures |= {name: lambda f=f: f(rm) for name, f in RM_FIGURES.items()}
@@ -740,7 +882,20 @@ def draw_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     if bon is not None and ppo is not None:  # Gao et al.'s Figure 1, and both taxes side by side
         figures["frontiers"] = lambda: plot_bon_frontier(bon, ppo)
         figures["taxes"] = lambda: plot_taxes(bon, ppo)
-    return {name: save_figure(draw(), out_dir, name) for name, draw in figures.items()}
+    return figures
+
+
+def draw_all(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+             style_name: str = "notebook") -> dict[str, list[Path]]:
+    """Redraw every figure the result files in results_dir allow, in a style of STYLES; return {figure name:
+    [png, pdf]}.
+
+    Figures go to out_dir (default results_dir/figures). A missing file only skips its figures.
+    """
+    loaded = load_results(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
+    with style(style_name):
+        return {name: save_figure(draw(), out_dir, name) for name, draw in figure_makers(loaded).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -750,9 +905,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", type=Path, help="folder holding rm_results.json, bon_results.json and/or "
                                                        "ppo_experiment_results.json")
     parser.add_argument("out_dir", type=Path, nargs="?", help="where figures go (default: RESULTS_DIR/figures)")
+    parser.add_argument("--style", choices=list(STYLES), default="notebook", help=STYLE_HELP)
     args = parser.parse_args(argv)
     try:
-        written = draw_all(args.results_dir, args.out_dir)
+        written = draw_all(args.results_dir, args.out_dir, args.style)
     except (FileNotFoundError, ValueError) as e:  # missing files, invalid JSON, SchemaError
         parser.exit(1, f"error: {e}\n")
     for name, paths in written.items():
