@@ -379,3 +379,40 @@ def test_strip_clears_what_jupyterlab_adds(tmp_path):
     code.metadata["execution"] = {"iopub.status.busy": "2026-11-23"}
     assert rn.strip(nb) and not rn.strip(nb)
     assert code.outputs == [] and code.execution_count is None and set(code.metadata) <= {"tags"}
+
+
+def test_main_on_a_cuda_machine_says_the_gpu_profile_s_hours_and_downloads_before_the_first_notebook(
+        tmp_path, monkeypatch, capsys):
+    """`make run` on a machine with CUDA starts rtx4060 (TINYRLHF_PROFILE unset): before anything long it says so,
+    with the predicted hours (docs/time-budget.md's), the downloads at their pinned commits and the cpu alternative;
+    the cpu profile says none of it."""
+    from tinyrlhf import budget, config
+
+    fake_notebooks(tmp_path)
+    monkeypatch.setenv("TINYRLHF_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.delenv("TINYRLHF_PROFILE", raising=False)
+    monkeypatch.delenv("TINYRLHF_HH_DIR", raising=False)
+    monkeypatch.setattr(rn, "default_profile_name", lambda: ("rtx4060", "CUDA device found"))  # a CUDA machine
+    printed_before_first = []
+
+    def execute(path, out_path, **_):
+        if not printed_before_first:
+            printed_before_first.append(capsys.readouterr().out)
+
+    assert rn.main(["--root", str(tmp_path)], execute_fn=execute) == 0
+    said = printed_before_first[0]
+    at = budget.milestones(config.get_profile("rtx4060"), budget.predict(
+        config.get_profile("rtx4060"), budget.desktop(), lengths=budget.expected(config.get_profile("rtx4060"))))
+    assert f"Profile rtx4060: predicted {at['bon_tax_hours']:.1f} h" in said and f"{at['study_hours']:.1f} h" in said
+    assert f"{at['study_hours']:.1f} h" in (REPO / "docs" / "time-budget.md").read_text()
+    revisions = config.PINNED_REVISIONS
+    assert f"Qwen/Qwen2.5-0.5B at {revisions['Qwen/Qwen2.5-0.5B'][:12]}" in said
+    assert f"Anthropic/hh-rlhf (helpful-base, harmless-base) at {revisions['Anthropic/hh-rlhf'][:12]}" in said
+    assert "TINYRLHF_PROFILE=cpu make run" in said
+    assert said.index("Profile rtx4060") < said.index("Running ")
+    assert budget.run_plan(config.get_profile("cpu")) == []
+    monkeypatch.setenv("TINYRLHF_HH_DIR", str(tmp_path))  # a local copy of the data: only the model downloads
+    assert "hh-rlhf" not in " ".join(budget.run_plan(config.get_profile("rtx4060")))
+    setup = nbformat.read(REPO / "00_Setup.ipynb", as_version=4)
+    first_code = next(c for c in setup.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    assert "budget.run_plan(profile)" in first_code.source  # 00_Setup says it too, in its first cell after parameters

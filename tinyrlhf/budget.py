@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SCRATCH_MODEL, Profile, bon_sample_chunk
+from .config import SCRATCH_MODEL, Profile, bon_sample_chunk, resolve_source
 from .jobs import torch_threads
 from .memory import EVAL_SAMPLE_ROWS, spec_for_profile
 from .stats import projected_half_width
@@ -425,3 +425,27 @@ def size_design(profile: Profile, machine: Machine, components: dict, ref_gain: 
     fitting = [c for c in candidates if c["fits"]]
     chosen = min(fitting, key=lambda c: (round(c["half_width"], 4), c["study_hours"])) if fitting else None
     return {"bon_hours": bon_hours, "study_hours": study_hours, "candidates": candidates, "chosen": chosen}
+
+
+def run_plan(profile: Profile) -> list[str]:
+    """What `make run` and 00_Setup say before a GPU profile starts anything long: the profile, its predicted hours
+    (an RTX 4060 beside an 8-core desktop CPU, docs/time-budget.md's figures), what it downloads, and how to run the
+    offline cpu profile instead. Nothing for the cpu profile (it downloads nothing and takes minutes)."""
+    if profile.device == "cpu":
+        return []
+    at = milestones(profile, predict(profile, desktop(), lengths=expected(profile)))
+    lines = [f"Profile {profile.name}: predicted {at['bon_tax_hours']:.1f} h to the best-of-n taxes and "
+             f"{at['study_hours']:.1f} h for the whole run ({at['ppo_runs']} PPO runs) on an RTX 4060 beside an "
+             "8-core CPU (a prediction from published figures: docs/time-budget.md; 00_Setup predicts for this "
+             "machine)."]
+    downloads = []
+    if profile.base.model != SCRATCH_MODEL and not Path(profile.base.model).exists():
+        weights = spec_for_profile(profile).n_params * 2 / 1e9  # bf16 on the hub
+        downloads.append(f"{profile.base.model} at {profile.base.revision[:12]} (about {weights:.1f} GB)")
+    if resolve_source(profile) == "hub":
+        downloads.append(f"{profile.data.hub_id} ({', '.join(profile.data.subsets)}) at {profile.data.revision[:12]}")
+    if downloads:
+        lines.append("Downloads from the Hugging Face hub on first use: " + "; ".join(downloads) + ".")
+    lines.append("For the offline cpu profile (every stage for real on a tiny model, minutes): "
+                 "TINYRLHF_PROFILE=cpu make run.")
+    return lines

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, ConfigError, default_profile_name, get_paths, repo_root
+from .budget import run_plan
+from .config import PROFILES, ConfigError, default_profile_name, get_paths, get_profile, repo_root
 from .results import atomic_write_text
 
 PATTERN = "0*.ipynb"
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None, *, execute_fn=execute) -> int:
         return 2
     profile = profile_of(env)
     timeout = cell_timeout(profile, args.timeout)
+    for line in run_plan(get_profile(profile)):  # a GPU profile's hours and downloads, before anything long
+        print(line, flush=True)
     print(f"Running {len(notebooks)} notebook(s) from {root}; profile {profile}"
           f"{'' if env.get('TINYRLHF_PROFILE') else ' (TINYRLHF_PROFILE not set: this machine default)'}; "
           f"{'no limit per cell' if timeout is None else f'at most {timeout} s per cell'}; artifacts under "
