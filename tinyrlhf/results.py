@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import distributed
 from .config import Profile, repo_root
+from .cpu import cpu_kind, flags
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "tokenizers",
             "matplotlib", "pandas", "numpy")
@@ -186,7 +187,9 @@ def hardware() -> dict:
     import psutil
 
     gpus = cuda_devices()
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+    # the CPU's kind decides bf16 arithmetic and kernel speeds: a number is reproduced to the digit on its own kind
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_kind": cpu_kind(flags()),
+            "cpu_count": os.cpu_count(),
             "ram_bytes": psutil.virtual_memory().total, "cuda": bool(gpus),
             "gpus": [{"name": g["name"], "total_memory_bytes": g["total_memory_bytes"]} for g in gpus]}
 
