@@ -8,7 +8,7 @@ included, each stage in its own process through the command line a user runs. Pr
     .venv/bin/python benchmarks/real_size_memory.py --device cuda   # on a GPU: CUDA max allocated vs the estimate
 
 Run it alone (measured peaks, not timings, but two jobs at once crawl); bf16 is emulated on a CPU without
-AVX512-BF16, so the stages are slow (see the README for the time it took).
+AVX512-BF16, so the stages are slow (docs/gpu-run.md says how long it took).
 What it shows: the estimator's bookkeeping of weights, adapters, optimizer state, activations and the
 151,936-token logits at Qwen2.5-0.5B's real shapes and the card's dtypes, and that the GPU profile's code path
 (Qwen2 modules, LoRA on q/k/v/o_proj, bitsandbytes int8/NF4 layers, a pad token in a spare embedding row, bf16

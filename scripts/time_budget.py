@@ -3,6 +3,7 @@
 and how the total moves with each assumption.
 
 Usage: .venv/bin/python scripts/time_budget.py [--write docs/time-budget.md]
+(--write replaces the tables block and the summary block, each between its markers, and keeps the rest.)
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable without installing the package
 
-from tinyrlhf import budget, config  # noqa: E402
+from tinyrlhf import budget, config, stats  # noqa: E402
 from tinyrlhf.results import atomic_write_text  # noqa: E402
 
 BEGIN, END = "<!-- time-budget tables: begin -->", "<!-- time-budget tables: end -->"
+# The prose that quotes the tables' numbers is generated too, with the same rounding: hand-typed, it drifted from them.
+SUMMARY_BEGIN, SUMMARY_END = "<!-- time-budget summary: begin -->", "<!-- time-budget summary: end -->"
+TWO_EVENINGS_SEEDS = 5  # the reward-model seeds the summary offers a user with more time
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -136,6 +141,47 @@ def render() -> str:
                       "", *parts, END])
 
 
+def summary() -> str:
+    """The opening of "What dominates": the rtx4060 profile's milestones on the 8-core desktop and the design
+    budget.size_design chose, in the tables' own rounded numbers."""
+    machine, profile, study = budget.desktop(8), config.get_profile("rtx4060"), config.get_profile("rtx4060_study")
+    lengths = budget.expected(profile)
+    got = budget.milestones(profile, budget.predict(profile, machine, lengths=lengths))
+    bound = budget.total_hours(budget.predict(profile, machine))
+    study_hours = budget.total_hours(budget.predict(study, machine, lengths=budget.expected(study)))
+    work, rec = budget.work_counts(profile), budget.recorded_components()
+    design = budget.size_design(profile, machine, rec["components"][budget.WIDEST_ARM], rec["ref_gain"],
+                                lengths=lengths)
+    chosen = design["chosen"]
+    at = {c["seeds"]: c for c in design["candidates"] if c["prompts"] == chosen["prompts"]}
+    more, longer = at[chosen["seeds"] + 1], at[TWO_EVENINGS_SEEDS]
+    judge = " and the heldout judge" if profile.eval.judge == "heldout" else ""
+    return "\n".join([SUMMARY_BEGIN, textwrap.fill(width=116, break_long_words=False, break_on_hyphens=False, text=(
+        f"The `rtx4060` profile is sized to the card: the best-of-n tax of every arm (SFT, "
+        f"{work['reward_models'] - bool(judge)} reward models{judge}, one pool of {profile.eval.bon_pool} replies x "
+        f"{profile.eval.prompts} prompts ranked by {work['pool_scorers']} reward models) after "
+        f"**{got['bon_tax_hours']:.1f} h**, then {got['ppo_runs']} PPO runs of {got['ppo_run_hours']:.1f} h each, "
+        f"the study in **{got['study_hours']:.1f} h** (8-core desktop, expected lengths; {bound:.1f} h with every "
+        f"sequence at the profile's limits). Its {chosen['seeds']} reward-model seeds x {chosen['prompts']} prompts "
+        f"are `budget.size_design`'s choice, the narrowest projected best-of-n interval that fits "
+        f"{design['bon_hours']:.0f} h and {design['study_hours']:.0f} h; the projected {budget.WIDEST_ARM} half-width, "
+        f"±{100 * chosen['half_width']:.1f} points, is from the cpu profile's variance components (a stand-in): "
+        f"{more['seeds']} seeds would reach ±{100 * more['half_width']:.1f} but take {more['bon_tax_hours']:.1f} h "
+        f"and {more['study_hours']:.1f} h. With so few seeds a t interval is wide (t = "
+        f"{stats.t975(chosen['seeds'] - 1):.1f} at {chosen['seeds'] - 1} degrees of freedom); a user with two "
+        f"evenings sets `rm.seeds` to {longer['seeds']} ({longer['bon_tax_hours']:.1f} h, "
+        f"±{100 * longer['half_width']:.1f}). What made it fit, from the study-sized design (`rtx4060_study`, "
+        f"{study_hours:.1f} h):")), SUMMARY_END])
+
+
+def replace_block(doc: str, begin: str, end: str, text: str) -> str:
+    """`doc` with the block from `begin` to `end` (markers included) replaced by `text`."""
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"markers not found: add a line {begin!r} and a line {end!r} where the block goes")
+    start, stop = doc.index(begin), doc.index(end) + len(end)
+    return doc[:start] + text + doc[stop:]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", metavar="PATH", help="replace the tables between the markers in PATH")
@@ -144,14 +190,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.record_components:
         record_components(args.record_components)
-    text = render()
+    text, prose = render(), summary()
     if not args.write:
-        print(text)
+        print(text, prose, sep="\n\n")
         return 0
     path = Path(args.write)
-    doc = path.read_text()
-    start, end = doc.index(BEGIN), doc.index(END) + len(END)
-    atomic_write_text(path, doc[:start] + text + doc[end:])
+    doc = replace_block(path.read_text(), BEGIN, END, text)
+    atomic_write_text(path, replace_block(doc, SUMMARY_BEGIN, SUMMARY_END, prose))
     print(f"updated {path}")
     return 0
 

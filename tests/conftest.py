@@ -56,7 +56,7 @@ def tiny_world(tmp_path_factory):
 # neither control arm instead of 5, 48 x 8, 64 and both, enough to see learning (asserted in test_pipeline.py) in
 # about a third of the time (the suite's 25 minutes). The controls' plumbing runs with TINY settings
 # (test_any_causal_lm's qwen2 case; test_real_data.py on the real sample), their statistics in the unit tests; what the
-# instrument finds with them is the cpu profile's measurement (README).
+# instrument finds with them is the cpu profile's measurement (docs/results-log.md).
 E2E = {"rm.seeds": [0, 1, 2], "rm.null_arm": False, "rm.noisy_arm": False, "eval.prompts": 32, "eval.samples": 4, "eval.bootstrap": 500,
        "eval.bon_pool": 16}
 REPO = Path(__file__).resolve().parents[1]

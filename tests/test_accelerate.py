@@ -24,7 +24,7 @@ SMALL = {"data.synthetic_pairs": 240, "base.pretrain_steps": 4, "base.pretrain_d
          "rm.eval_pairs": 16, "rm.seeds": [0], "ppo.steps": 2, "ppo.ppo_batch": 8, "ppo.mini_batch": 4,
          "ppo.micro_batch": 2, "ppo.rollout_chunk": 8, "eval.prompts": 6, "eval.samples": 2, "eval.checkpoints": 2,
          "eval.bootstrap": 50, "eval.bon_pool": 8}
-# The shipped DDP configuration, as the README runs it. On a CPU host it starts two processes and tinyrlhf forms the
+# The shipped DDP configuration, as docs/scale-out.md runs it. On a CPU host it starts two processes and tinyrlhf forms the
 # gloo group (distributed.init); `--cpu` instead makes accelerate 1.15 start one process (its simple launcher).
 # Port 0: a free one, whatever else runs.
 REPO = Path(__file__).resolve().parents[1]

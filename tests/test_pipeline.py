@@ -80,7 +80,7 @@ def test_ppo_gains_under_the_gold_judge(pipeline):
     assert bf16["status"] == "ok" and len(bf16["seeds"]) == len(ppo_seeds) * profile.ppo.runs_per_model
     assert [r["rm_seed"] for r in bf16["seeds"]] == ppo_seeds
     # Learning: PPO against every bf16 reward model raises the judge's reward over SFT (with 3 seeds the t-interval
-    # of the mean is too wide to require it above 0 here; the cpu profile's 5 PPO seeds are in the README).
+    # of the mean is too wide to require it above 0 here; the cpu profile's 5 PPO seeds are in docs/results-log.md).
     assert all(r["judge_mean"] > ppo["sft"]["judge_mean"] for r in bf16["seeds"]), bf16["seeds"]
     assert bf16["gold_gain_vs_sft"] > 0.05
     for arm in PRECISIONS:

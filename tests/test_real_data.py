@@ -11,7 +11,7 @@ from tinyrlhf.results import read_json
 pytestmark = [pytest.mark.slow, requires_hh]
 
 # The real data has no gold rules: the default judge ("auto") is then a bf16 reward model trained on the other half
-# (as on GPU profiles), so the README's `TINYRLHF_HH_DIR=../shared/hh-rlhf make run` runs to the end.
+# (as on GPU profiles), so the README's real-data example (`TINYRLHF_HH_DIR=... make run`) runs to the end.
 SMALL = {"base.pretrain_steps": 10, "sft.max_steps": 3, "rm.max_steps": 3, "ppo.steps": 1, "rm.seeds": [0],
          "ppo.ppo_batch": 8, "ppo.mini_batch": 8, "ppo.micro_batch": 8, "ppo.rollout_chunk": 8, "ppo.ppo_epochs": 1,
          "eval.prompts": 8, "eval.samples": 2, "eval.checkpoints": 1, "eval.bootstrap": 50, "eval.bon_pool": 4,

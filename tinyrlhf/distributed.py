@@ -60,7 +60,7 @@ def init(device: str) -> None:
     if state.num_processes != world_size():
         raise DistributedError(f"accelerate formed a group of {state.num_processes} processes, the launcher started "
                                f"{world_size()}: launch with `accelerate launch --multi_gpu --num_processes "
-                               f"{world_size()}` or torchrun (README: Scale-out)")
+                               f"{world_size()}` or torchrun (docs/scale-out.md)")
     if device == "cuda":
         import torch
 
