@@ -228,6 +228,11 @@ class PPOSettings:
     # PPO runs per reward model (arm and reward-model seed); run r against seed s uses PPO seed s + 100 * r, the
     # same for every arm (paired)
     runs_per_model: int = 1
+    # The go/no-go before PPO (tinyrlhf.gate): when on, 04 does not start when bf16's best-of-n gain interval holds
+    # 0 or a bf16 reward model is at chance. On for the GPU profiles (hours at stake); off on cpu, whose real-data
+    # path (TINYRLHF_HH_DIR) runs to the end with reward models at chance by design. It decides whether PPO runs,
+    # not what it computes: not part of any stage's settings hash.
+    gate: bool = False
     # PPO trains against the reward models of the first `rm_seeds` of rm.seeds (0: all); a control arm against those
     # of them it has. Five resolve the PPO taxes to about +-25 points on the cpu profile (measured: +-20 and +-23).
     rm_seeds: int = 5
@@ -311,6 +316,8 @@ class Profile:
     def section_hash(self, *sections: str) -> str:
         """Short hash of the named sections (plus seed): a stage's outputs are reused only when it matches."""
         d = self.to_dict()
+        for section, name in UNHASHED:
+            d[section].pop(name, None)
         payload = {s: d[s] for s in sections} | {"seed": self.seed}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -343,6 +350,9 @@ class Profile:
         return rm_seed + PPO_RUN_STRIDE * run
 
 
+# Settings that decide whether a stage runs, not what it computes: kept out of the reuse hash
+UNHASHED = (("ppo", "gate"),)
+
 SECTIONS = {"data": DataSettings, "base": BaseSettings, "sft": SFTSettings, "rm": RMSettings, "ppo": PPOSettings,
             "eval": EvalSettings}
 
@@ -366,7 +376,7 @@ PROFILES = {
         rm=RMSettings(seeds=(0, 1, 2), control_seeds=0, batch_size=4, accum=4, lr=1e-4, max_steps=200,
                       lora_dropout=0.05, target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto"),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
-                        max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0),
+                        max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0, gate=True),
         eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
     ),
 }

@@ -1,4 +1,4 @@
-"""The pipeline's stages, each read top to bottom in one place: data -> sft -> rm -> ppo.
+"""The pipeline's stages, each read top to bottom in one place: data -> sft -> rm -> bon -> ppo (STAGES).
 
 Every stage goes through the one cycle in `cycle()`: the hash of the settings it depends on, reuse of a finished
 run with the same hash, the computation, a manifest, validation against the result schema, and an atomic write of
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import base_model, bon, data, distributed, evaluate, lineage, schema
+from . import base_model, bon, data, distributed, evaluate, gate, lineage, schema
 from .config import (
     NOISY_ARM,
     NULL_ARM,
@@ -88,7 +88,8 @@ DATA = Stage("data", "data_stats", ("data", "base"), "01_Data_Preparation",
 SFT = Stage("sft", "sft", ("data", "base", "sft"), "02_SFT_Finetuning",
             "build the base model (cpu profile), LoRA SFT, held-out loss before/after")
 RM = Stage("rm", "rm", ("data", "base", "sft", "rm"), "03_Reward_Modeling",
-           "one reward model per precision, evaluated on held-out pairs")
+           "a reward model per arm (precisions, null and noisy controls) and reward-model seed, evaluated on "
+           "held-out pairs")
 # best-of-n samples and scores its pool as PPO's rollouts are (ppo.max_new, temperature, missing_eos_penalty)
 BON = Stage("bon", "bon", ("data", "base", "sft", "rm", "ppo", "eval"), "03_Reward_Modeling",
             "best-of-n: one candidate pool from the SFT policy, judged once, ranked by every reward model")
@@ -840,6 +841,10 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     if not any(rm_records[mid]["arm"] == "bf16" for mid in usable):
         raise PPOError("every bf16 reward model is missing or failed: every tax is relative to bf16; rerun "
                        "03_Reward_Modeling")
+    if profile.ppo.gate:  # before any of the night's hours: are the reward models good enough to measure with?
+        go = go_no_go(profile, paths)
+        if not go["go"]:
+            raise NoGoError(go["sentence"])
     judge = judge_spec(profile, paths, rm_records)
     prompts = evaluate.eval_prompts([p.prompt for p in data.read_pairs(paths.data_file("test"))],
                                     profile.eval.prompts, profile.seed)
@@ -873,6 +878,20 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
 
     ######## Statistics: gains, taxes, the controls, the frontier ########
     return _experiment_result(profile, paths, judge, prompts, sft, runs, usable)
+
+
+class NoGoError(PPOError):
+    """The go/no-go before PPO said no (tinyrlhf.gate): its sentence has the numbers and what to raise."""
+
+
+def go_no_go(profile: Profile, paths: Paths) -> dict:
+    """gate.verdict on the current rm and best-of-n results (a best-of-n result not current for these settings and
+    reward models counts as missing)."""
+    bon_path, bon_result = paths.result("bon"), None
+    if bon_path.exists() and _not_reusable(bon_path, config_hash(BON, profile), upstream_inputs(BON, profile, paths),
+                                           paths.root) is None:
+        bon_result = read_json(bon_path)
+    return gate.verdict(profile, read_json(paths.result("rm")), bon_result)
 
 
 def intact_rm_records(paths: Paths, rm_result: dict) -> dict:
