@@ -214,6 +214,12 @@ def test_tax_sentences_state_the_controls_and_what_an_interval_rules_out():
          "gain_diff_vs_bf16_ci95": [-0.04, 0.02], "tax_minus_null_ci95": [-0.05, 0.04]}
     assert "costs less than 5.0% of bf16's gain (95%)" in display._tax_words("int4", e, "null")
     assert "within the null arm's noise" in display._tax_words("int4", e, "null")
+    from tinyrlhf.stats import minimum_detectable
+
+    mde = minimum_detectable(e["tax_vs_bf16_ci95"], 6.0)
+    assert f"the smallest tax this design detects 4 times in 5: {mde:.1%}" in display._tax_words(
+        "int4", e | {"tax_df": 6.0}, "null")
+    assert 0.05 < mde < 0.06  # 3.4 standard errors of 0.016 (the half-width 0.04 over t = 2.45) at 6 df
     undefined = {"tax_vs_bf16": None, "tax_undefined": "bf16's gain interval does not exclude 0", "gain_diff_vs_bf16": -0.01}
     assert display._tax_words("int4", undefined, "null").startswith("tax undefined (bf16's gain interval does not exclude 0)")
 

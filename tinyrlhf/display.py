@@ -22,6 +22,7 @@ from .config import Paths, Profile, default_profile_name
 from .env import capacities as env_capacities
 from .memory import format_bytes
 from .plots import MISSING, arm_label, precision_color
+from .stats import minimum_detectable
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
 LENGTH_FIELDS = ("prompt", "chosen", "rejected")
@@ -475,6 +476,9 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
         text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain (95%)"
     else:
         text += "; resolved: " + ("a loss" if lo > 0 else "a gain over bf16")
+    mde = minimum_detectable(e["tax_vs_bf16_ci95"], e.get("tax_df"))
+    if mde is not None:
+        text += f"; the smallest tax this design detects 4 times in 5: {mde:.1%}"
     ci = e.get("tax_minus_null_ci95")
     if ci is not None:
         text += "; " + ("apart from the null arm" if not ci[0] <= 0 <= ci[1] else "within the null arm's noise")
