@@ -149,7 +149,8 @@ def test_numbers_beside_a_cited_document_come_from_it():
         cited = [t.split("#", 1)[0] for t in LINK.findall(_prose(line)) if t.startswith("docs/")]
         if not cited:
             continue
-        sources = "".join(_text(ROOT / c) for c in cited if (ROOT / c).is_file())
+        sources = "".join(_text(ROOT / c) for c in cited if (ROOT / c).is_file() and (ROOT / c).suffix in (
+            ".md", ".json", ".txt"))
         wrong += [(n, cited) for n in DECIMAL.findall(_prose(line))
                   if not re.search(rf"(?<![\w.]){re.escape(n.lstrip('+-−'))}(?!\w)", sources)]
     assert not wrong, (f"README.md quotes numbers that the files it cites beside them do not hold: {wrong}; "
@@ -200,3 +201,59 @@ def test_the_time_budget_document_is_current():
     fix = "regenerate with: .venv/bin/python scripts/time_budget.py --write docs/time-budget.md"
     assert script.render() in doc, f"docs/time-budget.md's tables are out of date; {fix}"
     assert script.summary() in doc, f"docs/time-budget.md's summary is out of date; {fix}"
+
+
+def _headline_block(text: str) -> str:
+    return text[text.index(HEADLINE_START): text.index(HEADLINE_END) + len(HEADLINE_END)]
+
+
+def test_the_headline_is_what_the_committed_results_give(tmp_path):
+    """The README's headline table, stamp and verdicts, and docs/figures/headline.png, are exactly what
+    scripts/readme_results.py makes from the committed snapshot of a run (docs/results/): no number typed by hand."""
+    import matplotlib.image
+    import numpy as np
+
+    from tinyrlhf import headline
+
+    fix = ("regenerate with: .venv/bin/python scripts/readme_results.py (from docs/results/), or --from RESULTS_DIR "
+           "after a fresh `make run`")
+    loaded = headline.load_snapshot(DOCS / "results")
+    assert _headline_block(_text(README)) == headline.block(loaded["bon"], loaded["ppo"]), fix
+    fresh = matplotlib.image.imread(headline.draw_figure(loaded["bon"], loaded["ppo"], tmp_path)[0])
+    committed = matplotlib.image.imread(DOCS / "figures" / "headline.png")
+    assert fresh.shape == committed.shape and np.array_equal(fresh, committed), fix
+    assert fresh.shape[1] == 7 * 150  # the page style: 7 in at 150 dpi
+
+
+def test_the_headline_generator_reads_numbers_not_prose(tmp_path):
+    """From builder results: bf16's absolute gains, each arm's tax with its interval as the JSON holds it, the
+    controls' verdicts, the minimum detectable tax; a snapshot never copies a broken file; missing markers say so."""
+    import json
+    import sys
+
+    from tinyrlhf import headline
+    from tinyrlhf.schema import SchemaError
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_schema import make_bon_results, make_ppo_results
+
+    bon, ppo = make_bon_results(), make_ppo_results()
+    text = headline.block(bon, ppo)
+    star = bon["arms"]["int8"]["at_n_star"]
+    lo, hi = star["tax_vs_bf16_ci95"]
+    expected = f"{100 * star['tax_vs_bf16']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]".replace("-", "−")
+    assert f"| int8 (LLM.int8), trained at it: tax | {expected} |" in text
+    gain = ppo["arms"]["bf16"]["gold_gain_vs_sft"]
+    assert f"{gain:+.3f}".replace("-", "−") in text and f"n = {bon['n_star']}" in text
+    assert "controls: null" in text and "detects 4 times in 5" in text
+    broken = tmp_path / "run"
+    broken.mkdir()
+    for name, result in (("bon_results.json", bon), ("ppo_experiment_results.json", ppo | {"arms": "none"})):
+        (broken / name).write_text(json.dumps(result))
+    with pytest.raises(SchemaError):
+        headline.take_snapshot(broken, tmp_path / "snapshot")
+    assert not (tmp_path / "snapshot" / "bon_results.json").exists()
+    with pytest.raises(ValueError, match="headline markers not found"):
+        headline.replace_block("# a README without markers\n", text)
+    with pytest.raises(FileNotFoundError, match="make run"):
+        headline.load_snapshot(tmp_path / "nothing")
