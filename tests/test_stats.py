@@ -14,6 +14,7 @@ from tinyrlhf.stats import (
     mcnemar,
     mean_std_ci,
     minimum_detectable,
+    sign_flip_p,
     projection,
     spearman,
     t975,
@@ -121,8 +122,8 @@ def _default_seed_counts() -> list[int]:
 def test_intervals_cover_the_truth_at_least_93_percent_on_harsh_data(seeds, case, capsys):
     """Coverage by simulation at 3, 5 and 7 reward-model seeds (and the cpu profile's designs) x 41 prompts, for the
     gain, the gain difference and the ratio, on Gaussian data and the harsher cases, at two random seeds; the Monte
-    Carlo error is printed. Uncapped Satterthwaite df covered 91.5% at 3 seeds; a percentile bootstrap over 5 seeds
-    85-91%. Fails if the intervals lose their small-sample correction or the df cap."""
+    Carlo error is printed. Satterthwaite's pooled df covered 91.5% at 3 seeds; a percentile bootstrap over 5 seeds
+    85-91%. Fails if the intervals lose their small-sample correction (each part scaled by its own t)."""
     truth, n = TRUTH[case], 400
     coverage = {}
     for rng_seed in (20261129, 7):
@@ -281,3 +282,22 @@ def test_the_minimum_detectable_effect_is_detected_80_percent_of_the_time(seeds)
     assert minimum_detectable(None, 3) is None and minimum_detectable([-1, 1], None) is None
     # the normal approximation, (1.96 + 0.84) standard errors, would promise 80% at a much smaller effect
     assert mde / se > 2.8 + (0.5 if seeds == 3 else 0.1)
+
+
+def test_per_seed_taxes_and_the_exact_sign_flip_test():
+    """Each paired seed's own gain difference and tax beside the interval, and the exact sign-flip p-value of the
+    differences: every one of 2^S sign patterns counted."""
+    assert sign_flip_p([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)  # 5 seeds: never under 5%
+    assert sign_flip_p([0.3] * 7) == pytest.approx(2 / 128)
+    assert sign_flip_p([0.1, 0.2, -0.05]) == pytest.approx(4 / 8)  # |mean| >= 0.083: +-(.1+.2+.05), +-(.1+.2-.05)
+    assert sign_flip_p([1, -1, 1, -1]) == 1.0 and sign_flip_p([]) is None
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 0.1, 12)
+    ref = 1.0 + rng.normal(0, 0.05, (4, 12))
+    arm = ref - np.array([0.1, 0.2, 0.0, 0.3])[:, None]
+    out = arm_statistics({"bf16": ref, "int4": arm}, base, reference="bf16", null=None)["int4"]
+    g_ref = ref.mean(axis=1) - base.mean()
+    assert out["per_seed_gain_diff"] == pytest.approx([-0.1, -0.2, 0.0, -0.3])
+    assert out["per_seed_tax"] == pytest.approx(list(1 - (g_ref - [0.1, 0.2, 0.0, 0.3]) / g_ref))
+    assert out["sign_flip_p"] == pytest.approx(sign_flip_p([-0.1, -0.2, 0.0, -0.3]))
+    assert "per_seed_tax" not in arm_statistics({"bf16": ref}, base, reference="bf16", null=None)["bf16"]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -96,6 +97,23 @@ def t975(df: float) -> float:
     return t_quantile(0.975, df)
 
 
+def equivalent_df(t: float) -> float:
+    """The degrees of freedom at which t975 equals `t` (fractional), interpolated on a log grid of df computed once."""
+    log_df, ts = _t975_grid()
+    if t >= ts[0]:
+        return 1.0
+    if t <= ts[-1]:
+        return float(math.exp(log_df[-1]))
+    return float(math.exp(np.interp(-t, -ts, log_df)))  # t falls as df grows: interpolate on -t, increasing
+
+
+@lru_cache(maxsize=1)
+def _t975_grid() -> tuple[np.ndarray, np.ndarray]:
+    log_df = np.linspace(0.0, math.log(1e4), 241)
+    return log_df, np.array([t_quantile(0.975, math.exp(x)) for x in log_df])
+
+
+@lru_cache(maxsize=4096)  # the same df recur (P - 1 prompts, S - 1 seeds): computed once each
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile for 0.5 <= p < 1 at `df` (fractional included): the root of CDF(x) = p by bisection, the
     density integrated numerically (Simpson, accurate to about 1e-6; a linear interpolation of a table was 18% off
@@ -152,8 +170,8 @@ def minimum_detectable(ci, df: float | None, power: float = 0.8) -> float | None
 def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
     """A 95% interval for a statistic of a seeds x prompts design (crossed: every seed answers every prompt),
     correct in small samples: delete-one jackknife variances over seeds and over prompts, added (the seed-by-prompt
-    interaction counted in both: slightly conservative), and Student's t with Satterthwaite's degrees of freedom
-    capped at S - 1. For a mean, the seed part is exactly var(seed means) / S, the unbiased
+    interaction counted in both: slightly conservative), each scaled by Student's t at its own degrees of freedom
+    (S - 1 and P - 1). For a mean, the seed part is exactly var(seed means) / S, the unbiased
     estimate a percentile bootstrap over S seeds understates by (S - 1) / S (and its quantiles are too narrow
     besides). Deterministic: no resampling. `statistic(seed_idx, prompt_idx)` takes index arrays."""
     all_s, all_p = np.arange(n_seeds), np.arange(n_prompts)
@@ -175,16 +193,39 @@ def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
     if not math.isfinite(total) or n_seeds < 2:
         return {"value": float(value), "se": None, "df": None, "ci95": None, "var_seeds": _finite(v_s),
                 "var_prompts": _finite(v_p)}
-    parts = (v_s ** 2 / df_s if df_s else 0.0) + (v_p ** 2 / df_p if df_p else 0.0)
-    # Satterthwaite's df, capped at S - 1 (reward-model seeds are the unit): the seed-by-prompt interaction sits in
-    # both jackknife parts, so they are not the independent chi-squares the formula assumes; uncapped, its df has a
-    # long upper tail exactly when the seed part is underestimated, and 3 seeds covered 91.5% (median df 3.2).
-    # Capped: 97-99% at 3 to 7 seeds on Gaussian, skewed, heavy-tailed and failed-model data (tests/test_stats.py),
-    # conservative: 39% wider at 3 seeds (t at 2 df, not 3.2), about 10% at 7.
-    df = min(total ** 2 / parts, float(df_s)) if parts > 0 else float(max(df_s, 1))
-    half = t975(df) * math.sqrt(total)
+    # Each part scaled by the t quantile of its own degrees of freedom, then added: half = sqrt(t_{S-1}^2 v_seeds +
+    # t_{P-1}^2 v_prompts). Satterthwaite's pooled df has a long upper tail exactly when the seed part is
+    # underestimated (the seed-by-prompt interaction sits in both parts, which are not the independent chi-squares
+    # it assumes): 3 seeds covered 91.5% (median df 3.2). Capping its df at S - 1 covered 97-99% but put t at S - 1
+    # on a variance prompts dominate. Scaled per part: 96-98% at 3 to 7 seeds on Gaussian, skewed, heavy-tailed and
+    # failed-model data (tests/test_stats.py). `df` is the t's equivalent (t975(df) = half / se), for power.
+    half = math.sqrt(t975(df_s) ** 2 * v_s + (t975(df_p) ** 2 * v_p if df_p else 0.0))
+    df = equivalent_df(half / math.sqrt(total)) if total > 0 else float(max(df_s, 1))
     return {"value": float(value), "se": math.sqrt(total), "df": df, "ci95": [value - half, value + half],
             "var_seeds": v_s, "var_prompts": v_p}
+
+
+def sign_flip_p(differences) -> float | None:
+    """Exact two-sided p-value of paired differences (one per reward-model seed) under "no effect", where each
+    seed's difference is as likely negative as positive: the share of the 2^S sign patterns whose |mean| is at
+    least the observed one. Assumes no more than symmetry; at S seeds it cannot fall below 2 / 2^S (0.0625 at 5
+    seeds: never under 5%, whatever the data)."""
+    d = np.asarray([x for x in differences if x is not None and math.isfinite(x)], dtype=float)
+    if len(d) == 0 or len(d) > 20:
+        return None
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(d))).reshape(len(d), -1).T
+    means = np.abs(signs @ np.abs(d)) / len(d)
+    return float(np.mean(means >= abs(d.mean()) - 1e-12))
+
+
+def _per_seed(arm: np.ndarray, ref: np.ndarray, base: np.ndarray) -> dict:
+    """Each paired seed's own gain difference and tax (over all prompts), and the exact sign-flip test of the
+    differences: the numbers behind the interval, for a reader to see the spread."""
+    g_arm, g_ref = arm.mean(axis=1) - base.mean(), ref.mean(axis=1) - base.mean()
+    diffs = g_arm - g_ref
+    taxes = [None if g == 0 else float(1 - x / g) for x, g in zip(g_arm, g_ref)]
+    return {"per_seed_gain_diff": [float(x) for x in diffs], "per_seed_tax": taxes,
+            "sign_flip_p": sign_flip_p(diffs)}
 
 
 def _mean_of(values: np.ndarray, s, p) -> float:
@@ -239,7 +280,8 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
     ref_ci = ref_gain.get("ci95")
     out |= {"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
             "gain_diff_df": diff.get("df"), "paired_seeds": [int(i) for i in common],
-            "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None}
+            "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None} | (
+        _per_seed(a, r, base) if arm != reference and len(common) else {})
     if arm == reference:
         out |= {"tax_vs_bf16": 0.0, "gain_diff_vs_bf16": 0.0, "gain_diff_vs_bf16_ci95": None}
     elif ref_ci is None or ref_ci[0] <= 0:
