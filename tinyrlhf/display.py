@@ -479,6 +479,11 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
     mde = minimum_detectable(e["tax_vs_bf16_ci95"], e.get("tax_df"))
     if mde is not None:
         text += f"; the smallest tax this design detects 4 times in 5: {mde:.1%}"
+    taxes, p = e.get("per_seed_tax"), e.get("sign_flip_p")
+    if taxes:
+        text += "; per seed: " + ", ".join(_num(t, "+.0%") for t in taxes)
+    if p is not None:
+        text += f" (exact sign-flip test over the {len(taxes or [])} paired seeds: p = {p:.3f})"
     ci = e.get("tax_minus_null_ci95")
     if ci is not None:
         text += "; " + ("apart from the null arm" if not ci[0] <= 0 <= ci[1] else "within the null arm's noise")

@@ -382,6 +382,6 @@ def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, r
         if arm != "bf16":
             arms[arm]["projection"] = projection(cells, sft_cells, reference="bf16", arm=arm, seed=seed)
     return {"judge": judge, "null_arm": null, "noisy_arm": noisy, "rm_seeds": list(rm_seeds),
-            "eval": eval_info | {"interval": "95%, Student's t (Satterthwaite df) on crossed jackknife variances "
+            "eval": eval_info | {"interval": "95%, crossed jackknife variances, each scaled by Student's t at its own df, "
                                              "over reward-model seeds and prompts, paired across arms"},
             "sft": sft, "arms": arms, "cross_matrix": cross_matrix(sft, runs, list(runs), rm_seeds)}

@@ -206,7 +206,10 @@ ARM_METRICS = {
 COMPARISON = {"tax_undefined": _nullable(STR), "tax_ruled_out_above": _nullable(NUM),
               "tax_minus_null": _nullable(NUM), "tax_minus_null_ci95": _nullable(_interval(NUM)),
               "seeds_used": {"type": "array", "items": NONNEG_INT},
-              "paired_seeds": {"type": "array", "items": NONNEG_INT}}
+              "paired_seeds": {"type": "array", "items": NONNEG_INT},
+              "per_seed_gain_diff": {"type": "array", "items": NUM},
+              "per_seed_tax": {"type": "array", "items": _nullable(NUM)},
+              "sign_flip_p": _nullable(UNIT)}
 _NULLABLE_STATS = ("judge_std_over_seeds", "gold_gain_vs_sft_ci95", "tax_vs_bf16", "tax_vs_bf16_ci95",
                    "gain_diff_vs_bf16", "gain_diff_vs_bf16_ci95")
 PPO_RESULTS_SCHEMA = _result_schema(
