@@ -275,7 +275,7 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     cal = calibration or Calibration({}, decode_step_s, "assumed")
     flops = {k: machine.bf16_tflops * 1e12 * cal.mfu.get(k, mfu) for k in ("base", "sft", "rm", "ppo", "score")}
     overhead, workers = cal.job_overhead_s, max(1, profile.workers)
-    seeds, work = len(r.seeds), work_counts(profile)
+    work = work_counts(profile)
     models = work["reward_models"]
     # Scoring with no policy training beside it on the idle card (eval.score_device; the prediction is for a card):
     # a forward pass, 2 FLOPs per backbone parameter per token. Otherwise on the CPU at its measured rate.
@@ -287,14 +287,13 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     step_s = cal.decode_step_s if calibration else max(2 * n / (machine.bandwidth_gbs * 1e9), decode_step_s)
     rows = [_sft_row(profile, L, seq_limit, n, flops, overhead, step_s)]
     rm_tokens = r.max_steps * r.batch_size * r.accum * rm_pair
+    validation_tokens = _validation_tokens(profile, test_pair)
     test_gpu, test_cpu = idle_scoring(r.eval_pairs * test_pair)
     where = "on the card" if idle_card else "on the CPU"
     rows.append(_row("rm", f"reward models (03), {models} models",
-                     models * (train * backbone * rm_tokens / flops["rm"] + test_gpu + overhead.get("rm", 0.0))
-                     / workers,
-                     models * test_cpu / workers,
-                     f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms, {seeds} seeds); "
-                     f"{r.eval_pairs} test pairs scored {where} per model"))
+                     models * (train * backbone * rm_tokens / flops["rm"] + 2 * backbone * validation_tokens
+                               / flops["rm"] + test_gpu + overhead.get("rm", 0.0)) / workers,
+                     models * test_cpu / workers, _rm_work(profile, rm_tokens, where)))
 
     pool, scorers = work["pool_candidates"], work["pool_scorers"]
     judges = 1 if e.judge == "heldout" else 0  # a reward-model judge scores the pool where the scorers do
@@ -313,6 +312,21 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where, workers, n,
                                 flops["score"]))
     return rows
+
+
+def _validation_tokens(profile: Profile, test_pair: float) -> float:
+    """Tokens early stopping scores per reward model: its validation pairs every rm.eval_every steps up to the cap
+    (rm.max_steps), on the card while it trains. A model that stops early takes less: the budget counts the cap."""
+    r = profile.rm
+    return (r.max_steps // r.eval_every) * r.validation_pairs * test_pair if r.early_stopping else 0.0
+
+
+def _rm_work(profile: Profile, rm_tokens: float, where: str) -> str:
+    r = profile.rm
+    return (f"{rm_tokens / 1e6:.1f} M tokens trained per model ({len(profile.arms)} arms, {len(r.seeds)} seeds)"
+            + (f" at the cap of {r.max_steps} steps (early stopping may take fewer), {r.validation_pairs} "
+               f"validation pairs every {r.eval_every}" if r.early_stopping else "")
+            + f"; {r.eval_pairs} test pairs scored {where} per model")
 
 
 def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: float, machine: Machine,

@@ -110,6 +110,9 @@ _RULES = {
     "control_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
     "rm_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
     "label_noise": (_share, "a share strictly between 0 and 1"),
+    "eval_every": (_positive, "an integer > 0 (training steps between validation evaluations)"),
+    "patience": (_positive, "an integer > 0 (evaluations without a better validation accuracy before stopping)"),
+    "validation_pairs": (_positive, "an integer > 0 (training pairs held out for early stopping)"),
 }
 
 
@@ -207,6 +210,15 @@ class RMSettings:
     target_modules: tuple = ALL_LINEAR
     double_quant: bool = True
     eval_pairs: int = 300
+    # Training to a plateau rather than to a clock (the GPU profiles, where a few thousand of ~80,000 real pairs may
+    # or may not be enough): `validation_pairs` of the training pairs held out by prompt (the same for every arm of a
+    # seed), the validation accuracy every `eval_every` steps, a stop after `patience` evaluations without a better
+    # one (transformers' EarlyStoppingCallback), the best checkpoint kept; rm.max_steps is then a cap. Off on cpu:
+    # its numbers are the fixed-step design's.
+    early_stopping: bool = False
+    eval_every: int = 25
+    patience: int = 3
+    validation_pairs: int = 500
     # How a quantized reward model scores on the CPU (tinyrlhf.kernels): "auto" (its dense copy, the weights
     # dequantized once as bitsandbytes trains them, when that fits a quarter of the available RAM; else
     # bitsandbytes' own layers), "dense" or "bitsandbytes". 03 records how far every path agrees on the test pairs
@@ -374,7 +386,8 @@ PROFILES = {
         sft=SFTSettings(batch_size=2, accum=8, lr=2e-4, max_steps=500, warmup=0.03, dropout=0.05,
                         gradient_checkpointing=True, eval_pairs=500),
         rm=RMSettings(seeds=(0, 1, 2), control_seeds=0, batch_size=4, accum=4, lr=1e-4, max_steps=200,
-                      lora_dropout=0.05, target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto"),
+                      lora_dropout=0.05, target_modules=ATTENTION, eval_pairs=1000, cpu_dtype="auto",
+                      early_stopping=True, eval_every=50, patience=2, validation_pairs=200),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0, gate=True),
         eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),

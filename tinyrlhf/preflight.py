@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from .config import Paths, Profile, get_paths, repo_root, resolve_device
 from .results import atomic_write_json, manifest, read_json

@@ -132,12 +132,15 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
                        epochs: float = 1.0, accum: int = 1, warmup: float = 0.0, max_steps: int = -1,
                        lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0,
                        target_modules=("c_attn",), double_quant: bool = True, max_length: int = 256, seed: int = 0,
-                       profile: Profile, callbacks=()) -> dict:
+                       profile: Profile, callbacks=(), validation=None, eval_every: int = 25,
+                       patience: int = 3) -> dict:
     """Train one reward model at `precision` (one function for all three) on `train` (a JSONL path or a list of
-    pairs) and save it to `out_dir`.
+    pairs) and save it to `out_dir`. With `validation` pairs: evaluated every `eval_every` steps, stopped after
+    `patience` evaluations without a better validation accuracy, and the best checkpoint kept (max_steps a cap).
 
     The backbone is frozen at its precision with LoRA on top; the score head is trained in full precision.
     """
+    from transformers import EarlyStoppingCallback
     from trl import RewardConfig, RewardTrainer
 
     seed_everything(seed)
@@ -154,17 +157,21 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
                        task_type="SEQ_CLS", modules_to_save=[SCORE_HEAD])
     # No peft.prepare_model_for_kbit_training: it would upcast the quantized models' norms and embedding to float32
     # while the bf16 arm keeps them in the compute dtype (PEFT freezes the backbone by itself).
+    common = trainer_kwargs(profile, out_dir=out_dir, seed=seed, steps=max_steps if max_steps > 0 else 100)
+    stopping = validation is not None
+    if stopping:
+        common |= early_stopping_args(eval_every, per_rank(batch_size, "rm.batch_size"))
     args = RewardConfig(
-        **trainer_kwargs(profile, out_dir=out_dir, seed=seed,
-                         steps=max_steps if max_steps > 0 else 100),
-        per_device_train_batch_size=per_rank(batch_size, "rm.batch_size"), gradient_accumulation_steps=accum,
-        learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps, warmup_steps=warmup,
-        lr_scheduler_type="cosine", max_length=max_length)
+        **common, per_device_train_batch_size=per_rank(batch_size, "rm.batch_size"),
+        gradient_accumulation_steps=accum, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
+        warmup_steps=warmup, lr_scheduler_type="cosine", max_length=max_length)
     pairs = train if isinstance(train, list) else read_pairs(train)
     ranks = rank_record()
+    stop = [EarlyStoppingCallback(early_stopping_patience=patience)] if stopping else []
     trainer = quiet_trainer(RewardTrainer(model=model, args=args, train_dataset=_pairs_dataset(pairs),
+                                          eval_dataset=_pairs_dataset(validation) if stopping else None,
                                           processing_class=tokenizer, peft_config=lora,
-                                          callbacks=[ranks, *callbacks]))
+                                          callbacks=[ranks, *stop, *callbacks]))
     # TRL casts every trainable parameter of a quantized model to bf16 (the QLoRA recipe), the score head too, and
     # a bf16 model's LoRA weights are bf16: Adam's steps (~lr) fall below half of bf16's spacing at their scale and
     # are lost. Before the optimizer exists (first train() call), every trained parameter goes to float32; the
@@ -175,16 +182,43 @@ def train_reward_model(train, *, init_path: str, tokenizer, precision: str, out_
         trainer.train()
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    # A local backbone is recorded relative to this folder, so a moved or copied workdir loads its own SFT model.
+    _write_precision_file(out_dir, precision, init_path, compute, double_quant)
+    drop_scratch(out_dir)
+    return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
+            "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute,
+            "ranks": ranks.ranks, "steps": steps_record(trainer, max_steps, validation)}
+
+
+def _write_precision_file(out_dir: Path, precision: str, init_path: str, compute: str, double_quant: bool) -> None:
+    """What a saved reward model was trained at and from. A local backbone is recorded relative to this folder, so a
+    moved or copied workdir loads its own SFT model."""
     local = Path(init_path).exists()
     recorded = os.path.relpath(Path(init_path).resolve(), out_dir.resolve()) if local else str(init_path)
     atomic_write_text(out_dir / PRECISION_FILE, json.dumps(
         {"precision": precision, "init_path": recorded, "init_is_local": local, "compute_dtype": compute,
          "double_quant": double_quant}, indent=2))
-    drop_scratch(out_dir)
-    return {"loss_curve": loss_curve(trainer), "train_seconds": meter.result["seconds"],
-            "peak_memory": meter.result, "trainable_parameters": trainable, "compute_dtype": compute,
-            "ranks": ranks.ranks}
+
+
+def early_stopping_args(eval_every: int, eval_batch: int) -> dict:
+    """TrainingArguments for transformers' EarlyStoppingCallback: an evaluation and a checkpoint every `eval_every`
+    steps (the best one is restored at the end), judged by TRL's validation accuracy."""
+    return dict(eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
+                save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_accuracy",
+                greater_is_better=True, per_device_eval_batch_size=eval_batch)
+
+
+def steps_record(trainer, max_steps: int, validation) -> dict:
+    """How far a reward model trained: the steps taken, and with early stopping the step whose checkpoint was kept,
+    whether it stopped before the cap, and the validation accuracy at each evaluation."""
+    state = trainer.state
+    out = {"trained": state.global_step, "cap": max_steps, "early_stopping": validation is not None}
+    if validation is not None:
+        best = state.best_model_checkpoint
+        out |= {"kept": int(best.rsplit("-", 1)[1]) if best else state.global_step,
+                "stopped_early": state.global_step < max_steps, "validation_pairs": len(validation),
+                "validation_accuracy": [{"step": h["step"], "accuracy": h["eval_accuracy"]}
+                                        for h in state.log_history if "eval_accuracy" in h]}
+    return out
 
 
 def keep_trainable_fp32(model) -> int:

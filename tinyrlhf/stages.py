@@ -568,9 +568,7 @@ def _rm_job(job: dict, report) -> dict:
            "label_noise": job["label_noise"]}
     try:
         tokenizer = base_model.load_tokenizer(paths.sft_merged, trust_remote_code=trust)
-        train, flipped = job["train"], []
-        if job["label_noise"]:  # the positive control: the same pairs, a share of them with their labels swapped
-            train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"], on=job["label_noise_on"])
+        train, flipped, validation = _training_pairs(job, profile)
         with atomic_folder(rm_path(paths, job)) as written:
             run = train_reward_model(
                 train, init_path=str(paths.sft_merged), tokenizer=tokenizer, precision=precision,
@@ -578,7 +576,8 @@ def _rm_job(job: dict, report) -> dict:
                 warmup=r.warmup, max_steps=r.max_steps, lora_r=r.lora_r, lora_alpha=r.lora_alpha,
                 lora_dropout=r.lora_dropout, target_modules=r.target_modules, double_quant=r.double_quant,
                 max_length=profile.data.max_prompt_tokens + profile.data.max_response_tokens + 1,
-                seed=job["train_seed"], profile=profile, callbacks=[progress_callback(progress)])
+                seed=job["train_seed"], profile=profile, callbacks=[progress_callback(progress)],
+                validation=validation, eval_every=r.eval_every, patience=r.patience)
         free_memory()
         if not distributed.is_main():  # evaluation and records are the main process's
             return {"status": "ok", "reason": None, **who}
@@ -608,6 +607,7 @@ def _rm_job(job: dict, report) -> dict:
                 "peak_memory_bytes": run["peak_memory"]["peak_bytes"], "peak_memory": run["peak_memory"],
                 "memory": measured_vs_estimate(profile, f"rm_{precision}", run["peak_memory"]),
                 "compute_dtype": run["compute_dtype"], "trainable_parameters": run["trainable_parameters"],
+                "steps": run["steps"],
                 "loss_curve": [h["loss"] for h in run["loss_curve"]], "released": collected(ref),
                 "rss_after_release_bytes": current_rss_bytes()} | (
             {"ranks": run["ranks"]} if distributed.launched() else {})
@@ -617,6 +617,19 @@ def _rm_job(job: dict, report) -> dict:
         record = failure(e, "rm.batch_size") | who
     free_memory()  # outside the except block, where the failed run's frames are no longer held
     return record
+
+
+def _training_pairs(job: dict, profile: Profile) -> tuple[list, list[int], list | None]:
+    """A reward model's training pairs, the indices of those whose labels were swapped (the noisy arm: the positive
+    control), and with rm.early_stopping its validation pairs, held out by prompt with the profile's seed: the same
+    prompts for every arm and seed (the noisy arm's keep their swapped labels: it is stopped on its own data)."""
+    r, train, flipped = profile.rm, job["train"], []
+    if job["label_noise"]:
+        train, flipped = data.flip_labels(train, job["label_noise"], job["train_seed"], on=job["label_noise_on"])
+    if not r.early_stopping:
+        return train, flipped, None
+    train, validation = data.split_by_prompt(train, min(0.2, r.validation_pairs / len(train)), profile.seed)
+    return train, flipped, validation
 
 
 def compare_with_reference(records: dict, seeds) -> None:
