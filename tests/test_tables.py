@@ -17,7 +17,7 @@ from tinyrlhf.results import read_json
 def _check_latex(tex: str) -> None:
     """What a TeX engine would refuse, checked without one: one environment, booktabs rules, as many cells in every
     row as columns, balanced braces and math."""
-    lines = tex.strip().splitlines()
+    lines = [line for line in tex.strip().splitlines() if not line.startswith("%")]  # provenance comments first
     spec = re.match(r"\\begin\{tabular\}\{([lr]+)\}$", lines[0]).group(1)
     assert lines[1] == "\\toprule" and lines[3] == "\\midrule" and lines[-2:] == ["\\bottomrule", "\\end{tabular}"]
     for row in [lines[2], *lines[4:-2]]:
@@ -72,3 +72,19 @@ def test_tables_hold_the_json_numbers_and_the_latex_builds(tmp_path):
     _compile(tex_files, tmp_path)
     with pytest.raises(FileNotFoundError, match="no result files"):
         tables.write_all(tmp_path / "empty")
+
+
+def test_every_table_says_where_its_numbers_come_from_and_what_bf16_computed_in():
+    """A LaTeX table starts with comment lines naming the stage, profile, commit and CPU kind, and on the cpu
+    profile that its "bf16" arm computed in float32; 03 and 04 say the same in words."""
+    from tinyrlhf import display
+
+    ppo = make_ppo_results()
+    ppo["manifest"] |= {"git_commit": "0123456789abcdef", "config": {"rm": {"cpu_dtype": "fp32"}},
+                        "hardware": {"cuda": False, "cpu_kind": "avx2"}}
+    head = tables.provenance(ppo)
+    assert head.startswith("% tinyrlhf: ppo stage, profile cpu, commit 0123456789ab, CPU kind avx2\n")
+    assert 'computed in float32' in head and all(line.startswith("%") for line in head.splitlines())
+    assert any("computes in float32" in line for line in display.tax_sentences(ppo))
+    ppo["manifest"]["hardware"]["cuda"] = True  # on a card, bf16 is bf16: nothing to say
+    assert "float32" not in tables.provenance(ppo) and display.compute_dtype_line(ppo) is None

@@ -438,6 +438,16 @@ def pool_samples_table(bon: dict, width: int = 300) -> pd.DataFrame:
                         columns=["prompt", "candidate", "ended", "judge"])
 
 
+def compute_dtype_line(result: dict) -> str | None:
+    """What the "bf16" arm computed in, when it was not bf16: on the cpu profile its reward models compute in
+    float32 (rm.cpu_dtype = "fp32"), and every table of this result should be read so."""
+    m = result.get("manifest") or {}
+    if (m.get("config") or {}).get("rm", {}).get("cpu_dtype") == "fp32" and not (m.get("hardware") or {}).get("cuda"):
+        return ('On this run the "bf16" arm computes in float32 (rm.cpu_dtype = "fp32" on a CPU): "bf16" names its '
+                "precision on a card; the int8 and NF4 arms dequantize to float32 here too.")
+    return None
+
+
 def bon_sentences(bon: dict) -> list[str]:
     """Best-of-n in words: where bf16 peaks, each arm's tax at n* with what its interval rules out, and the
     controls' verdicts."""
@@ -448,6 +458,7 @@ def bon_sentences(bon: dict) -> list[str]:
     g = bf16.get("gold_gain_vs_sft_ci95") or [None, None]
     lines = [f"bf16's best-of-n gold gain peaks at n* = {star}: {bf16['gold_gain_vs_sft']:+.3f} over the SFT "
              f"policy's mean ({bon['pool_gold_mean']:.3f}), 95% CI [{_num(g[0], '+.3f')}, {_num(g[1], '+.3f')}]."]
+    lines += [line] if (line := compute_dtype_line(bon)) else []
     for arm, e in bon["arms"].items():
         if arm == "bf16":
             continue
@@ -505,6 +516,7 @@ def tax_sentences(result: dict) -> list[str]:
         lines.append(f"bf16: gain over SFT {bf16['gold_gain_vs_sft']:+.3f} under the judge, 95% CI "
                      + (f"[{g[0]:+.3f}, {g[1]:+.3f}]: " if g else "none (too few seeds): ")
                      + ("PPO improves on SFT." if g and g[0] > 0 else "not shown to improve on SFT."))
+    lines += [line] if (line := compute_dtype_line(result)) else []
     for arm, e in result["arms"].items():
         if arm != "bf16" and e.get("status") in ("ok", "partial"):
             lines.append(f"{arm_label(arm)}: " + _tax_words(arm, e, result.get("null_arm")))

@@ -833,6 +833,9 @@ def rm_table(rm: dict) -> pd.DataFrame:
             cat = (e.get("by_category") or {}).get(c) if _done(e) else None
             row[f"{c.replace('_', '-')}: mean (min)"] = "failed" if not _done(e) else MISSING if cat is None else \
                 f"{cat['mean']:.2f} ({cat['min']:.2f})".replace(" ", "\u00a0")
+        stopped = [m["steps"] for m in models if (m.get("steps") or {}).get("early_stopping")]
+        if stopped:  # trained to a plateau: each seed's kept step of those it trained (rm.early_stopping)
+            row["steps kept / trained"] = ", ".join(f"{s['kept']}/{s['trained']}" for s in stopped)
         agreement = [m["agreement_with_bf16"] for m in models if m.get("agreement_with_bf16") is not None]
         row |= {"above chance, every category": _cell(e, "above_chance_share", ".0%"),
                 "agreement w/ bf16 (same seed)": _fmt(float(np.mean(agreement)) if agreement else None, ".3f"),

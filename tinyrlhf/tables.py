@@ -103,6 +103,18 @@ def latex(frame: pd.DataFrame, columns) -> str:
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}", ""])
 
 
+def provenance(result: dict) -> str:
+    """LaTeX comment lines saying where a table's numbers come from (profile, commit, CPU kind) and, on the cpu
+    profile, that its "bf16" arm computed in float32."""
+    m = result.get("manifest") or {}
+    hardware, rm = m.get("hardware") or {}, (m.get("config") or {}).get("rm") or {}
+    lines = [f"% tinyrlhf: {m.get('stage')} stage, profile {m.get('profile')}, commit "
+             f"{(m.get('git_commit') or 'unknown')[:12]}, CPU kind {hardware.get('cpu_kind') or 'unrecorded'}"]
+    if rm.get("cpu_dtype") == "fp32" and not hardware.get("cuda"):
+        lines.append('% the "bf16" arm computed in float32 here (rm.cpu_dtype = "fp32" on a CPU)')
+    return "\n".join(lines) + "\n"
+
+
 def write_all(results: str | os.PathLike, out: str | os.PathLike | None = None) -> dict[str, list[Path]]:
     """Every table whose result file is in `results`, as OUT/<name>.csv and OUT/<name>.tex (default OUT:
     RESULTS/tables); returns the files written by table."""
@@ -113,10 +125,11 @@ def write_all(results: str | os.PathLike, out: str | os.PathLike | None = None) 
         path = results / FILE_NAMES[kind]
         if not path.exists():
             continue
-        frame = make(read_json(path))
+        result = read_json(path)
+        frame = make(result)
         csv, tex = out / f"{name}.csv", out / f"{name}.tex"
         atomic_write_text(csv, frame.to_csv(index=False))
-        atomic_write_text(tex, latex(frame, columns))
+        atomic_write_text(tex, provenance(result) + latex(frame, columns))
         written[name] = [csv, tex]
     if not written:
         raise FileNotFoundError(f"no result files in {results} ({', '.join(FILE_NAMES[k] for k, *_ in TABLES.values())})"
