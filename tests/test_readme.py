@@ -218,7 +218,8 @@ def test_the_headline_is_what_the_committed_results_give(tmp_path):
     fix = ("regenerate with: .venv/bin/python scripts/readme_results.py (from docs/results/), or --from RESULTS_DIR "
            "after a fresh `make run`")
     loaded = headline.load_snapshot(DOCS / "results")
-    assert _headline_block(_text(README)) == headline.block(loaded["bon"], loaded["ppo"]), fix
+    assert _headline_block(_text(README)) == headline.block(loaded["bon"], loaded["ppo"],
+                                                            minutes=headline.run_minutes(loaded)), fix
     fresh = matplotlib.image.imread(headline.draw_figure(loaded["bon"], loaded["ppo"], tmp_path)[0])
     committed = matplotlib.image.imread(DOCS / "figures" / "headline.png")
     assert fresh.shape == committed.shape and np.array_equal(fresh, committed), fix
@@ -246,10 +247,13 @@ def test_the_headline_generator_reads_numbers_not_prose(tmp_path):
     gain = ppo["arms"]["bf16"]["gold_gain_vs_sft"]
     assert f"{gain:+.3f}".replace("-", "−") in text and f"n = {bon['n_star']}" in text
     assert "controls: null" in text and "detects 4 times in 5" in text
+    assert "every stage in 12 minutes" in headline.block(bon, ppo, minutes=12.4)
     broken = tmp_path / "run"
     broken.mkdir()
     for name, result in (("bon_results.json", bon), ("ppo_experiment_results.json", ppo | {"arms": "none"})):
         (broken / name).write_text(json.dumps(result))
+    for kind in ("data_stats", "sft", "rm"):  # what a run writes before best-of-n, valid
+        (broken / headline.FILE_NAMES[kind]).write_text((DOCS / "results" / headline.FILE_NAMES[kind]).read_text())
     with pytest.raises(SchemaError):
         headline.take_snapshot(broken, tmp_path / "snapshot")
     assert not (tmp_path / "snapshot" / "bon_results.json").exists()
