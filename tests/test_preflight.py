@@ -44,6 +44,10 @@ def test_the_preflight_runs_every_stage_of_the_gpu_profile_and_says_it_is_ready(
     # the profile's sizes, the counts shrunk; every arm and the heldout judge trained
     rm = json.loads(get_paths(tmp_path / "preflight").result("rm").read_text())
     assert set(rm["models"]) == {f"{arm}/seed0" for arm in profile.arms} | {"judge"}
+    # early stopping's path ran (one validation evaluation at the last step), and the go/no-go did not stop PPO
+    assert all(m["steps"]["early_stopping"] and len(m["steps"]["validation_accuracy"]) == 1
+               for m in rm["models"].values())
+    assert written["settings"]["ppo.gate"] is False
     assert written["settings"]["ppo.ppo_batch"] == profile.ppo.mini_batch and "rm.batch_size" not in written["settings"]
     assert "Preflight passed" in preflight.sentence(out) and not (paths.models / "rm").exists()  # the user's: untouched
     assert any("ppo ok" in line for line in said)

@@ -31,13 +31,16 @@ CAPACITY_SHARE = 0.95  # a peak past this share of the device's capacity is a fa
 
 
 def settings(profile: Profile, steps: int = 2) -> dict:
-    """The profile's settings with only the counts no peak depends on shrunk."""
-    e, p = profile.eval, profile.ppo
+    """The profile's settings with only the counts no peak depends on shrunk. The go/no-go is off (a few steps make
+    reward models at chance: PPO's mechanics are what is checked); early stopping evaluates once, at the last step,
+    on a few validation pairs at the profile's batch size."""
+    e, p, r = profile.eval, profile.ppo, profile.rm
+    stopping = {"rm.eval_every": steps, "rm.validation_pairs": min(r.validation_pairs, 32)} if r.early_stopping else {}
     return {"sft.max_steps": steps, "sft.accum": 1, "sft.eval_pairs": 16, "sft.sample_prompts": 4,
-            "rm.max_steps": steps, "rm.accum": 1, "rm.eval_pairs": 32, "rm.seeds": [profile.rm.seeds[0]],
+            "rm.max_steps": steps, "rm.accum": 1, "rm.eval_pairs": 32, "rm.seeds": [r.seeds[0]],
             "rm.control_seeds": 0, "ppo.steps": 1, "ppo.ppo_batch": p.mini_batch, "ppo.ppo_epochs": 1,
-            "ppo.rm_seeds": 1, "ppo.runs_per_model": 1, "eval.prompts": min(e.prompts, 16),
-            "eval.checkpoints": 1, "eval.bootstrap": 20, "eval.bon_pool": min(e.bon_pool, 8)}
+            "ppo.rm_seeds": 1, "ppo.runs_per_model": 1, "ppo.gate": False, "eval.prompts": min(e.prompts, 16),
+            "eval.checkpoints": 1, "eval.bootstrap": 20, "eval.bon_pool": min(e.bon_pool, 8)} | stopping
 
 
 def _units(stage: str, result: dict) -> tuple[list[str], list[dict]]:
