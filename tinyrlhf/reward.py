@@ -235,8 +235,9 @@ def keep_trainable_fp32(model) -> int:
 def pin_int8_matmul(model, matmul: str) -> int:
     """Fix the function an int8 model's layers multiply with, whatever train()/eval() later say.
 
-    "dequantized": the int8 arm's one arithmetic (kernels.pin_dequantized: the int8 weights and row scales,
-    dequantized, times unquantized activations, bitsandbytes' MatMul8bitFp) on every device. "llm.int8":
+    "dequantized": the int8 arm's one arithmetic (kernels.pin_dequantized: the int8 weights and row scales
+    dequantized, times unquantized activations, as bitsandbytes' MatMul8bitFp computes it, computed by us) on every
+    device. "llm.int8":
     bitsandbytes' own eval-mode dispatch (activations quantized too, outliers split out), kept for measuring how
     far it is from the arm's arithmetic (03's kernel check). Returns the number of int8 layers pinned.
     """
@@ -301,8 +302,10 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
         matmul = int8_cpu_matmul if precision == "int8" else "dequantized"
         if own_dispatch:
             matmul = "llm.int8" if precision == "int8" else None
-        if matmul is not None:
-            pin_int8_matmul(model, matmul) if precision == "int8" else pin_dequantized(model)
+        if matmul is not None and precision == "int8":
+            pin_int8_matmul(model, matmul)
+        elif matmul is not None:
+            pin_dequantized(model)
     return model, info | {"tokenizer": tok, "int8_matmul": matmul, "kernel": kernel, "footprint_bytes": footprint,
                           "trained_precision": info["precision"], "precision": precision}
 
