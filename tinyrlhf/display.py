@@ -22,7 +22,7 @@ from .config import Paths, Profile, default_profile_name
 from .env import capacities as env_capacities
 from .memory import format_bytes
 from .plots import MISSING, arm_label, precision_color
-from .stats import minimum_detectable
+from .stats import control_passed, minimum_detectable
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
 LENGTH_FIELDS = ("prompt", "chosen", "rejected")
@@ -477,11 +477,13 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
     lo, hi = e["tax_vs_bf16_ci95"]
     text = f"tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}] ({absolute})"
     if arm == null:
-        return text + "; the negative control: " + ("its interval contains 0, as it must." if lo <= 0 <= hi else
+        return text + "; the negative control: " + ("its interval contains 0, as it must."
+                                                    if control_passed("null", [lo, hi]) else
                                                     "its interval EXCLUDES 0: the instrument sees an effect where "
                                                     "there is none.")
     if arm == "noisy":
-        return text + "; the positive control: " + ("detected (its interval excludes 0)." if lo > 0 else
+        return text + "; the positive control: " + ("detected (its interval excludes 0)."
+                                                    if control_passed("noisy", [lo, hi]) else
                                                     "NOT detected: the instrument missed a known effect.")
     if lo <= 0 <= hi:
         text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain (95%)"

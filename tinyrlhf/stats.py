@@ -206,6 +206,14 @@ def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
             "var_seeds": v_s, "var_prompts": v_p}
 
 
+def control_passed(control: str, ci) -> bool:
+    """A control's verdict from its tax interval: the negative ("null") must hold 0, the positive ("noisy") must
+    exclude it from above. No interval fails both."""
+    if not ci:
+        return False
+    return ci[0] <= 0 <= ci[1] if control == "null" else ci[0] > 0
+
+
 def sign_flip_p(differences) -> float | None:
     """Exact two-sided p-value of paired differences (one per reward-model seed) under "no effect", where each
     seed's difference is as likely negative as positive: the share of the 2^S sign patterns whose |mean| is at
