@@ -48,9 +48,10 @@ LABEL_NOISE_ON = ("auto", "any", "rude", "off_topic", "harmful")
 JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
-# The hub commits the project downloads: `revision="auto"` (base.revision, data.revision) resolves to these; a hub
-# id not listed loads its latest commit ("latest") unless its revision is set. A revision is part of the data and base
-# settings, so a changed one reruns every stage. (The commits are the snapshot folder names of the hub's cache.)
+# The hub commits the project downloads: `revision="auto"` (base.revision, data.revision, eval.judge_revision)
+# resolves to these; a hub id not listed loads its latest commit ("latest") unless its revision is set. A revision is
+# part of its section's settings, so a changed one reruns the stages that read it. (The commits are the snapshot
+# folder names of the hub's cache.)
 PINNED_REVISIONS = {"Qwen/Qwen2.5-0.5B": "060db6499f32faf8b98477b0a26969ef7d8b9987",
                     "Anthropic/hh-rlhf": "09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa"}
 LATEST = "latest"  # a revision that pins nothing
@@ -291,6 +292,10 @@ class EvalSettings:
     # auto | gold | heldout | path or hub id of a sequence-classification reward model. "auto" follows the data:
     # gold on the synthetic set (the only data whose rules are known), heldout on any other (get_profile resolves it)
     judge: str = "auto"
+    # The hub commit of a judge named by hub id: "auto" is PINNED_REVISIONS' (resolved by get_profile; "latest" for
+    # an id not listed there), "latest" its newest commit (the judge's record then says "unpinned"). A local folder
+    # needs none; gold and heldout ignore it.
+    judge_revision: str = "auto"
     prompts: int = 48  # a seeded random sample of the test prompts (all of them when there are fewer)
     samples: int = 8  # replies per prompt at the end of each run (and for the SFT policy)
     checkpoints: int = 5  # evaluations along each run, evenly spaced, the last at the end
@@ -618,8 +623,12 @@ def _resolve_revisions(p: Profile) -> Profile:
     """"auto" revisions made concrete, so the manifest and the stage hashes hold the commit itself."""
     base = p.base.revision if p.base.revision != "auto" else PINNED_REVISIONS.get(p.base.model, LATEST)
     data = p.data.revision if p.data.revision != "auto" else PINNED_REVISIONS.get(p.data.hub_id, LATEST)
+    judge = p.eval.judge_revision  # only a judge named by id or path loads anything
+    if judge == "auto" and p.eval.judge not in JUDGES:
+        judge = PINNED_REVISIONS.get(p.eval.judge, LATEST)
     return dataclasses.replace(p, base=dataclasses.replace(p.base, revision=base),
-                               data=dataclasses.replace(p.data, revision=data))
+                               data=dataclasses.replace(p.data, revision=data),
+                               eval=dataclasses.replace(p.eval, judge_revision=judge))
 
 
 @dataclass(frozen=True)
