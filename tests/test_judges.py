@@ -28,8 +28,12 @@ def test_a_reward_model_named_by_path_judges_from_the_decoded_text(tiny_world, t
     AutoTokenizer.from_pretrained(paths.sft_merged).save_pretrained(external)
     profile = get_profile("cpu", overrides=TINY_WORLD | {"eval.judge": str(external)})
     out = run_ppo(profile, wd, progress=False)
-    assert out["judge"] == {"kind": "external", "name": str(external), "path": str(external),
-                            "why": out["judge"]["why"]}
+    judge = out["judge"]
+    assert {k: judge[k] for k in ("kind", "name", "path", "revision", "device")} == {
+        "kind": "external", "name": str(external), "path": str(external), "revision": None, "device": "cpu"}
+    # the scratch tokenizer has no chat template: plain text, and the record says so
+    assert judge["chat_template"] is False and "no chat template" in judge["why"]
+    assert judge["truncated"] == 0 and judge["scored"] > 0
     assert out["arms"]["bf16"]["status"] == "ok" and out["cross_matrix"]["judges"][0] == "judge"
     schema.validate_file(wd.result("ppo"), "ppo")
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .base_model import ModelLoadError
+from .chat import full_text, turns
+from .config import LATEST, hub_revision
+from .kernels import dtype_name
 from .logits import contiguous_output_input, response_logprobs
 from .reward import CPURewardModel, grouped_reasons, load_for_scoring, load_reward_model, score_rollouts
+from .runtime import reward_compute_dtype
 from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
 from .synthetic import gold_reward
 
@@ -229,37 +235,201 @@ class RewardModelJudge:
 
 
 class TextJudge:
-    """A public sequence-classification reward model with its own tokenizer: it reads the decoded text."""
+    """A public sequence-classification reward model with its own tokenizer: it reads the decoded dialogue through
+    that tokenizer's chat template (the prompt's turns, then the reply, as the model's authors score it), or as plain
+    text when the tokenizer has none. Weights in reward_compute_dtype(device, cpu_dtype) (bf16 on a card, the host's
+    dtype on the CPU); texts right-padded, `batch` at a time; one longer than `max_length` tokens (default: what the
+    tokenizer and the model's positions allow) keeps its end, where the score is read, and is counted."""
 
-    def __init__(self, name: str, *, trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(self, name: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                 cpu_dtype: str = "auto", device: str = "cpu", max_length: int | None = None, batch: int = 16):
+        from transformers import AutoModelForSequenceClassification
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
-        self.model.eval()
+        self.tokenizer = _judge_part(name, "tokenizer", revision, trust_remote_code)
+        self.dtype, self.device, self.batch = reward_compute_dtype(device, cpu_dtype), device, batch
+        self.model = _judge_part(name, "model", revision, trust_remote_code, dtype=self.dtype,
+                                 loader=AutoModelForSequenceClassification).to(device).eval()
+        self.chat_template = bool(self.tokenizer.chat_template)
+        self.max_length = judge_max_length(self.tokenizer, self.model.config, max_length)
+        self.pad_id = _judge_pad_id(self.tokenizer, self.model.config, name)
+        # sequence classification reads each row at its last token that is not config.pad_token_id
+        self.model.config.pad_token_id = self.pad_id
+        bos = self.tokenizer.bos_token_id
+        self._adds_bos = bos is not None and self.tokenizer("a")["input_ids"][:1] == [bos]
+        self.truncated = self.scored = self.last_truncated = self.last_scored = 0
+
+    def text(self, prompt: str, reply: str) -> str:
+        """What the judge reads: the dialogue through its chat template, or the plain text without one."""
+        if not self.chat_template:
+            return full_text(prompt, reply)
+        return self.tokenizer.apply_chat_template(chat_messages(prompt, reply), tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a judged text with one BOS: as the Skywork-Reward-V2 cards do, a template's leading BOS is
+        dropped before a tokenizer that adds its own tokenizes the text."""
+        bos = self.tokenizer.bos_token
+        if self.chat_template and self._adds_bos and text.startswith(bos):
+            text = text[len(bos):]
+        return self.tokenizer(text)["input_ids"]
+
+    def score_texts(self, texts: list[str]) -> list[float]:
+        """The model's score of each text (its first logit), in texts' order."""
+        ids = [self.encode(t) for t in texts]
+        fitted = [keep_end(i, self.max_length, self.tokenizer.bos_token_id) for i in ids]
+        self.last_truncated, self.last_scored = sum(len(a) != len(b) for a, b in zip(ids, fitted)), len(ids)
+        self.truncated, self.scored = self.truncated + self.last_truncated, self.scored + self.last_scored
+        order = sorted(range(len(fitted)), key=lambda i: len(fitted[i]))  # like lengths share a batch: less padding
+        out = [0.0] * len(fitted)
+        with torch.no_grad():
+            for i in range(0, len(order), self.batch):
+                some = order[i: i + self.batch]
+                input_ids, mask = right_padded([fitted[j] for j in some], self.pad_id)
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for j, score in zip(some, logits[:, 0].float().cpu().tolist()):
+                    out[j] = score
+        return out
 
     def scores(self, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float) -> list[float]:
-        out = []
-        rows = list(zip(rollouts.prompt_of_row, rollouts.texts, rollouts.has_eos))
-        with torch.no_grad():
-            for i in range(0, len(rows), 16):
-                chunk = rows[i: i + 16]
-                enc = self.tokenizer([p + " " + t for p, t, _ in chunk], return_tensors="pt", padding=True,
-                                     truncation=True)
-                logits = self.model(**enc).logits[:, 0].float().tolist()
-                out += [s - (0.0 if e else missing_eos_penalty) for s, (_, _, e) in zip(logits, chunk)]
-        return out
+        """Every reply judged, a (prompt, reply) repeated in the pool scored once, lowered by `missing_eos_penalty`
+        when it never ended."""
+        rows = list(zip(rollouts.prompt_of_row, rollouts.texts))
+        distinct = list(dict.fromkeys(rows))
+        judged = dict(zip(distinct, self.score_texts([self.text(p, t) for p, t in distinct])))
+        return [judged[r] - (0.0 if e else missing_eos_penalty) for r, e in zip(rows, rollouts.has_eos)]
+
+
+ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def chat_messages(prompt: str, reply: str) -> list[dict]:
+    """An HH-RLHF prompt's turns, then the reply, as chat messages; the prompt's open last turn is the reply's, and
+    consecutive turns of one speaker are joined (chat templates expect the roles to alternate)."""
+    said = turns(prompt)
+    if said and said[-1] == ("Assistant", ""):
+        said = said[:-1]
+    out: list[dict] = []
+    for who, text in [*said, ("Assistant", reply.strip())]:
+        if out and out[-1]["role"] == ROLES[who]:
+            out[-1]["content"] += "\n\n" + text
+        else:
+            out.append({"role": ROLES[who], "content": text})
+    return out
+
+
+def keep_end(ids: list[int], max_length: int | None, bos_id: int | None) -> list[int]:
+    """`ids` cut to `max_length` from the left, a leading BOS kept: the reply and the last token, where a sequence
+    classifier reads its score, survive."""
+    if max_length is None or len(ids) <= max_length:
+        return ids
+    head = ids[:1] if bos_id is not None and ids[:1] == [bos_id] else []
+    return head + ids[len(ids) - (max_length - len(head)):]
+
+
+def right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids padded on the right with `pad_id`, and the attention mask: the real tokens keep the positions they
+    have alone, so padding changes no score."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def judge_max_length(tokenizer, config, given: int | None = None) -> int | None:
+    """The longest text a judge reads: the smallest of `given`, the tokenizer's model_max_length and the model's
+    positions (None when none is set; transformers says "no limit" with a huge model_max_length)."""
+    limits = [n for n in (given, getattr(tokenizer, "model_max_length", None),
+                          getattr(config, "max_position_embeddings", None)) if n and n < 10**9]
+    return min(limits, default=None)
+
+
+def _judge_pad_id(tokenizer, config, name: str) -> int:
+    """The model's own pad id, else the tokenizer's, else its EOS (Llama and Qwen3 tokenizers may have no pad). With
+    pad == EOS, a text ending in EOS is read at the token before it, batched or alone alike, as the model reads it."""
+    for pad in (config.pad_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if pad is not None:
+            return pad
+    raise ModelLoadError(f"eval.judge={name!r}: neither its model nor its tokenizer names a pad or EOS token; set "
+                         "eval.judge to a reward model whose tokenizer has one")
+
+
+def _judge_part(name: str, part: str, revision: str | None, trust_remote_code: bool, dtype=None, loader=None):
+    """The tokenizer, config or model of a judge named by path or hub id; a name that loads none fails in one line
+    saying what to set."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"eval.judge={name!r}: no such folder. {JUDGE_ADVICE}")
+    loader = loader or {"tokenizer": AutoTokenizer, "config": AutoConfig}[part]
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        return loader.from_pretrained(str(Path(name).expanduser()) if looks_local else name, revision=revision,
+                                      trust_remote_code=trust_remote_code, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure to load is the same advice
+        reason = " ".join(str(e).split())[:200]
+        raise ModelLoadError(f"eval.judge={name!r}: cannot load its {part} ({type(e).__name__}: {reason}). "
+                             f"{JUDGE_ADVICE}") from None
+
+
+JUDGE_ADVICE = ("Set eval.judge to a folder holding a sequence-classification reward model and its tokenizer, to "
+                "its hub id (offline: download it to a folder first), or to 'heldout'.")
+
+
+def judge_revision(name: str, revision: str) -> str | None:
+    """What a public judge's record says of its commit: the resolved eval.judge_revision, "unpinned" for the newest
+    commit of a hub id, None for a local folder (nothing to pin)."""
+    if Path(name).expanduser().exists():
+        return None
+    return "unpinned" if revision == LATEST else revision
+
+
+def text_judge_facts(name: str, *, revision: str, device: str, cpu_dtype: str = "auto",
+                     trust_remote_code: bool = False, max_length: int | None = None) -> dict:
+    """What the record of a public judge says before it scores: its commit, whether it reads its chat template, the
+    dtype and device it scores in, the longest text it reads. Loads its tokenizer and config only, so a bad name
+    fails here, before any stage trains."""
+    pinned = judge_revision(name, revision)
+    rev = None if pinned in (None, "unpinned") else pinned
+    tokenizer = _judge_part(name, "tokenizer", rev, trust_remote_code)
+    config = _judge_part(name, "config", rev, trust_remote_code)
+    template = bool(tokenizer.chat_template)
+    return {"revision": pinned, "chat_template": template,
+            "reads": "its tokenizer's chat template: the prompt's Human and Assistant turns as user and assistant "
+                     "messages, then the reply" if template else
+                     "plain text, prompt + ' ' + reply: its tokenizer has no chat template",
+            "dtype": dtype_name(reward_compute_dtype(device, cpu_dtype)), "device": device,
+            "max_length": judge_max_length(tokenizer, config, max_length)}
+
+
+def judge_counts(judge) -> dict:
+    """How many distinct candidates a public judge scored and had to cut to its max_length (none for the others)."""
+    return {"truncated": judge.truncated, "scored": judge.scored} if isinstance(judge, TextJudge) else {}
+
+
+def judge_once(spec: dict, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float,
+               **load) -> tuple[list[float], dict]:
+    """Every reply scored by the judge `spec` names, loaded for this once (`load`: load_judge's settings) and gone
+    when it returns; with judge_counts' facts of a public judge, for its record."""
+    judge = load_judge(spec, **load)
+    return judge.scores(rollouts, eos_token_id=eos_token_id, missing_eos_penalty=missing_eos_penalty), \
+        judge_counts(judge)
 
 
 def load_judge(spec: dict, *, trust_remote_code: bool = False, cpu_dtype: str = "auto", device: str = "cpu"):
     """The judge a ppo stage result names: {"kind": "gold" | "reward_model" | "external", "path": ...}; a reward
     model judge scores on `device` (an idle card: best-of-n's pool) and on the CPU computes in what `cpu_dtype`
-    (rm.cpu_dtype) says."""
+    (rm.cpu_dtype) says; an external one loads at the spec's revision."""
     if spec["kind"] == "gold":
         return GoldJudge()
     if spec["kind"] == "reward_model":
         return RewardModelJudge(spec["path"], trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype, device=device)
-    return TextJudge(spec["path"], trust_remote_code=trust_remote_code)
+    revision = spec.get("revision")
+    return TextJudge(spec["path"], revision=None if revision in (None, "unpinned") else hub_revision(revision),
+                     trust_remote_code=trust_remote_code, cpu_dtype=cpu_dtype, device=device,
+                     max_length=spec.get("max_length"))
 
 
 def evaluate_policy(policy, tokenizer, prompts: list[str], *, samples: int, judge, proxy=None, with_kl: bool,
@@ -275,7 +445,10 @@ def evaluate_policy(policy, tokenizer, prompts: list[str], *, samples: int, judg
     proxied = None if proxy is None else proxy_scores(proxy, rollouts, eos_token_id=eos,
                                                       missing_eos_penalty=missing_eos_penalty)
     kl = kl_per_reply(policy, rollouts, temperature=temperature, chunk=kl_chunk) if with_kl else None
-    return summary(rollouts, judge=judged, proxy=proxied, kl=kl, show=show), rollouts, judged
+    rec = summary(rollouts, judge=judged, proxy=proxied, kl=kl, show=show)
+    if isinstance(judge, TextJudge):  # a public judge cuts texts longer than it reads: how many, in this evaluation
+        rec |= {"judge_truncated": judge.last_truncated, "judge_scored": judge.last_scored}
+    return rec, rollouts, judged
 
 
 def win_rate(a: list[float], b: list[float]) -> float:
@@ -381,6 +554,10 @@ def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, r
                                   seed=seed)
         if arm != "bf16":
             arms[arm]["projection"] = projection(cells, sft_cells, reference="bf16", arm=arm, seed=seed)
+    if judge.get("kind") == "external":  # every evaluation's cut texts: the SFT policy's, each run's checkpoints'
+        ok = [r for rs in runs.values() for r in rs if r["status"] == "ok"]
+        evaluations = [sft, *(c for r in ok for c in r.get("checkpoints", []))]
+        judge = judge | {k: sum(e.get(f"judge_{k}", 0) for e in evaluations) for k in ("truncated", "scored")}
     return {"judge": judge, "null_arm": null, "noisy_arm": noisy, "rm_seeds": list(rm_seeds),
             "eval": eval_info | {"interval": "95%, crossed jackknife variances, each scaled by Student's t at its own df, "
                                              "over reward-model seeds and prompts, paired across arms"},

@@ -685,7 +685,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
         raise PPOError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     p, e, trust = profile.ppo, profile.eval, profile.base.trust_remote_code
     models = intact_rm_records(paths, read_json(paths.result("rm")))
-    judge = judge_spec(profile, paths, models)
+    judge = judge_spec(profile, paths, models, device=score_device(profile))
     prompts = evaluate.eval_prompts([q.prompt for q in data.read_pairs(paths.data_file("test"))], e.prompts,
                                     profile.seed)
 
@@ -698,9 +698,9 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
-    gold = evaluate.load_judge(judge, trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype,  # the card is idle
-                               device=score_device(profile)).scores(
-        pool, eos_token_id=tokenizer.eos_token_id, missing_eos_penalty=p.missing_eos_penalty)
+    gold, cut = evaluate.judge_once(judge, pool, eos_token_id=tokenizer.eos_token_id, device=score_device(profile),
+                                    missing_eos_penalty=p.missing_eos_penalty, trust_remote_code=trust,
+                                    cpu_dtype=profile.rm.cpu_dtype)  # the card is idle
     sample_seconds = time.perf_counter() - t0
 
     ######## Every reward model (and each bf16 model served quantized) scores every candidate ########
@@ -729,7 +729,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     analysis = bon.analyse(shape(gold), proxies, reference="bf16",
                            null=NULL_ARM if NULL_ARM in profile.arms else None, planned=planned)
     _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
-    result = {"judge": judge, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
+    result = {"judge": judge | cut, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
               "samples": _pool_samples(pool, gold, e.show_samples), "arms_info": _bon_arms_info(profile, models),
               **analysis}
@@ -918,8 +918,9 @@ def intact_rm_records(paths: Paths, rm_result: dict) -> dict:
     return records
 
 
-def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
-    """Which judge scores every policy, and why it is one no arm trained against."""
+def judge_spec(profile: Profile, paths: Paths, rm_records: dict, device: str = "cpu") -> dict:
+    """Which judge scores every policy, and why it is one no arm trained against; a public one's record also says at
+    which commit, whether it reads its chat template, and the dtype and `device` it scores in."""
     judge = profile.eval.judge
     if judge == "gold":
         if resolve_source(profile) != "synthetic":
@@ -935,8 +936,10 @@ def judge_spec(profile: Profile, paths: Paths, rm_records: dict) -> dict:
         return {"kind": "reward_model", "path": str(paths.rm(JUDGE_ARM)),
                 "name": f"bf16 reward model, other half of the training pairs, seed {rec['train_seed']}",
                 "why": "trained on pairs no arm saw, with another seed; every arm is a column of the cross matrix"}
-    return {"kind": "external", "name": judge, "path": judge,
-            "why": "named by eval.judge; it reads the decoded replies with its own tokenizer"}
+    facts = evaluate.text_judge_facts(judge, revision=profile.eval.judge_revision, device=device,
+                                      cpu_dtype=profile.rm.cpu_dtype, trust_remote_code=profile.base.trust_remote_code)
+    return {"kind": "external", "name": judge, "path": judge, **facts,
+            "why": f"named by eval.judge, no arm trained against it; it reads the decoded replies as {facts['reads']}"}
 
 
 RUN_FILE = "run.json"  # a finished PPO run's record, beside its adapter
