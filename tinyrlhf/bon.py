@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .stats import arm_statistics, projection
+from .stats import arm_statistics, crossed_jackknife, projection, sign_flip_p, widened
 
 
 @functools.lru_cache(maxsize=256)
@@ -71,7 +71,8 @@ def sizes(pool: int) -> list[int]:
     return ns if ns[-1] == pool else ns + [pool]
 
 
-def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, planned: dict | None = None) -> dict:
+def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, planned: dict | None = None,
+            headline_n: int | None = None, family=(), sweep: dict | None = None, served_pairs: dict | None = None) -> dict:
     """Paired best-of-n of every arm on one gold-judged pool.
 
     gold: (prompts x N) gold score of every candidate; proxies[arm]: (seeds x prompts x N) each seed's reward model's
@@ -81,7 +82,11 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, p
     For each n: every arm's expected gold reward of its best-of-n per (seed, prompt), its gain over the pool's mean
     (the SFT policy's expected gold reward) with arm_statistics' intervals (seeds crossed with prompts, paired
     across arms), and its proxy's best-of-n gain (which must rise with n). n* is the n where bf16's mean gold gain
-    peaks; the headline compares the arms there, where a ratio to bf16's gain means most.
+    peaks. The headline compares the arms at `headline_n` when given (fixed before the run), else at n* (chosen on
+    the data it reports: `n_star_rule` says which); each n's tax also gets a band simultaneous over every n.
+    `family`: the arms whose "costs less than" are the headline's claims, each also given an interval simultaneous
+    over them (Bonferroni). `sweep`: {arm: bits} of the bits sweep, reported apart (bits_sweep). `served_pairs`:
+    {trained arm: its served arm}, each pair's difference of taxes with its own interval (trained_minus_served).
     """
     if reference not in proxies:
         raise ValueError(f"best-of-n compares every arm with {reference!r}, which is not among {list(proxies)}")
@@ -89,6 +94,41 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, p
     n_prompts, pool = gold.shape
     ns = list(ns or sizes(pool))
     base = gold.mean(1)
+    gold_bon, proxy_gain = _rank_all(gold, proxies, ns)
+    by_n = []
+    for k, n in enumerate(ns):
+        cells = {arm: gold_bon[arm][k] for arm in proxies}
+        by_n.append({"n": n, "kl": kl_bon(n), "stats": arm_statistics(cells, base, reference=reference, null=null)})
+    ref_gain = [row["stats"][reference]["gold_gain_vs_sft"] for row in by_n]
+    n_peak = ns[int(np.nanargmax([g if g is not None else np.nan for g in ref_gain]))] if any(
+        g is not None for g in ref_gain) else None
+    n_star = headline_n if headline_n in ns else n_peak
+    for row in by_n:
+        _add_bands(row["stats"], len(ns))
+    star = ns.index(n_star) if n_star is not None else None
+    arms = {arm: _arm_record(arm, by_n, proxy_gain[arm], (planned or {}).get(arm), star, reference,
+                             None if star is None or arm == reference else
+                             {arm: gold_bon[arm][star], reference: gold_bon[reference][star]}, base)
+            for arm in proxies}
+    _add_family(arms, [a for a in family if a in arms])
+    sweep = sweep or {}
+    at_star = {arm: gold_bon[arm][star] for arm in proxies} if star is not None else None
+    return {"ns": ns, "kl": [kl_bon(n) for n in ns], "pool": pool, "prompts": n_prompts,
+            "pool_gold_mean": float(base.mean()), "n_star": n_star, "n_peak": n_peak,
+            "n_star_rule": ("fixed before the run (eval.headline_n)" if n_star == headline_n else
+                            "n*, where bf16's gold gain peaks on these data (chosen on the data it reports)"),
+            "reference": reference, "null_arm": null,
+            "arms": {arm: rec for arm, rec in arms.items() if arm not in sweep},
+            "bits": bits_sweep({arm: arms[arm] for arm in sweep}, sweep, at_star, base, reference) if sweep else None,
+            "trained_minus_served": None if at_star is None else {
+                trained: trained_minus_served(at_star[trained], at_star[served], at_star[reference], base)
+                for trained, served in (served_pairs or {}).items() if trained in at_star and served in at_star}}
+
+
+def _rank_all(gold: np.ndarray, proxies: dict, ns: list) -> tuple[dict, dict]:
+    """Each arm's expected gold reward of its best-of-n, (ns x seeds x prompts), and its proxy's own best-of-n gain,
+    (ns x seeds); NaN for a seed without scores."""
+    n_prompts = gold.shape[0]
     gold_bon, proxy_gain = {}, {}
     for arm, prox in proxies.items():
         prox = np.asarray(prox, dtype=float)
@@ -101,36 +141,100 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, p
                 g[k, s] = [best_of_n(prox[s, p], gold[p], n) for p in range(n_prompts)]
                 pg[k, s] = np.mean([best_of_n(prox[s, p], prox[s, p], n) - prox[s, p].mean() for p in range(n_prompts)])
         gold_bon[arm], proxy_gain[arm] = g, pg
-    by_n = []
-    for k, n in enumerate(ns):
-        cells = {arm: gold_bon[arm][k] for arm in proxies}
-        by_n.append({"n": n, "kl": kl_bon(n), "stats": arm_statistics(cells, base, reference=reference, null=null)})
-    ref_gain = [row["stats"][reference]["gold_gain_vs_sft"] for row in by_n]
-    n_star = ns[int(np.nanargmax([g if g is not None else np.nan for g in ref_gain]))] if any(
-        g is not None for g in ref_gain) else None
-    d = np.sqrt([kl_bon(n) for n in ns])
-    arms = {}
-    for arm in proxies:
-        gains = [row["stats"][arm]["gold_gain_vs_sft"] for row in by_n]
-        fit = fit_bon_frontier(d, gains) if all(g is not None for g in gains) else {"alpha": None, "beta": None}
-        star = ns.index(n_star) if n_star is not None else None
-        seeds_ok = [int(i) for i in np.flatnonzero(~np.isnan(proxy_gain[arm][0]))]
-        wanted = sorted((planned or {}).get(arm, range(proxy_gain[arm].shape[1])))
-        lost = sorted(set(wanted) - set(seeds_ok))
-        arms[arm] = {
-            "status": "ok" if not lost else "partial" if seeds_ok else "failed",
+    return gold_bon, proxy_gain
+
+
+def _arm_record(arm, by_n, proxy_gain, planned, star, reference, star_cells, base) -> dict:
+    """One arm's best-of-n: status, every n's statistics, the headline n's, its frontier and projection."""
+    gains = [row["stats"][arm]["gold_gain_vs_sft"] for row in by_n]
+    d = np.sqrt([row["kl"] for row in by_n])
+    seeds_ok = [int(i) for i in np.flatnonzero(~np.isnan(proxy_gain[0]))]
+    lost = sorted(set(sorted(planned if planned is not None else range(proxy_gain.shape[1]))) - set(seeds_ok))
+    return {"status": "ok" if not lost else "partial" if seeds_ok else "failed",
             "reason": f"seed index(es) {lost} have no scores (see scorers)" if lost else None,
             "seeds_ok": seeds_ok,
-            "by_n": [{"n": n, **row["stats"][arm], "proxy_gain": _mean_or_none(proxy_gain[arm][k])}
-                     for k, (n, row) in enumerate(zip(ns, by_n))],
-            "at_n_star": None if star is None else {"n": n_star, **by_n[star]["stats"][arm]},
-            "frontier": fit,
-            "projection": None if arm == reference or star is None else projection(
-                {arm: gold_bon[arm][star], reference: gold_bon[reference][star]}, base, reference=reference,
-                arm=arm, target=0.05)}
-    return {"ns": ns, "kl": [kl_bon(n) for n in ns], "pool": pool, "prompts": n_prompts,
-            "pool_gold_mean": float(base.mean()), "n_star": n_star, "reference": reference, "null_arm": null,
-            "arms": arms}
+            "by_n": [{"n": row["n"], **row["stats"][arm], "proxy_gain": _mean_or_none(proxy_gain[k])}
+                     for k, row in enumerate(by_n)],
+            "at_n_star": None if star is None else {"n": by_n[star]["n"], **by_n[star]["stats"][arm]},
+            "frontier": fit_bon_frontier(d, gains) if all(g is not None for g in gains) else {"alpha": None,
+                                                                                             "beta": None},
+            "projection": None if star_cells is None else projection(star_cells, base, reference=reference, arm=arm,
+                                                                     target=0.05)}
+
+
+def _add_bands(stats: dict, comparisons: int) -> None:
+    """Each arm's tax at one n with its band simultaneous over the `comparisons` n's (Bonferroni)."""
+    for e in stats.values():
+        e["tax_vs_bf16_band"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"), comparisons)
+
+
+def _add_family(arms: dict, family: list) -> None:
+    """The headline's claims as one family: each tax interval at the headline n also simultaneous over them."""
+    for arm in family:
+        e = arms[arm]["at_n_star"]
+        if e is not None:
+            e["tax_vs_bf16_family_ci95"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"),
+                                                   len(family))
+            e["family"] = list(family)
+
+
+def _seed_ok(*cells) -> np.ndarray:
+    return np.flatnonzero(np.all([~np.isnan(c).any(axis=1) for c in cells], axis=0))
+
+
+def trained_minus_served(trained, served, ref, base) -> dict:
+    """The tax of a precision's trained arm minus that of the same precision served from bf16's models, at the
+    headline n, paired by seed and prompt, with its crossed-jackknife interval: what training at that precision adds
+    to (or saves over) quantizing a bf16-trained model. It cannot separate the precision's arithmetic during
+    training from the other training path it takes (a partial reseed: other gradients, other optimum): the trained
+    arm differs in both, the served one in neither."""
+    ok = _seed_ok(trained, served, ref)
+    t, v, r = trained[ok], served[ok], ref[ok]
+
+    def diff(s, p):
+        g_ref = float(np.mean(r[np.ix_(s, p)])) - float(np.mean(base[p]))
+        return None if g_ref == 0 else (float(np.mean(v[np.ix_(s, p)])) - float(np.mean(t[np.ix_(s, p)]))) / g_ref
+    est = crossed_jackknife(diff, len(ok), len(base)) if len(ok) else {}
+    per_seed = (v.mean(axis=1) - t.mean(axis=1)) / (r.mean(axis=1) - base.mean()) if len(ok) else []
+    return {"value": est.get("value"), "ci95": est.get("ci95"), "df": est.get("df"), "seeds": [int(i) for i in ok],
+            "per_seed": [float(x) for x in per_seed], "sign_flip_p": sign_flip_p(per_seed)}
+
+
+def bits_sweep(arms: dict, bits: dict, at_star: dict | None, base, reference: str) -> dict:
+    """Where quantization starts to cost, from the served-at-k-bits arms at the headline n.
+
+    trend: the tax's least-squares slope per bit removed, with its crossed-jackknife interval and an exact
+    sign-flip test of the per-seed slopes. onset: fixed-sequence testing from the fewest bits up (each width tested
+    at 5% only while every narrower one was resolved: the family-wise error stays 5% with no correction), the widest
+    width whose tax is resolved above 0, or None when the narrowest is not."""
+    order = sorted(bits, key=bits.get)  # fewest bits first
+    rows = [{"arm": arm, "bits": bits[arm], **(arms[arm]["at_n_star"] or {})} for arm in order]
+    onset = None
+    for row in rows:
+        ci = row.get("tax_vs_bf16_ci95")
+        if not ci or ci[0] <= 0:
+            break
+        onset = row["bits"]
+    return {"rows": rows, "onset_bits": onset, "trend": None if at_star is None else
+            _bits_trend([at_star[a] for a in order], [bits[a] for a in order], at_star[reference], base)}
+
+
+def _bits_trend(cells: list, widths: list, ref, base) -> dict:
+    ok = _seed_ok(ref, *cells)
+    x = -np.asarray(widths, dtype=float)  # bits removed, up to a constant
+    x = x - x.mean()
+    stack, r = np.stack([c[ok] for c in cells]), ref[ok]
+
+    def slope(s, p):
+        g_ref = float(np.mean(r[np.ix_(s, p)])) - float(np.mean(base[p]))
+        if g_ref == 0:
+            return None
+        taxes = [1 - (float(np.mean(c[np.ix_(s, p)])) - float(np.mean(base[p]))) / g_ref for c in stack]
+        return float(x @ np.asarray(taxes) / (x @ x))
+    est = crossed_jackknife(slope, len(ok), len(base)) if len(ok) and len(widths) > 1 else {}
+    per_seed = [slope(np.array([i]), np.arange(len(base))) for i in range(len(ok))] if est else []
+    return {"per_bit": est.get("value"), "per_bit_ci95": est.get("ci95"), "df": est.get("df"),
+            "per_seed": per_seed, "sign_flip_p": sign_flip_p(per_seed)}
 
 
 def _mean_or_none(values) -> float | None:

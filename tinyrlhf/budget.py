@@ -248,7 +248,7 @@ def work_counts(profile: Profile) -> dict:
     runs = sum(len(profile.ppo_rm_seeds(arm)) for arm in profile.arms) * p.runs_per_model
     return {"reward_models": sum(len(profile.arm_seeds(arm)) for arm in profile.arms) + (e.judge == "heldout"),
             "pool_candidates": e.prompts * e.bon_pool,
-            "pool_scorers": sum(len(profile.arm_seeds(arm)) for arm in profile.bon_arms),
+            "pool_scorers": sum(len(profile.arm_seeds(arm)) for arm in profile.bon_arms + profile.bits_arms),
             "ppo_runs": runs, "ppo_updates_per_run": p.steps, "checkpoints_per_run": e.checkpoints,
             "replies_per_run": e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples,
             "cross_scored": runs * len(profile.arms) * e.prompts * e.cross_samples}

@@ -25,6 +25,9 @@ NULL_ARM = "null"  # a second bf16 reward model with another seed: its "tax" is 
 NOISY_ARM = "noisy"
 # Best-of-n only: each seed's bf16 reward model (trained in bf16) scored with its backbone quantized after training
 SERVED_PREFIX = "served-"
+# Best-of-n's bits sweep (EvalSettings.serve_bits): each bf16-trained reward model also served with its backbone's
+# weights at k bits, group-wise (torchao's IntxWeightOnlyConfig; reward.serve_at_bits): the arm "served-w<k>"
+SERVE_BITS = (2, 3, 4, 5, 6, 7, 8)
 NULL_SEED_OFFSET = 1000  # the null arm's reward model for seed s trains with seed s + this
 DATA_SOURCES = ("auto", "synthetic", "hub", "local")
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled", "red-team-attempts")
@@ -114,7 +117,9 @@ _RULES = {
     "eval_every": (_positive, "an integer > 0 (training steps between validation evaluations)"),
     "patience": (_positive, "an integer > 0 (evaluations without a better validation accuracy before stopping)"),
     "validation_pairs": (_positive, "an integer > 0 (training pairs held out for early stopping)"),
+    "headline_n": (_nonneg, "an integer >= 0 (0: n*, where bf16's gold gain peaks on the same data)"),
 }
+MAY_BE_EMPTY = ("serve_bits",)  # () turns best-of-n's bits sweep off
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,15 @@ class EvalSettings:
     # the CPU takes hours at the real size), "cpu", or "cuda". PPO's rollouts and checkpoint evaluations score where
     # ppo.rm_device says.
     score_device: str = "auto"
+    # Where quantization starts to cost: every bf16-trained reward model also ranks the pool served at each of these
+    # weight widths (integer weights, asymmetric, one scale and zero point per `serve_group` inputs, by torchao; the
+    # served int8/NF4 arms keep bitsandbytes). Scoring only: seconds per model on the cpu profile. () turns it off.
+    serve_bits: tuple = (8, 4, 3, 2)
+    serve_group: int = 64
+    # The n best-of-n's headline compares the arms at, fixed before the run; 0 takes n*, where bf16's gold gain
+    # peaks on the same data (a choice made on the data it then reports, said so wherever it is used). Every n's tax
+    # is reported too, with a band simultaneous over the n's.
+    headline_n: int = 4
 
 
 @dataclass(frozen=True)
@@ -350,6 +364,11 @@ class Profile:
         served = tuple(SERVED_PREFIX + p for p in self.rm.precisions if p != "bf16") if "bf16" in self.rm.precisions \
             else ()
         return self.arms + served
+
+    @property
+    def bits_arms(self) -> tuple:
+        """Best-of-n's bits sweep: each bf16-trained model served at eval.serve_bits' widths (none without bf16)."""
+        return tuple(f"{SERVED_PREFIX}w{k}" for k in self.eval.serve_bits) if "bf16" in self.rm.precisions else ()
 
     def arm_seeds(self, arm: str) -> tuple:
         """The reward-model seeds `arm` has models for: every seed of rm.seeds, the first rm.control_seeds for the
@@ -444,7 +463,7 @@ def _check_value(section: str, name: str, value, ftype):
         ok = isinstance(value, str) and value != ""
         kind = "a non-empty string"
     elif ftype in ("tuple", tuple) or origin is tuple:
-        ok = isinstance(value, (tuple, list)) and len(value) > 0
+        ok = isinstance(value, (tuple, list)) and (len(value) > 0 or name in MAY_BE_EMPTY)
         kind = "a non-empty list"
     else:  # pragma: no cover - every field above has one of these types
         ok, kind = True, ""
@@ -536,9 +555,28 @@ def _validate_scoring(p: Profile) -> None:
         raise ConfigError(f"rm.cpu_kernel must be one of {', '.join(CPU_KERNELS)}; got {p.rm.cpu_kernel!r}")
     if p.rm.cpu_dtype not in RM_CPU_DTYPES:
         raise ConfigError(f"rm.cpu_dtype must be one of {', '.join(RM_CPU_DTYPES)}; got {p.rm.cpu_dtype!r}")
+    _validate_bon(p)
     if p.rm.int8_cpu_matmul not in INT8_CPU_MATMULS:
         raise ConfigError(f"rm.int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; "
                           f"got {p.rm.int8_cpu_matmul!r}")
+
+
+def _validate_bon(p: Profile) -> None:
+    """Best-of-n's headline n and bits sweep."""
+    e = p.eval
+    evaluated = {1 << k for k in range(e.bon_pool.bit_length()) if 1 << k <= e.bon_pool} | {e.bon_pool}
+    if e.headline_n and e.headline_n not in evaluated:
+        raise ConfigError(f"eval.headline_n ({e.headline_n}) must be one of the n best-of-n evaluates "
+                          f"({', '.join(map(str, sorted(evaluated)))}), or 0 for n* (chosen on the same data)")
+    bad = [k for k in e.serve_bits if k not in SERVE_BITS]
+    if bad or len(set(e.serve_bits)) != len(e.serve_bits):
+        raise ConfigError(f"eval.serve_bits must list distinct widths from {', '.join(map(str, SERVE_BITS))}; "
+                          f"got {list(e.serve_bits)!r}")
+    if e.serve_group not in (32, 64, 128):
+        raise ConfigError(f"eval.serve_group must be 32, 64 or 128 (inputs per scale); got {e.serve_group!r}")
+    if p.base.model == SCRATCH_MODEL and (p.base.hidden_size % e.serve_group or p.base.intermediate_size % e.serve_group):
+        raise ConfigError(f"eval.serve_group ({e.serve_group}) must divide base.hidden_size ({p.base.hidden_size}) "
+                          f"and base.intermediate_size ({p.base.intermediate_size})")
 
 
 def _apply(profile: Profile, overrides: dict) -> Profile:

@@ -12,6 +12,9 @@ cheap: it imports no library, it only sets their own switches and attaches filte
   last release that has it (TRL_EXPERIMENTAL_SILENCE is TRL's own switch).
 - transformers 5 deprecation warnings raised inside TRL 1.12 (`gradient_checkpointing`, `is_gradient_checkpointing`,
   `generation_config` passed with generation arguments): TRL's code, which will not change.
+- torchao (best-of-n's bits sweep), imported by PEFT and transformers whenever it is installed: its CUDA-only
+  extensions cannot load with the CPU build of torch, and it registers enums with torch's pytree in a way torch 2.13
+  deprecates. One INFO line each.
 - Weight-loading, shard-writing and dataset-map progress bars: one labelled bar per unit of work replaces them
   (HF_HUB_DISABLE_PROGRESS_BARS and HF_DATASETS_DISABLE_PROGRESS_BARS are the libraries' own switches).
 """
@@ -60,6 +63,13 @@ FILTERS = {
     "bitsandbytes.backends.cpu.ops": (lambda m: m.startswith("Failed to load CPU gemm_4bit_forward"),
                                       "bitsandbytes uses its own CPU 4-bit kernel (the optional `kernels` package "
                                       "is not installed)"),
+    # torchao (best-of-n's bits sweep), imported by PEFT and transformers whenever installed: its CUDA-only
+    # extensions (mxfp8, CUTLASS for sm90) cannot load with a CPU build of torch; its PyTorch paths are what we use
+    "torchao": (lambda m: m.startswith("Failed to load") and ".so" in m,
+                "torchao's CUDA-only extensions are not loaded on this machine (its PyTorch paths serve here)"),
+    # torchao 0.18 registers its enums with torch 2.13's pytree the way torch has just deprecated (torchao's code)
+    "torch.utils._pytree": (lambda m: "is an Enum subclass and is now natively supported" in m,
+                            "torchao registers enums with torch's pytree in a deprecated way (harmless)"),
     "transformers.modeling_utils": (fresh_score_head_only, "score head initialised fresh, as intended"),
     "transformers.generation.utils": (lambda m: m.startswith("Passing `generation_config` together with"),
                                       "TRL 1.12 passes generation arguments beside a generation config (harmless)"),

@@ -16,7 +16,7 @@ from torch import nn
 
 from .base_model import load_tokenizer
 from .chat import completion
-from .config import INT8_CPU_MATMULS, PRECISIONS, Profile, resolve_device
+from .config import INT8_CPU_MATMULS, PRECISIONS, SERVE_BITS, Profile, resolve_device
 from .cpu import native_bf16
 from .data import Pair, read_pairs
 from .distributed import per_rank, rank_record
@@ -257,11 +257,13 @@ def pin_int8_matmul(model, matmul: str) -> int:
 
 def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "cpu",
                       int8_cpu_matmul: str = "dequantized", cpu_kernel: str = "auto", compute_dtype=None,
-                      serve_precision: str | None = None, cpu_dtype: str = "auto", own_dispatch: bool = False):
+                      serve_precision: str | None = None, cpu_dtype: str = "auto", own_dispatch: bool = False,
+                      serve_group: int = 64):
     """Reload a saved reward model at the precision it was trained at, in eval mode. Returns (model, info).
 
     `serve_precision` loads its backbone at another precision instead (a bf16-trained model served at int8 or int4:
-    the same adapter and head on the quantized backbone), for best-of-n's "served at low precision" arms.
+    the same adapter and head on the quantized backbone), for best-of-n's "served at low precision" arms; "w<k>"
+    serves it at k-bit integer weights, `serve_group` inputs per scale (serve_at_bits), for the bits sweep.
 
     On the CPU a quantized model scores through the kernel `kernels.choose` picks from `cpu_kernel` (rm.cpu_kernel)
     and this machine: its dense copy (kernels.dense_copy), or bitsandbytes' layers, where an int8 model multiplies
@@ -273,15 +275,12 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     import psutil
     from peft import PeftModel
 
-    path = Path(path)
-    info_path = path / PRECISION_FILE
-    if not info_path.exists():
-        raise RewardModelError(f"{path} holds no trained reward model: run 03_Reward_Modeling first")
-    info = json.loads(info_path.read_text())
-    init_path = str((path / info["init_path"]).resolve()) if info.get("init_is_local") else info["init_path"]
+    info, init_path = _saved_precision(path)
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
     precision = serve_precision or info["precision"]
-    backbone, _ = load_backbone(init_path, precision, pad_token_id=tok.pad_token_id, device=device,
+    bits = served_bits(precision)
+    # A bits-sweep arm: the bf16 backbone and adapter as trained, its backbone's weights then quantized by torchao
+    backbone, _ = load_backbone(init_path, "bf16" if bits else precision, pad_token_id=tok.pad_token_id, device=device,
                                 double_quant=info.get("double_quant", True), trust_remote_code=trust_remote_code,
                                 compute_dtype=compute_dtype, cpu_dtype=cpu_dtype)
     dtype = backbone.dtype
@@ -290,6 +289,12 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
     model.eval()
     kernel = None
     footprint = footprint_bytes(model)  # at its precision, before any dense copy
+    if bits:
+        layers = serve_at_bits(model, bits, serve_group)
+        kernel = {"kernel": "torchao", "dtype": dtype_name(dtype), "why": f"{layers} backbone layers' weights at {bits} "
+                  f"bits (torchao), dequantized to {dtype_name(dtype)} on every call"}
+        return model, info | {"tokenizer": tok, "int8_matmul": None, "kernel": kernel, "footprint_bytes": footprint,
+                              "trained_precision": info["precision"], "precision": precision, "serve_group": serve_group}
     if device == "cpu":
         kernel = choose_kernel(precision, setting=cpu_kernel, compute_dtype=dtype,
                                dense_bytes=dense_bytes(model, dtype), available_bytes=psutil.virtual_memory().available,
@@ -310,8 +315,19 @@ def load_reward_model(path, *, trust_remote_code: bool = False, device: str = "c
                           "trained_precision": info["precision"], "precision": precision}
 
 
+def _saved_precision(path) -> tuple[dict, str]:
+    """A saved reward model's precision record and the backbone it was trained from."""
+    path = Path(path)
+    info_path = path / PRECISION_FILE
+    if not info_path.exists():
+        raise RewardModelError(f"{path} holds no trained reward model: run 03_Reward_Modeling first")
+    info = json.loads(info_path.read_text())
+    return info, str((path / info["init_path"]).resolve()) if info.get("init_is_local") else info["init_path"]
+
+
 def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8_cpu_matmul: str = "dequantized",
-                     cpu_kernel: str = "auto", serve_precision: str | None = None, cpu_dtype: str = "auto"):
+                     cpu_kernel: str = "auto", serve_precision: str | None = None, cpu_dtype: str = "auto",
+                     serve_group: int = 64):
     """A reward model for scoring with no policy training beside it (03's test pairs and pool, 04's cross matrix):
     loaded as PPO's CPU scoring loads it (its kernel, the host's compute dtype) and, when `device` is the card,
     moved there as its dense copy whatever the CPU's memory, so the card's scores are the CPU path's to float
@@ -321,7 +337,7 @@ def load_for_scoring(path, *, device: str, trust_remote_code: bool = False, int8
     # On the card in the card's compute dtype (what its reward models trained in), whatever the host CPU's rule
     model, info = load_reward_model(path, trust_remote_code=trust_remote_code, device="cpu",
                                     int8_cpu_matmul=int8_cpu_matmul, cpu_kernel="dense" if on_card else cpu_kernel,
-                                    serve_precision=serve_precision, cpu_dtype=cpu_dtype,
+                                    serve_precision=serve_precision, cpu_dtype=cpu_dtype, serve_group=serve_group,
                                     compute_dtype=reward_compute_dtype("cuda") if on_card else None)
     if on_card:
         model.to(device)
@@ -332,9 +348,43 @@ def scoring_arithmetic(info: dict, device: str) -> str:
     """What a loaded reward model computes, in words: its precision's arithmetic (kernels.ARITHMETIC), the dtype,
     the device and the path (dense copy or pinned bitsandbytes layers)."""
     precision, kernel = info["precision"], info.get("kernel") or {"kernel": "dense"}
-    path = "dense copy" if kernel["kernel"] == "dense" else f"bitsandbytes layers ({info.get('int8_matmul')})"
     dtype = kernel.get("dtype") or info.get("compute_dtype")
+    if bits := served_bits(precision):
+        return (f"int{bits} weights (asymmetric, a scale and zero point per {info.get('serve_group')} inputs) "
+                f"dequantized to the compute dtype, times unquantized activations; {dtype} on {device}, torchao layers")
+    path = "dense copy" if kernel["kernel"] == "dense" else f"bitsandbytes layers ({info.get('int8_matmul')})"
     return f"{ARITHMETIC[precision]}; {dtype} on {device}, {path if precision != 'bf16' else 'its own weights'}"
+
+
+def served_bits(precision: str) -> int | None:
+    """k of a bits-sweep precision "w<k>" (SERVE_BITS); None for bf16, int8 and int4."""
+    return int(precision[1:]) if precision.startswith("w") and precision[1:].isdigit() else None
+
+
+def serve_at_bits(model, bits: int, group_size: int) -> int:
+    """Quantize every backbone linear layer of a loaded reward model (LoRA's base layers, not its adapters, not the
+    score head: as the served int8/NF4 arms are) to `bits`-bit integer weights, asymmetric, one scale and zero point
+    per `group_size` inputs: torchao's IntxWeightOnlyConfig, whose forward dequantizes them to the activations'
+    dtype on the CPU and on a card alike (torchao 0.18; HQQ has no CPU kernels for 3 bits and optimum-quanto no 3-bit
+    type). Returns the number of layers quantized."""
+    from torchao.quantization import IntxWeightOnlyConfig, MappingType, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    if bits not in SERVE_BITS:
+        raise RewardModelError(f"cannot serve at {bits} bits; eval.serve_bits takes {', '.join(map(str, SERVE_BITS))}")
+    chosen = [name for name, m in model.named_modules() if _backbone_linear(m, name)]
+    bad = [name for name in chosen if model.get_submodule(name).in_features % group_size]
+    if bad:
+        raise RewardModelError(f"eval.serve_group={group_size} does not divide the inputs of {bad[0]} "
+                               f"({model.get_submodule(bad[0]).in_features}): choose 32, 64 or 128 that does")
+    config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size),
+                                  mapping_type=MappingType.ASYMMETRIC)
+    quantize_(model, config, filter_fn=_backbone_linear)
+    return len(chosen)
+
+
+def _backbone_linear(module, name: str) -> bool:
+    return type(module) is nn.Linear and "lora_" not in name and SCORE_HEAD not in name.split(".")
 
 
 def score_texts(model, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 32) -> list[float]:

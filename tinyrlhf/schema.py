@@ -238,6 +238,9 @@ PPO_RESULTS_SCHEMA = _result_schema(
 
 BON_STATS = {"gold_gain_vs_sft": _nullable(NUM), "gold_gain_vs_sft_ci95": _nullable(_interval(NUM)),
              "tax_vs_bf16": _nullable(NUM), "tax_vs_bf16_ci95": _nullable(_interval(NUM)),
+             "tax_vs_bf16_band": _nullable(_interval(NUM)), "tax_vs_bf16_family_ci95": _nullable(_interval(NUM)),
+             "family": {"type": "array", "items": STR}, "ratio_leads": {"type": "boolean"},
+             "reference_gain_z": _nullable(NUM),
              "gain_diff_vs_bf16": _nullable(NUM), "gain_diff_vs_bf16_ci95": _nullable(_interval(NUM)), **COMPARISON}
 BON_RESULTS_SCHEMA = _result_schema(
     "bon_results.json: best-of-n of every arm on one gold-judged candidate pool from the SFT policy",
@@ -246,6 +249,15 @@ BON_RESULTS_SCHEMA = _result_schema(
     prompts={"type": "integer", "minimum": 1}, pool_size={"type": "integer", "minimum": 1},
     ns={"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
     kl={"type": "array", "items": NONNEG, "minItems": 1}, n_star=_nullable(INT), pool_gold_mean=NUM,
+    n_peak=_nullable(INT), n_star_rule=STR,
+    bits=_nullable(_obj(["rows", "onset_bits", "trend"],
+                        rows={"type": "array", "items": _obj(["arm", "bits"], arm=STR, bits=INT, **BON_STATS)},
+                        onset_bits=_nullable(INT), trend=_nullable(_obj(
+                            ["per_bit", "per_bit_ci95"], per_bit=_nullable(NUM), per_bit_ci95=_nullable(_interval(NUM)),
+                            per_seed={"type": "array", "items": _nullable(NUM)}, sign_flip_p=_nullable(UNIT))))),
+    trained_minus_served=_nullable({"type": "object", "additionalProperties": _obj(
+        ["value", "ci95"], value=_nullable(NUM), ci95=_nullable(_interval(NUM)), sign_flip_p=_nullable(UNIT),
+        per_seed={"type": "array", "items": NUM})}),
     pool_eos_share=UNIT, pool_length_mean=NONNEG,
     scorers={"type": "object", "additionalProperties": _obj(["arm", "seed", "status"], arm=STR, seed=INT,
                                                              status={"enum": ["ok", "failed"]}, reason=REASON)},
@@ -273,7 +285,8 @@ def _schema_problems(obj, kind: str):
 
 def _intervals(obj, kind: str):
     """Every [low, high] interval of a valid result, with its JSON path."""
-    stats = ["gold_gain_vs_sft_ci95", "tax_vs_bf16_ci95", "gain_diff_vs_bf16_ci95", "tax_minus_null_ci95"]
+    stats = ["gold_gain_vs_sft_ci95", "tax_vs_bf16_ci95", "gain_diff_vs_bf16_ci95", "tax_minus_null_ci95",
+             "tax_vs_bf16_band", "tax_vs_bf16_family_ci95"]
     if kind == "rm":
         for mid, entry in obj.get("models", {}).items():
             if entry.get("accuracy_ci95") is not None:

@@ -666,7 +666,7 @@ def bon_scorers(profile: Profile) -> dict[str, dict]:
     """Every (arm, seed) that ranks the pool: the models PPO trains against, and each quantized precision served
     from the bf16-trained model of the same seed (its backbone quantized after training)."""
     scorers = {}
-    for arm in profile.bon_arms:
+    for arm in profile.bon_arms + profile.bits_arms:
         for seed in profile.arm_seeds(arm):
             served = arm.startswith(SERVED_PREFIX)
             trained = "bf16" if served else arm
@@ -719,15 +719,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     # Seed row i is rm.seeds[i] in every arm (paired); NaN where a model failed or, for a control arm, was not trained
     n_prompts, size = len(prompts), e.bon_pool
     shape = lambda values: np.asarray(values, dtype=float).reshape(n_prompts, size)
-    by_id = {sid: rec for sid, rec in zip(scorers, scores)}
-    missing = np.full((n_prompts, size), np.nan)
-    proxies = {arm: np.stack([shape(by_id[sid]["scores"]) if by_id.get(sid, {}).get("status") == "ok" else missing
-                              for sid in (model_id(arm, seed) for seed in profile.rm.seeds)])
-               for arm in profile.bon_arms}
-    planned = {arm: [i for i, seed in enumerate(profile.rm.seeds) if seed in profile.arm_seeds(arm)]
-               for arm in profile.bon_arms}
-    analysis = bon.analyse(shape(gold), proxies, reference="bf16",
-                           null=NULL_ARM if NULL_ARM in profile.arms else None, planned=planned)
+    analysis = _analyse_pool(profile, shape(gold), {sid: rec for sid, rec in zip(scorers, scores)}, shape)
     _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
     result = {"judge": judge | cut, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
@@ -736,6 +728,24 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     return result, {"seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
                     "timings": {"sample_seconds": sample_seconds,
                                 "scoring_seconds": sum(rec.get("seconds") or 0 for rec in scores)}}
+
+
+def _analyse_pool(profile: Profile, gold: np.ndarray, by_id: dict, shape) -> dict:
+    """bon.analyse of every arm's rankings: seed row i is rm.seeds[i] in every arm (paired), NaN where a model
+    failed or, for a control arm, was not trained. The headline's family is the quantized arms, trained and served;
+    the bits sweep is reported apart, and each precision's trained arm is compared with its served one."""
+    every = profile.bon_arms + profile.bits_arms
+    missing = np.full(gold.shape, np.nan)
+    proxies = {arm: np.stack([shape(by_id[sid]["scores"]) if by_id.get(sid, {}).get("status") == "ok" else missing
+                              for sid in (model_id(arm, seed) for seed in profile.rm.seeds)])
+               for arm in every}
+    planned = {arm: [i for i, seed in enumerate(profile.rm.seeds) if seed in profile.arm_seeds(arm)] for arm in every}
+    quantized = [p for p in profile.rm.precisions if p != "bf16"]
+    return bon.analyse(gold, proxies, reference="bf16", null=NULL_ARM if NULL_ARM in profile.arms else None,
+                       planned=planned, headline_n=profile.eval.headline_n or None,
+                       family=[a for a in profile.bon_arms if a.removeprefix(SERVED_PREFIX) in quantized],
+                       sweep={arm: int(arm.removeprefix(SERVED_PREFIX + "w")) for arm in profile.bits_arms},
+                       served_pairs={p: SERVED_PREFIX + p for p in quantized if SERVED_PREFIX + p in every})
 
 
 def _pool_facts(pool) -> dict:
@@ -754,7 +764,7 @@ def _scorer_records(scorers: dict, scores: list[dict]) -> dict:
 def _bon_arms_info(profile: Profile, models: dict) -> dict:
     """Each best-of-n arm's precisions: the one its reward models trained at, and the one they scored at."""
     info = {}
-    for arm in profile.bon_arms:
+    for arm in profile.bon_arms + profile.bits_arms:
         served = arm.startswith(SERVED_PREFIX)
         trained = "bf16" if served else models.get(model_id(arm, profile.rm.seeds[0]), {}).get("precision", arm)
         info[arm] = {"served": served, "trained_precision": trained,
@@ -799,7 +809,8 @@ def _score_pool_job(job: dict, report) -> dict:
         model, info = load_for_scoring(paths.rm(job["model_arm"], job["seed"]),
                                        trust_remote_code=profile.base.trust_remote_code, device=device,
                                        int8_cpu_matmul=profile.rm.int8_cpu_matmul, cpu_kernel=profile.rm.cpu_kernel,
-                                       serve_precision=job["serve_precision"], cpu_dtype=profile.rm.cpu_dtype)
+                                       serve_precision=job["serve_precision"], cpu_dtype=profile.rm.cpu_dtype,
+                                       serve_group=profile.eval.serve_group)
         scores = evaluate.proxy_scores(CPURewardModel(model, device), job["pool"], eos_token_id=job["eos"],
                                        missing_eos_penalty=profile.ppo.missing_eos_penalty, report=report)
         record = {"status": "ok", "reason": None, "scores": scores, "kernel": info["kernel"],

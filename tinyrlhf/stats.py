@@ -206,6 +206,20 @@ def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
             "var_seeds": v_s, "var_prompts": v_p}
 
 
+def widened(value, ci, df, comparisons: int):
+    """A 95% interval widened for `comparisons` simultaneous ones (Bonferroni: each at 1 - 0.05 / comparisons), at
+    the interval's own degrees of freedom; None without an interval."""
+    if value is None or not ci or df is None or comparisons < 1:
+        return None
+    scale = t_quantile(1 - 0.025 / comparisons, df) / t975(df)
+    return [value - (value - ci[0]) * scale, value + (ci[1] - value) * scale]
+
+
+# Below this many standard errors of bf16's gain a ratio to it is unstable (its interval from the delta method
+# misstates Fieller's, which becomes unbounded near 2): the absolute gain difference leads there (issue 34)
+RATIO_MIN_Z = 5.0
+
+
 def control_passed(control: str, ci) -> bool:
     """A control's verdict from its tax interval: the negative ("null") must hold 0, the positive ("noisy") must
     exclude it from above. No interval fails both."""
@@ -287,7 +301,8 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
         if len(common) else {}
     ref_gain = crossed_jackknife(_gain_fn(r, base), len(common), n_prompts) if len(common) else {}
     ref_ci = ref_gain.get("ci95")
-    out |= {"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
+    z = ref_gain["value"] / ref_gain["se"] if ref_gain.get("se") else None
+    out |= {"reference_gain_z": z, "ratio_leads": z is not None and z >= RATIO_MIN_Z,"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
             "gain_diff_df": diff.get("df"), "paired_seeds": [int(i) for i in common],
             "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None} | (
         _per_seed(a, r, base) if arm != reference and len(common) else {})
