@@ -217,3 +217,34 @@ def test_the_ratio_leads_only_where_bf16s_gain_is_well_resolved():
     assert s["ratio_leads"] and s["reference_gain_z"] >= RATIO_MIN_Z
     assert not w["ratio_leads"] and (w["reference_gain_z"] is None or w["reference_gain_z"] < RATIO_MIN_Z)
     assert math.isfinite(s["reference_gain_z"])
+
+
+def test_03_says_where_the_tax_begins_the_trend_and_what_trained_minus_served_cannot_separate():
+    from test_schema import make_bon_results
+
+    from tinyrlhf import display, plots
+
+    bon = make_bon_results()
+    words = " ".join(display.bits_sentences(bon))
+    onset = bon["bits"]["onset_bits"]
+    assert (f"Where the tax begins: {onset} bits" in words) if onset else ("No width's tax excludes 0" in words)
+    assert "per bit removed" in words and "sign-flip" in words and "cannot separate" in words
+    table = plots.bits_table(bon)
+    assert list(table["served at"]) == [f"{k} bits (torchao)" for k in (2, 3, 4, 8)]
+    by_n = display.tax_by_n_table(bon)
+    assert len(by_n) == len(bon["ns"]) and by_n.iloc[2].str.contains("band").any()
+    claims = " ".join(display.bon_sentences(bon))
+    assert "headline claims held at once (Bonferroni)" in claims or "resolved" in claims
+    assert display.bits_sentences({"bits": None}) == ["No bits sweep in this run (eval.serve_bits is empty)."]
+
+
+def test_the_difference_leads_where_bf16s_gain_is_not_well_resolved():
+    from tinyrlhf import display
+
+    entry = {"tax_vs_bf16": 0.1, "tax_vs_bf16_ci95": [-0.2, 0.4], "tax_df": 4.0, "gain_diff_vs_bf16": -0.01,
+             "gain_diff_vs_bf16_ci95": [-0.05, 0.03], "ratio_leads": False, "reference_gain_z": 3.1,
+             "tax_vs_bf16_family_ci95": [-0.35, 0.55], "family": ["int8", "int4"]}
+    words = display._tax_words("int4", entry, None)
+    assert words.startswith("gain difference -0.010 [-0.050, +0.030]; as a share of bf16's gain (only 3.1")
+    assert "costs less than 40.0% of bf16's gain (95%), 55.0% with all 2 headline claims held at once" in words
+    assert display._tax_words("int4", entry | {"ratio_leads": True}, None).startswith("tax +10.0%")

@@ -157,11 +157,15 @@ def make_bon_results(failed: dict[str, str] | None = None) -> dict:
     pool = 16
     quality = rng.normal(0, 1, (PROMPTS, pool))
     gold = quality + rng.normal(0, 0.3, (PROMPTS, pool))
-    error = {"noisy": 1.5, "int4": 0.7}
+    error = {"noisy": 1.5, "int4": 0.7, "served-w3": 0.8, "served-w2": 1.4}
+    sweep = {f"served-w{k}": k for k in (8, 4, 3, 2)}
     proxies = {arm: np.stack([quality + rng.normal(0, error.get(arm, 0.5), (PROMPTS, pool)) if
                               f"{arm}/seed{s}" not in failed else np.full((PROMPTS, pool), np.nan) for s in SEEDS])
-               for arm in BON_ARMS}
-    analysis = bon.analyse(gold, proxies, reference="bf16", null="null")
+               for arm in (*BON_ARMS, *sweep)}
+    analysis = bon.analyse(gold, proxies, reference="bf16", null="null", headline_n=4,
+                           family=["int8", "int4", "served-int8", "served-int4"], sweep=sweep,
+                           served_pairs={"int8": "served-int8", "int4": "served-int4"})
+    analysis["bits"] |= {"group": 64, "how": "k-bit integer weights, 64 inputs per scale (torchao)"}
     scorers = {f"{arm}/seed{s}": {"arm": arm, "seed": s, "status": "failed" if f"{arm}/seed{s}" in failed else "ok",
                                   "reason": failed.get(f"{arm}/seed{s}")} for arm in BON_ARMS for s in SEEDS}
     return to_json_ready({"config_hash": "b0n", "manifest": make_manifest("bon"),

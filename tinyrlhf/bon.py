@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .stats import arm_statistics, crossed_jackknife, projection, sign_flip_p, widened
+from .stats import add_family_intervals, arm_statistics, crossed_jackknife, projection, sign_flip_p, widened
 
 
 @functools.lru_cache(maxsize=256)
@@ -110,12 +110,12 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, p
                              None if star is None or arm == reference else
                              {arm: gold_bon[arm][star], reference: gold_bon[reference][star]}, base)
             for arm in proxies}
-    _add_family(arms, [a for a in family if a in arms])
+    add_family_intervals({arm: rec["at_n_star"] for arm, rec in arms.items()}, [a for a in family if a in arms])
     sweep = sweep or {}
     at_star = {arm: gold_bon[arm][star] for arm in proxies} if star is not None else None
     return {"ns": ns, "kl": [kl_bon(n) for n in ns], "pool": pool, "prompts": n_prompts,
             "pool_gold_mean": float(base.mean()), "n_star": n_star, "n_peak": n_peak,
-            "n_star_rule": ("fixed before the run (eval.headline_n)" if n_star == headline_n else
+            "n_star_rule": ("fixed before the run by eval.headline_n" if n_star == headline_n else
                             "n*, where bf16's gold gain peaks on these data (chosen on the data it reports)"),
             "reference": reference, "null_arm": null,
             "arms": {arm: rec for arm, rec in arms.items() if arm not in sweep},
@@ -168,16 +168,6 @@ def _add_bands(stats: dict, comparisons: int) -> None:
         e["tax_vs_bf16_band"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"), comparisons)
 
 
-def _add_family(arms: dict, family: list) -> None:
-    """The headline's claims as one family: each tax interval at the headline n also simultaneous over them."""
-    for arm in family:
-        e = arms[arm]["at_n_star"]
-        if e is not None:
-            e["tax_vs_bf16_family_ci95"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"),
-                                                   len(family))
-            e["family"] = list(family)
-
-
 def _seed_ok(*cells) -> np.ndarray:
     return np.flatnonzero(np.all([~np.isnan(c).any(axis=1) for c in cells], axis=0))
 
@@ -208,7 +198,8 @@ def bits_sweep(arms: dict, bits: dict, at_star: dict | None, base, reference: st
     at 5% only while every narrower one was resolved: the family-wise error stays 5% with no correction), the widest
     width whose tax is resolved above 0, or None when the narrowest is not."""
     order = sorted(bits, key=bits.get)  # fewest bits first
-    rows = [{"arm": arm, "bits": bits[arm], **(arms[arm]["at_n_star"] or {})} for arm in order]
+    rows = [{"arm": arm, "bits": bits[arm], "status": arms[arm]["status"], **(arms[arm]["at_n_star"] or {})}
+            for arm in order]
     onset = None
     for row in rows:
         ci = row.get("tax_vs_bf16_ci95")

@@ -456,8 +456,10 @@ def bon_sentences(bon: dict) -> list[str]:
     if star is None or bf16.get("gold_gain_vs_sft") is None:
         return ["No best-of-n gain for bf16: nothing to compare against."]
     g = bf16.get("gold_gain_vs_sft_ci95") or [None, None]
-    lines = [f"bf16's best-of-n gold gain peaks at n* = {star}: {bf16['gold_gain_vs_sft']:+.3f} over the SFT "
-             f"policy's mean ({bon['pool_gold_mean']:.3f}), 95% CI [{_num(g[0], '+.3f')}, {_num(g[1], '+.3f')}]."]
+    rule = bon.get("n_star_rule") or "n*, where bf16's gold gain peaks"
+    lines = [f"The arms are compared at n = {star} ({rule}); bf16's gold gain peaks at n = {bon.get('n_peak', star)}. "
+             f"At n = {star} bf16 gains {bf16['gold_gain_vs_sft']:+.3f} over the SFT policy's mean "
+             f"({bon['pool_gold_mean']:.3f}), 95% CI [{_num(g[0], '+.3f')}, {_num(g[1], '+.3f')}]."]
     lines += [line] if (line := compute_dtype_line(bon)) else []
     for arm, e in bon["arms"].items():
         if arm == "bf16":
@@ -485,8 +487,15 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
         return text + "; the positive control: " + ("detected (its interval excludes 0)."
                                                     if control_passed("noisy", [lo, hi]) else
                                                     "NOT detected: the instrument missed a known effect.")
+    if not e.get("ratio_leads", True) and absolute:
+        z = e.get("reference_gain_z")
+        text = (f"{absolute}; as a share of bf16's gain (only {_num(z, '.1f')} standard errors from 0, so the ratio is "
+                f"unstable and the difference leads): tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+    family = e.get("tax_vs_bf16_family_ci95")
     if lo <= 0 <= hi:
         text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain (95%)"
+        if family:
+            text += f", {family[1]:.1%} with all {len(e.get('family') or [])} headline claims held at once (Bonferroni)"
     else:
         text += "; resolved: " + ("a loss" if lo > 0 else "a gain over bf16")
     mde = minimum_detectable(e["tax_vs_bf16_ci95"], e.get("tax_df"))
@@ -501,6 +510,54 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
     if ci is not None:
         text += "; " + ("apart from the null arm" if not ci[0] <= 0 <= ci[1] else "within the null arm's noise")
     return text + "."
+
+
+def bits_sentences(bon: dict) -> list[str]:
+    """The bits sweep in words: what was served, the trend, where the tax begins (or that no width's does), and
+    what the trained arms add over the served ones."""
+    sweep = bon.get("bits")
+    if not sweep or not sweep.get("rows"):
+        return ["No bits sweep in this run (eval.serve_bits is empty)."]
+    n = bon.get("n_star")
+    lines = [f"Served at k bits: {sweep.get('how', 'k-bit weights')}. At n = {n}: " + "; ".join(
+        f"{r['bits']} bits " + (f"{r['tax_vs_bf16']:+.1%} [{r['tax_vs_bf16_ci95'][0]:+.1%}, "
+                                f"{r['tax_vs_bf16_ci95'][1]:+.1%}]" if r.get("tax_vs_bf16_ci95") else "n/a")
+        for r in sweep["rows"]) + "."]
+    trend = sweep.get("trend") or {}
+    if trend.get("per_bit_ci95"):
+        lo, hi = trend["per_bit_ci95"]
+        resolved = "rises as bits fall" if lo > 0 else "falls as bits fall" if hi < 0 else "has no resolved trend"
+        lines.append(f"Trend: {trend['per_bit']:+.1%} of bf16's gain per bit removed, 95% CI [{lo:+.1%}, {hi:+.1%}]: "
+                     f"the tax {resolved} (exact sign-flip test over the per-seed slopes: p = "
+                     f"{_num(trend.get('sign_flip_p'), '.3f')}).")
+    onset = sweep.get("onset_bits")
+    widths = [r["bits"] for r in sweep["rows"]]
+    lines.append(f"Where the tax begins: {onset} bits, the widest whose tax excludes 0 (tested from {min(widths)} bits up, "
+                 "each width only while every narrower one was resolved: 5% family-wise)." if onset is not None else
+                 f"No width's tax excludes 0, down to {min(widths)} bits: the sweep shows no onset at this design.")
+    for precision, d in (bon.get("trained_minus_served") or {}).items():
+        if d.get("ci95"):
+            lines.append(f"Trained {precision} minus served {precision} (tax difference): {d['value']:+.1%} "
+                         f"[{d['ci95'][0]:+.1%}, {d['ci95'][1]:+.1%}], sign-flip p = {_num(d.get('sign_flip_p'), '.3f')}."
+                         " It cannot separate the precision's arithmetic during training from the other training path "
+                         "the trained arm takes (a partial reseed): the served arm shares bf16's training.")
+    return lines
+
+
+def tax_by_n_table(bon: dict) -> pd.DataFrame:
+    """Every n: each quantized arm's tax with its 95% interval and its band simultaneous over every n."""
+    rows = []
+    arms = [a for a in bon["arms"] if a != "bf16"]
+    for k, n in enumerate(bon["ns"]):
+        row = {"n": n}
+        for arm in arms:
+            r = (bon["arms"][arm].get("by_n") or [{}] * len(bon["ns"]))[k]
+            t, ci, band = r.get("tax_vs_bf16"), r.get("tax_vs_bf16_ci95"), r.get("tax_vs_bf16_band")
+            row[arm_label(arm)] = "undefined" if t is None else (
+                f"{t:+.1%} [{ci[0]:+.1%}, {ci[1]:+.1%}]" + (f" band [{band[0]:+.1%}, {band[1]:+.1%}]" if band else "")
+                if ci else f"{t:+.1%}")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # -------------------------------------------------------------------------------------------------- 04 PPO

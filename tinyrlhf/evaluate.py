@@ -24,7 +24,7 @@ from .kernels import dtype_name
 from .logits import contiguous_output_input, response_logprobs
 from .reward import CPURewardModel, grouped_reasons, load_for_scoring, load_reward_model, score_rollouts
 from .runtime import reward_compute_dtype
-from .stats import arm_statistics, fit_frontier, mean_std_ci, projection
+from .stats import add_family_intervals, arm_statistics, fit_frontier, mean_std_ci, projection
 from .synthetic import gold_reward
 
 EVAL_SEED_OFFSET = 10_000  # evaluation sampling uses its own seed, the same for every policy
@@ -548,6 +548,7 @@ def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, r
     cells = {arm: seed_cells(runs[arm], rm_seeds, n_prompts) for arm in runs}
     sft_cells = np.array(sft["judge_per_prompt"], dtype=float)
     stats = arm_statistics(cells, sft_cells, reference="bf16", null=null)
+    add_family_intervals(stats, [a for a in stats if a not in ("bf16", null, noisy)])  # the headline's claims
     arms = {}
     for arm in runs:
         arms[arm] = aggregate_arm(arm, runs[arm], stats.get(arm, {}), sft, precisions[arm], resamples=bootstrap,

@@ -537,6 +537,71 @@ def plot_taxes(bon: dict | None = None, ppo: dict | None = None) -> Figure:
     return fig
 
 
+SWEEP_COLOR = "0.25"  # the bits sweep's line: near-black, apart from every arm's hue
+# the bitsandbytes arms beside the sweep, at their widths, each nudged aside so that no interval hides another
+NEIGHBOUR_NAMES = {"int8": "int8", "int4": "NF4"}
+BITS_NEIGHBOURS = (("int8", 8, 0.18, "s"), ("served-int8", 8, -0.18, "D"), ("int4", 4, 0.18, "s"),
+                   ("served-int4", 4, -0.18, "D"))
+
+
+def plot_tax_vs_bits(bon: dict) -> Figure:
+    """Where quantization starts to cost: best-of-n's tax at the headline n against the backbone's weight width,
+    bf16-trained models served at k bits (torchao, the line), with 95% intervals, beside the arms at bitsandbytes'
+    int8 and NF4 (trained: squares; served: diamonds). The title gives the trend per bit removed and the onset."""
+    sweep = bon.get("bits") or {}
+    fig, (ax,) = _figure(8.4, 3.8)
+    rows = [r for r in sweep.get("rows") or [] if r.get("tax_vs_bf16") is not None]
+    if rows:
+        x = [r["bits"] for r in rows]
+        y = [100 * r["tax_vs_bf16"] for r in rows]
+        err = np.array([_yerr(v, [100 * c for c in r["tax_vs_bf16_ci95"]]) or [[0.0], [0.0]]
+                        for v, r in zip(y, rows)])[:, :, 0].T
+        ax.errorbar(x, y, yerr=err, fmt="o-", ms=6, capsize=4, color=SWEEP_COLOR, zorder=3,
+                    label=f"bf16-trained, served at k bits (torchao, {sweep.get('group')} per scale)")
+    for arm, bits, dx, marker in BITS_NEIGHBOURS:
+        e = (bon["arms"].get(arm) or {}).get("at_n_star") or {}
+        if e.get("tax_vs_bf16") is not None:
+            ci = e.get("tax_vs_bf16_ci95")
+            tax = 100 * e["tax_vs_bf16"]
+            ax.errorbar(bits + dx, tax, yerr=_yerr(tax, ci and [100 * c for c in ci]), fmt=marker, ms=6, capsize=3, color=precision_color(arm), gid=_gid(arm), zorder=3,
+                        label=f"{NEIGHBOUR_NAMES[arm.removeprefix('served-')]} "
+                              f"{'served' if arm.startswith('served') else 'trained'} (bitsandbytes)")
+    ax.axhline(0, color="black", lw=0.8)
+    widths = sorted({r["bits"] for r in sweep.get("rows") or []} | {8, 4}, reverse=True)
+    ax.set_xticks(widths)
+    ax.set_xlim(max(widths) + 0.6, min(widths) - 0.6)  # fewer bits to the right
+    ax.set_xlabel("weight bits of the served backbone")
+    _ylabel(ax, "tax: % of bf16's gold gain lost", "tax (%)")
+    _title(ax, f"Best-of-n at n = {bon.get('n_star')}: the tax against weight bits\n{bits_summary(sweep)}")
+    _outside_legend(ax)
+    return fig
+
+
+def bits_summary(sweep: dict) -> str:
+    """The sweep's trend and onset in one line (a figure's title, a table's caption)."""
+    trend = sweep.get("trend") or {}
+    slope, ci = trend.get("per_bit"), trend.get("per_bit_ci95")
+    words = "trend: n/a" if slope is None else f"trend {100 * slope:+.1f} points per bit removed" + (
+        f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+    onset = sweep.get("onset_bits")
+    return words + "; " + ("no width's tax excludes 0" if onset is None else f"the tax excludes 0 from {onset} bits down")
+
+
+def bits_table(bon: dict) -> pd.DataFrame:
+    """The bits sweep at the headline n: one row per width, the bitsandbytes arms beside their widths."""
+    rows = []
+    for r in (bon.get("bits") or {}).get("rows") or []:
+        rows.append({"served at": f"{r['bits']} bits (torchao)",
+                     "gold gain [95% CI]": _with_ci(r, "gold_gain_vs_sft", "+.3f"),
+                     "tax vs bf16 [95% CI]": _with_ci(r, "tax_vs_bf16", "+.1f", 100.0, "%")
+                     if r.get("tax_vs_bf16") is not None else (r.get("tax_undefined") or MISSING),
+                     "gain − bf16's [95% CI]": _with_ci(r, "gain_diff_vs_bf16", "+.3f"),
+                     "per seed (%)": ", ".join(_fmt(None if t is None else 100 * t, "+.0f")
+                                               for t in r.get("per_seed_tax") or []),
+                     "sign-flip p": _fmt(r.get("sign_flip_p"), ".3f")})
+    return pd.DataFrame(rows)
+
+
 def bon_table(bon: dict) -> pd.DataFrame:
     """Best-of-n's headline at n*: one row per arm."""
     rows = []
@@ -882,6 +947,8 @@ def figure_makers(loaded: dict[str, dict | None]) -> dict[str, Callable[[], Figu
         figures |= {name: lambda f=f: f(ppo) for name, f in PPO_FIGURES.items()}
     if rm is not None and ppo is not None:
         figures["rm_vs_ppo"] = lambda: plot_rm_vs_ppo(rm, ppo)
+    if bon is not None and (bon.get("bits") or {}).get("rows"):
+        figures["bon_tax_vs_bits"] = lambda: plot_tax_vs_bits(bon)
     if bon is not None and ppo is not None:  # Gao et al.'s Figure 1, and both taxes side by side
         figures["frontiers"] = lambda: plot_bon_frontier(bon, ppo)
         figures["taxes"] = lambda: plot_taxes(bon, ppo)

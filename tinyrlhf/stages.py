@@ -741,11 +741,17 @@ def _analyse_pool(profile: Profile, gold: np.ndarray, by_id: dict, shape) -> dic
                for arm in every}
     planned = {arm: [i for i, seed in enumerate(profile.rm.seeds) if seed in profile.arm_seeds(arm)] for arm in every}
     quantized = [p for p in profile.rm.precisions if p != "bf16"]
-    return bon.analyse(gold, proxies, reference="bf16", null=NULL_ARM if NULL_ARM in profile.arms else None,
+    out = bon.analyse(gold, proxies, reference="bf16", null=NULL_ARM if NULL_ARM in profile.arms else None,
                        planned=planned, headline_n=profile.eval.headline_n or None,
                        family=[a for a in profile.bon_arms if a.removeprefix(SERVED_PREFIX) in quantized],
                        sweep={arm: int(arm.removeprefix(SERVED_PREFIX + "w")) for arm in profile.bits_arms},
                        served_pairs={p: SERVED_PREFIX + p for p in quantized if SERVED_PREFIX + p in every})
+    if out["bits"] is not None:
+        out["bits"] |= {"group": profile.eval.serve_group,
+                        "how": "bf16-trained backbone's linear layers at k-bit integer weights, asymmetric, one scale "
+                               f"and zero point per {profile.eval.serve_group} inputs (torchao IntxWeightOnlyConfig); "
+                               "LoRA adapters and the score head as trained"}
+    return out
 
 
 def _pool_facts(pool) -> dict:
