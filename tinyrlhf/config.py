@@ -48,6 +48,9 @@ TRAIN_DTYPES = ("auto", "bf16", "fp32")
 # (Coste et al.'s label noise); a synthetic category (synthetic.CATEGORIES); "auto": "rude" on the synthetic data,
 # "any" on any other (only the synthetic data has categories).
 LABEL_NOISE_ON = ("auto", "any", "rude", "off_topic", "harmful")
+# RMSettings.labels: the training pairs' labels as the data gives them (human preferences), or each pair relabelled
+# by the judge's scores (Gao et al. 2022's design: the judge is then the gold the proxies learn)
+RM_LABELS = ("data", "judge")
 JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
@@ -204,6 +207,9 @@ class RMSettings:
     # +0.24; KL 0.60 vs 1.07), so PPO could not detect it; the same 25% drawn from the rude pairs first (they are 24%
     # of the pairs) makes a reward model that prefers rudeness, which gold penalises.
     label_noise_on: str = "auto"
+    # RM_LABELS: "judge" relabels every training pair by eval.judge's scores before any reward model trains (a judge
+    # that exists before them: gold, or a public reward model; not heldout, which learns the data's labels itself)
+    labels: str = "data"
     batch_size: int = 8
     accum: int = 1
     lr: float = 1e-3
@@ -556,6 +562,12 @@ def _validate_scoring(p: Profile) -> None:
     if p.rm.cpu_dtype not in RM_CPU_DTYPES:
         raise ConfigError(f"rm.cpu_dtype must be one of {', '.join(RM_CPU_DTYPES)}; got {p.rm.cpu_dtype!r}")
     _validate_bon(p)
+    if p.rm.labels not in RM_LABELS:
+        raise ConfigError(f"rm.labels must be one of {', '.join(RM_LABELS)}; got {p.rm.labels!r}")
+    if p.rm.labels == "judge" and p.eval.judge == "heldout":
+        raise ConfigError("rm.labels='judge' needs a judge that exists before the reward models train: the gold rule "
+                          "(synthetic data) or a public reward model (eval.judge = its hub id or path); the heldout "
+                          "judge is itself a reward model trained on the data's labels")
     if p.rm.int8_cpu_matmul not in INT8_CPU_MATMULS:
         raise ConfigError(f"rm.int8_cpu_matmul must be one of {', '.join(INT8_CPU_MATMULS)}; "
                           f"got {p.rm.int8_cpu_matmul!r}")

@@ -438,6 +438,16 @@ def pool_samples_table(bon: dict, width: int = 300) -> pd.DataFrame:
                         columns=["prompt", "candidate", "ended", "judge"])
 
 
+def labels_line(rm: dict) -> str:
+    """Whose labels the reward models learned: the data's, or the judge's (rm.labels), with how many it changed."""
+    r = rm.get("relabelled")
+    if rm.get("labels") != "judge" or not r:
+        return "Training labels: the data's (its human preferences; rm.labels = \"data\")."
+    return (f"Training labels: the judge's ({r['judge']}; rm.labels = \"judge\"): of {r['pairs']} training pairs, "
+            f"{r['swapped']} ({r['swapped'] / max(r['pairs'], 1):.1%}) were swapped to the reply it scores higher, "
+            f"{r['tied']} tied and kept the data's label. The judge is then the gold these reward models learn.")
+
+
 def compute_dtype_line(result: dict) -> str | None:
     """What the "bf16" arm computed in, when it was not bf16: on the cpu profile its reward models compute in
     float32 (rm.cpu_dtype = "fp32"), and every table of this result should be read so."""

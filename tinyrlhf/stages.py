@@ -18,8 +18,9 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -114,6 +115,8 @@ def config_hash(stage: Stage, profile: Profile) -> str:
         extra = f":{source}:{hh_dir() if source == 'local' else ''}"
     elif stage is RM and profile.eval.judge == "heldout":
         extra = ":halves"  # the arms train on half of the pairs, the judge on the other half
+    elif stage is RM and profile.rm.labels == "judge":  # the judge wrote the labels: another judge, other models
+        extra = f":labels:{profile.eval.judge}@{profile.eval.judge_revision}"
     return profile.section_hash(*stage.sections) + extra
 
 
@@ -504,6 +507,9 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool, keep_finished
         raise RewardModelError(f"no SFT model in {paths.sft_merged}: run 02_SFT_Finetuning first")
     ######## The training pairs: all of them, or two halves when a reward model is the judge ########
     train = data.read_pairs(paths.data_file("train"))
+    relabelled = None
+    if profile.rm.labels == "judge":  # once, here: every job trains on the same relabelled pairs
+        train, relabelled = relabel_by_judge(train, profile, paths)
     halves = dict(zip("ab", data.split_by_prompt(train, 0.5, profile.seed))) if profile.eval.judge == "heldout" \
         else {"a": train}
 
@@ -536,10 +542,28 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool, keep_finished
             "null_arm": NULL_ARM if profile.rm.null_arm else None,
             "noisy_arm": NOISY_ARM if profile.rm.noisy_arm else None, "label_noise": profile.rm.label_noise,
             "label_noise_on": profile.rm.label_noise_on if profile.rm.noisy_arm else None,
-            "judge_arm": JUDGE_ARM if JUDGE_ARM in records else None}, {
+            "judge_arm": JUDGE_ARM if JUDGE_ARM in records else None,
+            "labels": profile.rm.labels, "relabelled": relabelled}, {
         "seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
         "timings": {m: r.get("train_seconds") for m, r in records.items()},
         "peak_memory": {m: r.get("peak_memory_bytes") for m, r in records.items()}}
+
+
+def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list, dict]:
+    """rm.labels = "judge": every training pair's chosen reply is the one the judge scores higher (ties keep the
+    data's label), so the judge is the gold the reward models learn (Gao et al. 2022). Returns the pairs and what
+    changed: how many, how many swapped, how many tied, by which judge."""
+    spec = judge_spec(profile, paths, {})
+    judge = evaluate.load_judge(spec, trust_remote_code=profile.base.trust_remote_code, cpu_dtype=profile.rm.cpu_dtype,
+                                device=score_device(profile))
+    texts = SimpleNamespace(prompt_of_row=[p.prompt for p in pairs for _ in (0, 1)],
+                            texts=[t for p in pairs for t in (p.chosen, p.rejected)], has_eos=[True] * (2 * len(pairs)))
+    scores = judge.scores(texts, eos_token_id=-1, missing_eos_penalty=0.0)
+    chosen, rejected = scores[0::2], scores[1::2]
+    out = [replace(p, chosen=p.rejected, rejected=p.chosen, category=None) if c < r else p
+           for p, c, r in zip(pairs, chosen, rejected)]
+    return out, {"judge": spec["name"], "pairs": len(pairs), "swapped": sum(c < r for c, r in zip(chosen, rejected)),
+                 "tied": sum(c == r for c, r in zip(chosen, rejected))}
 
 
 class TrainThenEvaluate:
