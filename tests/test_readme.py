@@ -220,10 +220,13 @@ def test_the_headline_is_what_the_committed_results_give(tmp_path):
     loaded = headline.load_snapshot(DOCS / "results")
     assert _headline_block(_text(README)) == headline.block(loaded["bon"], loaded["ppo"],
                                                             minutes=headline.run_minutes(loaded)), fix
-    fresh = matplotlib.image.imread(headline.draw_figure(loaded["bon"], loaded["ppo"], tmp_path)[0])
-    committed = matplotlib.image.imread(DOCS / "figures" / "headline.png")
-    assert fresh.shape == committed.shape and np.array_equal(fresh, committed), fix
-    assert fresh.shape[1] == 7 * 150  # the page style: 7 in at 150 dpi
+    drawn = [p for p in headline.draw_figure(loaded["bon"], loaded["ppo"], tmp_path) if p.suffix == ".png"]
+    assert [p.name for p in drawn] == ["headline.png"] + (["tax_vs_bits.png"] if loaded["bon"].get("bits") else [])
+    for png in drawn:
+        fresh, committed = (matplotlib.image.imread(p) for p in (png, DOCS / "figures" / png.name))
+        assert fresh.shape == committed.shape and np.array_equal(fresh, committed), f"{png.name}: {fix}"
+    widths = [matplotlib.image.imread(p).shape[1] for p in drawn]
+    assert widths[0] == 7 * 150 and widths[1:] in ([], [round(3.3 * 150)])  # a page and a column at 150 dpi
 
 
 def test_the_headline_generator_reads_numbers_not_prose(tmp_path):
@@ -246,7 +249,10 @@ def test_the_headline_generator_reads_numbers_not_prose(tmp_path):
     assert f"| int8 (LLM.int8), trained at it: tax | {expected} |" in text
     gain = ppo["arms"]["bf16"]["gold_gain_vs_sft"]
     assert f"{gain:+.3f}".replace("-", "−") in text and f"n = {bon['n_star']}" in text
-    assert "controls: null" in text and "detects 4 times in 5" in text
+    assert "controls: null" in text and "detects 4 times in 5" in text and "at once, Bonferroni" in text
+    assert "| bf16-trained, served at 2 bits (torchao): tax |" in text and "Where the tax begins" in text
+    onset = bon["bits"]["onset_bits"]
+    assert (f"at {onset} bits the tax is resolved from 0" if onset else "no width's tax is resolved from 0") in text
     assert "every stage in 12 minutes" in headline.block(bon, ppo, minutes=12.4)
     broken = tmp_path / "run"
     broken.mkdir()

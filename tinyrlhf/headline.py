@@ -21,6 +21,7 @@ END = "<!-- headline:end -->"
 KINDS = ("data_stats", "sft", "rm", "bon", "ppo")  # the run's result files, all in the snapshot (FILE_NAMES keys)
 SHORT = {"int8": "int8", "int4": "NF4", "served-int8": "int8 served", "served-int4": "NF4 served"}
 FIGURE = "headline"
+BITS_FIGURE = "tax_vs_bits"
 ROWS = (("int8", "int8 (LLM.int8), trained at it"), ("int4", "NF4, trained at it"),
         ("served-int8", "int8, bf16-trained, served"), ("served-int4", "NF4, bf16-trained, served"),
         ("null", "null control: bf16, another seed (true tax 0)"),
@@ -80,10 +81,23 @@ def table(bon: dict, ppo: dict) -> str:
         b, p = _bon_entry(bon, arm), _ppo_entry(ppo, arm)
         if b is None and p is None:
             continue
-        cells = [_interval(e, "tax_vs_bf16", "+.1f", 100.0, "%") if e is not None else "not run"
-                 for e in (b, p)]
+        cells = [_tax_cell(e) for e in (b, p)]
         lines.append(f"| {label}: tax | {cells[0]} | {cells[1]} |")
+    for row in (bon.get("bits") or {}).get("rows") or []:
+        lines.append(f"| bf16-trained, served at {row['bits']} bits (torchao): tax | "
+                     f"{_interval(row, 'tax_vs_bf16', '+.1f', 100.0, '%')} | not run |")
     return "\n".join(lines)
+
+
+def _tax_cell(e: dict | None) -> str:
+    """A tax with its interval; where bf16's gain is under 5 standard errors from 0 (stats.RATIO_MIN_Z) the
+    absolute gain difference leads and the ratio follows in brackets."""
+    if e is None:
+        return "not run"
+    tax = _interval(e, "tax_vs_bf16", "+.1f", 100.0, "%")
+    if e.get("ratio_leads", True) or e.get("gain_diff_vs_bf16") is None:
+        return tax
+    return f"gain {_interval(e, 'gain_diff_vs_bf16', '+.3f')} (tax {tax})"
 
 
 def _seeds(result: dict, arm: str) -> int:
@@ -128,13 +142,17 @@ def verdicts(bon: dict, ppo: dict) -> list[str]:
                 continue
             lo, hi = e["tax_vs_bf16_ci95"]
             mde = minimum_detectable(e["tax_vs_bf16_ci95"], e.get("tax_df"))
-            (bounded if lo <= 0 <= hi else resolved).append((arm, hi, mde))
+            family = e.get("tax_vs_bf16_family_ci95")
+            (bounded if lo <= 0 <= hi else resolved).append((arm, hi, mde, family and family[1]))
         words = [f"{method}: "]
         if bounded:
+            together = [f for *_, f in bounded]
             words.append("no tax resolved from 0 for " + ", ".join(SHORT[a] for a, *_ in bounded) + " (each costs less "
-                         "than " + ", ".join(f"{hi:.1%}" for _, hi, _ in bounded).replace("-", "−") + " of bf16's "
-                         "gain, 95%, one at a time; the smallest tax this design detects 4 times in 5: "
-                         + ", ".join("–" if m is None else f"{m:.1%}" for *_, m in bounded) + ")")
+                         "than " + ", ".join(f"{hi:.1%}" for _, hi, *_ in bounded).replace("-", "−") + " of bf16's "
+                         "gain, 95%, one at a time" + ("" if None in together else "; " + ", ".join(
+                             f"{f:.1%}" for f in together) + f" all {len(together)} at once, Bonferroni")
+                         + "; the smallest tax this design detects 4 times in 5: "
+                         + ", ".join("–" if m is None else f"{m:.1%}" for _, _, m, _ in bounded) + ")")
         if resolved:
             words.append(("; " if bounded else "") + "a tax resolved from 0 for " + ", ".join(SHORT[a] for a, *_ in resolved))
         null, noisy = entry("null"), entry("noisy")
@@ -143,7 +161,29 @@ def verdicts(bon: dict, ppo: dict) -> list[str]:
         words.append(f"; controls: null {'holds 0' if null_ok else 'FAILED'}, noisy "
                      f"{'detected' if noisy_ok else 'NOT detected'}.")
         out.append("".join(words))
-    return out
+    return out + ([line] if (line := bits_verdict(bon)) else [])
+
+
+def bits_verdict(bon: dict) -> str | None:
+    """Where the tax begins, in one line: the bits sweep's onset and trend at the headline n, with its figure."""
+    sweep = bon.get("bits") or {}
+    if not sweep.get("rows"):
+        return None
+    rows = sorted(sweep["rows"], key=lambda r: r["bits"])
+    widths = ", ".join(str(r["bits"]) for r in reversed(rows))
+    onset = sweep.get("onset_bits")
+    resolved = [r for r in rows if onset is not None and r["bits"] <= onset]
+    wider = [r for r in rows if onset is None or r["bits"] > onset]
+    words = ("; ".join(f"at {r['bits']} bits the tax is resolved from 0, "
+                       f"{_interval(r, 'tax_vs_bf16', '+.1f', 100.0, '%')}" for r in resolved)
+             + (f"; from {wider[0]['bits']} bits up it is not" if resolved and wider else "")
+             if resolved else f"no width's tax is resolved from 0, down to {rows[0]['bits']} bits")
+    trend = sweep.get("trend") or {}
+    slope = trend.get("per_bit")
+    return (f"Where the tax begins ([figure](docs/figures/{BITS_FIGURE}.png); bf16-trained models served at {widths} "
+            f"bits, best-of-n at n = {bon.get('n_star')}; widths tested from the fewest bits up): {words}"
+            + ("" if slope is None else f"; trend {_interval(trend, 'per_bit', '+.1f', 100.0)} points per bit removed"
+               + ("" if trend.get("sign_flip_p") is None else f" (sign-flip p = {trend['sign_flip_p']:.3f})")) + ".")
 
 
 def block(bon: dict, ppo: dict, figure: str = f"docs/figures/{FIGURE}.png", minutes: float | None = None) -> str:
@@ -165,9 +205,14 @@ def replace_block(text: str, new_block: str) -> str:
 
 
 def draw_figure(bon: dict, ppo: dict, out_dir: str | Path) -> list[Path]:
-    """The headline figure: both taxes, at a page's width (7 in, text >= 8 pt), PNG and PDF."""
+    """The headline figure: both taxes, at a page's width (7 in, text >= 8 pt), PNG and PDF; and, when the run has a
+    bits sweep, the tax against bits at a column's width (3.3 in) beside it."""
     with plots.style("page"):
-        return plots.save_figure(plots.plot_taxes(bon, ppo), out_dir, FIGURE)
+        written = plots.save_figure(plots.plot_taxes(bon, ppo), out_dir, FIGURE)
+    if (bon.get("bits") or {}).get("rows"):
+        with plots.style("column"):
+            written += plots.save_figure(plots.plot_tax_vs_bits(bon), out_dir, BITS_FIGURE)
+    return written
 
 
 def regenerate(root: str | Path, results_dir: str | Path | None = None) -> dict[str, Path]:

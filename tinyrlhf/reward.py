@@ -365,8 +365,9 @@ def serve_at_bits(model, bits: int, group_size: int) -> int:
     """Quantize every backbone linear layer of a loaded reward model (LoRA's base layers, not its adapters, not the
     score head: as the served int8/NF4 arms are) to `bits`-bit integer weights, asymmetric, one scale and zero point
     per `group_size` inputs: torchao's IntxWeightOnlyConfig, whose forward dequantizes them to the activations'
-    dtype on the CPU and on a card alike (torchao 0.18; HQQ has no CPU kernels for 3 bits and optimum-quanto no 3-bit
-    type). Returns the number of layers quantized."""
+    dtype on the CPU and on a card alike. torchao (0.18, 2026-08, with torch's releases) over optimum-quanto (no 3-bit
+    type, last release 2025-03) and HQQ (last release 2025-10): any width from 1 to 8 bits, and transformers' own
+    TorchAoConfig to hold it to (tests/test_bits.py). Returns the number of layers quantized."""
     from torchao.quantization import IntxWeightOnlyConfig, MappingType, quantize_
     from torchao.quantization.granularity import PerGroup
 
