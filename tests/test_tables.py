@@ -52,8 +52,13 @@ def test_tables_hold_the_json_numbers_and_the_latex_builds(tmp_path):
     write_results(results, make_rm_results(), make_ppo_results(), make_bon_results())
     assert cli.main(["tables", str(results), str(tmp_path / "out")]) == 0
     written = {p.name for p in (tmp_path / "out").iterdir()}
-    assert written == {f"{name}.{ext}" for name in ("rm", "bon", "ppo") for ext in ("csv", "tex")}
+    assert written == {f"{name}.{ext}" for name in ("rm", "bon", "bon_bits", "ppo") for ext in ("csv", "tex")}
     bon = read_json(results / "bon_results.json")
+    bits = pd.read_csv(tmp_path / "out" / "bon_bits.csv").set_index("bits")
+    for row in bon["bits"]["rows"]:
+        assert [bits.loc[row["bits"], "tax_vs_bf16_lo"], bits.loc[row["bits"], "tax_vs_bf16_hi"]] == pytest.approx(
+            row["tax_vs_bf16_ci95"], rel=1e-12)
+    assert list(bits.index) == [2, 3, 4, 8]
     csv = pd.read_csv(tmp_path / "out" / "bon.csv", keep_default_na=False, na_values=[""]).set_index("arm")
     for arm, entry in bon["arms"].items():
         star = entry["at_n_star"]

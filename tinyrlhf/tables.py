@@ -35,6 +35,14 @@ def bon_frame(bon: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bits_frame(bon: dict) -> pd.DataFrame:
+    """Best-of-n's bits sweep at the headline n: one row per width served (bf16-trained models at k-bit weights)."""
+    sweep = bon.get("bits") or {}
+    return pd.DataFrame([{"bits": r["bits"], "n": r.get("n"), **_interval(r, "tax_vs_bf16"),
+                          **_interval(r, "gain_diff_vs_bf16"), "sign_flip_p": r.get("sign_flip_p"),
+                          "onset": r["bits"] == sweep.get("onset_bits")} for r in sweep.get("rows") or []])
+
+
 def ppo_frame(ppo: dict) -> pd.DataFrame:
     """PPO: one row per arm, over its reward-model seeds and PPO runs."""
     return pd.DataFrame([{"arm": arm, **_interval(e, "gold_gain_vs_sft"), **_interval(e, "tax_vs_bf16"),
@@ -56,6 +64,10 @@ TABLES = {
     "bon": ("bon", bon_frame, [("arm", "arm", None, 1), ("$n$", "n", "d", 1),
                                ("gold gain", "gold_gain_vs_sft", "+.3f", 1), ("tax (\\%)", "tax_vs_bf16", "+.1f", 100),
                                ("gain $-$ bf16's", "gain_diff_vs_bf16", "+.3f", 1), ("seeds", "seeds", "d", 1)]),
+    "bon_bits": ("bon", bits_frame, [("bits", "bits", "d", 1), ("$n$", "n", "d", 1),
+                                     ("tax (\\%)", "tax_vs_bf16", "+.1f", 100),
+                                     ("gain $-$ bf16's", "gain_diff_vs_bf16", "+.3f", 1),
+                                     ("sign-flip $p$", "sign_flip_p", ".3f", 1)]),
     "ppo": ("ppo", ppo_frame, [("arm", "arm", None, 1), ("gold gain", "gold_gain_vs_sft", "+.3f", 1),
                                ("tax (\\%)", "tax_vs_bf16", "+.0f", 100),
                                ("gain $-$ bf16's", "gain_diff_vs_bf16", "+.3f", 1), ("KL", "kl", ".2f", 1)]),
@@ -127,6 +139,8 @@ def write_all(results: str | os.PathLike, out: str | os.PathLike | None = None) 
             continue
         result = read_json(path)
         frame = make(result)
+        if frame.empty:  # e.g. no bits sweep in this run
+            continue
         csv, tex = out / f"{name}.csv", out / f"{name}.tex"
         atomic_write_text(csv, frame.to_csv(index=False))
         atomic_write_text(tex, provenance(result) + latex(frame, columns))
