@@ -503,7 +503,8 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
                 f"unstable and the difference leads): tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
     family = e.get("tax_vs_bf16_family_ci95")
     if lo <= 0 <= hi:
-        text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain (95%)"
+        at = f" at n = {e['n']}" if e.get("n") else ""  # best-of-n's entries know their n
+        text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain{at} (95%)"
         if family:
             text += f", {family[1]:.1%} with all {len(e.get('family') or [])} headline claims held at once (Bonferroni)"
     else:
