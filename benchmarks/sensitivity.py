@@ -6,11 +6,15 @@
 
 Two kinds of known effect, both on the run's own pool, seeds and prompts, analysed by bon.analyse as 03 analyses
 its arms (at the headline n, paired by seed and prompt, crossed-jackknife t intervals):
-- spike-ins (training-free): each seed's bf16 scores with, for a random share q of the prompts (drawn anew per seed
-  and repetition), every candidate's score replaced by one constant. Equal scores share their ranks' weights, so
-  best-of-n there picks the pool's mean exactly: the gain at those prompts is 0 and the expected tax is exactly q.
-  Repeated `--repeats` times per q, for the share of intervals that exclude 0 (the detection rate), the share that
-  hold q (coverage), and the power the noncentral t predicts from each interval (stats.t_test_power).
+- spike-ins (training-free): each seed's bf16 scores with, for k = round(q x P) of the P prompts (drawn anew per
+  seed and repetition), every candidate's score replaced by one constant. Equal scores share their ranks' weights,
+  so best-of-n there picks the pool's mean exactly: the gain at those prompts is 0, and over the draw the expected
+  tax is exactly k / P (one draw's is the share of bf16's gain on the prompts it flattened). Repeated `--repeats`
+  times per q, for the share of intervals that exclude 0 (the detection rate), the share that hold k / P, and the
+  power the noncentral t gives at each interval's standard error and df (stats.t_test_power). The repetitions redraw
+  only the flattened prompts: the seeds, prompts and bf16's scores are the run's, so the rates are conditional on
+  this run's data, not a test of the power formula over designs (tests/test_stats.py simulates that); and the
+  spiked arm is bf16 itself on the other prompts, a quieter arm than any real quantized one.
 - label-noise doses: bf16 reward models trained on the first rm.control_seeds seeds with a share d of their training
   labels flipped uniformly (Coste et al. 2023's noise, rm.label_noise_on = "any"), each dose in a workdir of its own
   beside the run (the run's data and SFT model copied), through the stages' own rm and best-of-n code. Their true
@@ -66,18 +70,19 @@ def spike_ins(gold, bf16, n: int, repeats: int, seed: int) -> list[dict]:
     for q in SPIKES:
         k = round(q * gold.shape[0])
         reps = [spike_in(gold, bf16, q, n, rng) for _ in range(repeats)]
-        cis = [e["tax_vs_bf16_ci95"] for e in reps if e.get("tax_vs_bf16_ci95")]
-        ses = [(ci[1] - ci[0]) / 2 for ci in cis]
-        power = [t_test_power((k / gold.shape[0]) / (hw / t975(e["tax_df"])), e["tax_df"])
-                 for e, hw in zip(reps, ses)]
-        rows.append({"q": q, "prompts_flattened": k, "known_tax": k / gold.shape[0], "repeats": len(reps),
-                     "tax_mean": float(np.mean([e["tax_vs_bf16"] for e in reps])),
-                     "half_width_mean": float(np.mean(ses)),
-                     "detected": float(np.mean([ci[0] > 0 for ci in cis])),
-                     "covered": float(np.mean([ci[0] <= k / gold.shape[0] <= ci[1] for ci in cis])),
+        ok = [e for e in reps if e.get("tax_vs_bf16_ci95")]  # every statistic over the same repetitions
+        known = k / gold.shape[0]
+        halves = [(e["tax_vs_bf16_ci95"][1] - e["tax_vs_bf16_ci95"][0]) / 2 for e in ok]
+        power = [t_test_power(known / (hw / t975(e["tax_df"])), e["tax_df"]) for e, hw in zip(ok, halves)]
+        rows.append({"q": q, "prompts_flattened": k, "known_tax": known, "repeats": len(reps),
+                     "with_interval": len(ok), "tax_mean": float(np.mean([e["tax_vs_bf16"] for e in ok])),
+                     "half_width_mean": float(np.mean(halves)),
+                     "detected": float(np.mean([e["tax_vs_bf16_ci95"][0] > 0 for e in ok])),
+                     "covered": float(np.mean([e["tax_vs_bf16_ci95"][0] <= known <= e["tax_vs_bf16_ci95"][1]
+                                               for e in ok])),
                      "predicted_power": float(np.mean(power)),
                      "minimum_detectable": float(np.mean([minimum_detectable(e["tax_vs_bf16_ci95"], e["tax_df"])
-                                                          for e in reps]))})
+                                                          for e in ok]))})
     return rows
 
 

@@ -11,7 +11,7 @@ import torch
 
 from tinyrlhf import bon
 from tinyrlhf.config import ConfigError, get_profile
-from tinyrlhf.stats import t975, t_quantile, widened
+from tinyrlhf.stats import t_quantile, widened
 
 PROMPTS = ["\n\nHuman: how do I fix a flat tyre?\n\nAssistant:"] * 3 + ["\n\nHuman: hello\n\nAssistant:"] * 2
 REPLIES = [" Take the wheel off and patch the tube.", " no", " Go away.", " Hello! How can I help?", " hi"]
@@ -141,9 +141,13 @@ def test_a_planted_cost_below_4_bits_is_found_where_it_begins_with_a_rising_tren
     rows = {r["bits"]: r for r in out["bits"]["rows"]}
     assert [r["bits"] for r in out["bits"]["rows"]] == [2, 3, 4, 8]
     assert rows[2]["tax_vs_bf16"] > rows[3]["tax_vs_bf16"] > 0.1 > abs(rows[8]["tax_vs_bf16"])
-    assert out["bits"]["onset_bits"] == 3  # 2 and 3 resolved; 4 is not
+    assert out["bits"]["onset_bits"] == 3 and out["bits"]["stopped_at"] == 4  # 2 and 3 resolved; 4 is not
+    from tinyrlhf import plots
+
+    assert plots.onset_words(out["bits"]) == ("the tax is resolved from 0 at 2, 3 bits and not at 4 bits, where "
+                                              "testing stopped (wider widths not tested)")
     trend = out["bits"]["trend"]
-    assert trend["per_bit_ci95"][0] > 0 and all(s > 0 for s in trend["per_seed"])
+    assert trend["per_halving_ci95"][0] > 0 and all(s > 0 for s in trend["per_seed"])
     assert trend["sign_flip_p"] == pytest.approx(2 / 2 ** 5)
 
 
@@ -153,7 +157,17 @@ def test_no_cost_at_any_width_finds_no_onset_and_a_flat_trend():
     proxies = {"bf16": bf16} | {f"served-w{k}": bf16.copy() for k in (8, 4, 3, 2)}
     out = bon.analyse(gold, proxies, reference="bf16", null=None, sweep={f"served-w{k}": k for k in (8, 4, 3, 2)})
     assert out["bits"]["onset_bits"] is None
-    assert out["bits"]["trend"]["per_bit"] == pytest.approx(0, abs=1e-12)
+    assert out["bits"]["trend"]["per_halving"] == pytest.approx(0, abs=1e-12)
+
+
+def test_no_trend_or_trained_minus_served_where_bf16s_gain_is_not_resolved():
+    rng, gold = _world(seed=7)
+    noise = np.stack([rng.normal(size=gold.shape) for _ in range(5)])  # bf16 ranks at random: no gain to share
+    out = bon.analyse(gold, {"bf16": noise, "int4": noise.copy(), "served-int4": noise.copy(), "served-w2": noise.copy()},
+                      reference="bf16", null=None, headline_n=4, sweep={"served-w2": 2},
+                      served_pairs={"int4": "served-int4"})
+    assert out["arms"]["bf16"]["at_n_star"]["gold_gain_vs_sft_ci95"][0] <= 0
+    assert out["bits"]["trend"] is None and out["trained_minus_served"] is None
 
 
 def test_the_onset_stops_at_the_first_unresolved_width_from_the_fewest_bits_up():
@@ -164,6 +178,13 @@ def test_the_onset_stops_at_the_first_unresolved_width_from_the_fewest_bits_up()
     proxies = {"bf16": bf16, "served-w4": _proxy(rng, gold, 3.0), "served-w2": bf16.copy()}
     out = bon.analyse(gold, proxies, reference="bf16", null=None, sweep={"served-w4": 4, "served-w2": 2})
     assert out["bits"]["rows"][1]["tax_vs_bf16_ci95"][0] > 0 and out["bits"]["onset_bits"] is None
+    assert out["bits"]["stopped_at"] == 2
+    from tinyrlhf import display, headline
+
+    words = " ".join(display.bits_sentences(out | {"n_star": 4})) + headline.bits_verdict(out)
+    # 4 bits' interval excludes 0, but it was never tested: nothing may say that no width's tax does
+    assert "narrowest width (2 bits) is not resolved from 0: no onset" in words and "wider widths are not tested" in words
+    assert "No width" not in words and "no width" not in words
 
 
 def test_the_headline_n_is_the_one_fixed_before_the_run_else_the_peak_said_so():
@@ -172,8 +193,10 @@ def test_the_headline_n_is_the_one_fixed_before_the_run_else_the_peak_said_so():
     fixed = bon.analyse(gold, proxies, reference="bf16", null=None, headline_n=2)
     peak = bon.analyse(gold, proxies, reference="bf16", null=None)
     assert fixed["n_star"] == 2 and fixed["arms"]["int4"]["at_n_star"]["n"] == 2 and "fixed" in fixed["n_star_rule"]
-    assert peak["n_star"] == peak["n_peak"] == fixed["n_peak"] and "same data" in peak["n_star_rule"] or \
-        "on the data it reports" in peak["n_star_rule"]
+    assert peak["n_star"] == peak["n_peak"] == fixed["n_peak"]
+    assert "chosen on the data it reports" in peak["n_star_rule"]
+    none = bon.analyse(gold, {"bf16": np.full((5,) + gold.shape, np.nan)}, reference="bf16", null=None)
+    assert none["n_star"] is None and "fixed" not in none["n_star_rule"]
 
 
 def test_bands_over_every_n_and_over_the_headlines_claims_are_bonferroni_at_the_intervals_df():
@@ -184,9 +207,13 @@ def test_bands_over_every_n_and_over_the_headlines_claims_are_bonferroni_at_the_
                       family=["int8", "int4", "served-int4"])
     e = out["arms"]["int4"]["at_n_star"]
     lo, hi = e["tax_vs_bf16_ci95"]
-    scale = t_quantile(1 - 0.025 / 3, e["tax_df"]) / t975(e["tax_df"])
-    assert e["tax_vs_bf16_family_ci95"][1] - e["tax_vs_bf16"] == pytest.approx((hi - e["tax_vs_bf16"]) * scale)
-    assert e["family"] == ["int8", "int4", "served-int4"] and scale > 1.2
+    parts, q = e["tax_variance"], 1 - 0.025 / 3
+    # each variance part widened at its own df, as the interval itself was built (crossed_jackknife)
+    half = math.sqrt(t_quantile(q, parts["seeds_df"]) ** 2 * parts["seeds"]
+                     + t_quantile(q, parts["prompts_df"]) ** 2 * parts["prompts"])
+    assert e["tax_vs_bf16_family_ci95"][1] - e["tax_vs_bf16"] == pytest.approx(half)
+    assert half / (hi - e["tax_vs_bf16"]) > 1.2 and e["family"] == ["int8", "int4", "served-int4"]
+    assert parts["seeds_df"] == 4 and parts["prompts_df"] == 39
     band = e["tax_vs_bf16_band"]  # over the 5 n's of a pool of 16
     assert band[0] < e["tax_vs_bf16_family_ci95"][0] < lo and "tax_vs_bf16_family_ci95" not in \
         out["arms"]["bf16"]["at_n_star"]
@@ -207,16 +234,16 @@ def test_trained_minus_served_is_the_difference_of_their_taxes_with_its_sign():
 
 
 def test_the_ratio_leads_only_where_bf16s_gain_is_well_resolved():
-    from tinyrlhf.stats import RATIO_MIN_Z, arm_statistics
+    from tinyrlhf.stats import RATIO_MIN_MARGINS, arm_statistics
 
     rng = np.random.default_rng(6)
     base = np.zeros(30)
     strong = {"bf16": 1.0 + rng.normal(scale=0.3, size=(5, 30)), "int4": 0.9 + rng.normal(scale=0.3, size=(5, 30))}
     weak = {"bf16": 0.1 + rng.normal(scale=0.3, size=(5, 30)), "int4": 0.1 + rng.normal(scale=0.3, size=(5, 30))}
     s, w = (arm_statistics(c, base, reference="bf16", null=None)["int4"] for c in (strong, weak))
-    assert s["ratio_leads"] and s["reference_gain_z"] >= RATIO_MIN_Z
-    assert not w["ratio_leads"] and (w["reference_gain_z"] is None or w["reference_gain_z"] < RATIO_MIN_Z)
-    assert math.isfinite(s["reference_gain_z"])
+    assert s["ratio_leads"] and s["reference_gain_margins"] >= RATIO_MIN_MARGINS
+    assert not w["ratio_leads"] and (w["reference_gain_margins"] or 0) < RATIO_MIN_MARGINS
+    assert math.isfinite(s["reference_gain_z"]) and s["reference_gain_z"] > s["reference_gain_margins"]
 
 
 def test_03_says_where_the_tax_begins_the_trend_and_what_trained_minus_served_cannot_separate():
@@ -227,14 +254,18 @@ def test_03_says_where_the_tax_begins_the_trend_and_what_trained_minus_served_ca
     bon = make_bon_results()
     words = " ".join(display.bits_sentences(bon))
     onset = bon["bits"]["onset_bits"]
-    assert (f"Where the tax begins: {onset} bits" in words) if onset else ("No width's tax excludes 0" in words)
-    assert "per bit removed" in words and "sign-flip" in words and "cannot separate" in words
+    assert ("the tax is resolved from 0 at" in words) if onset else ("is not resolved from 0: no onset" in words)
+    assert "per halving of the width" in words and "conditional on these prompts" in words
+    assert "cannot separate" in words
     table = plots.bits_table(bon)
     assert list(table["served at"]) == [f"{k} bits (torchao)" for k in (2, 3, 4, 8)]
     by_n = display.tax_by_n_table(bon)
     assert len(by_n) == len(bon["ns"]) and by_n.iloc[2].str.contains("band").any()
+    int4 = bon["arms"]["int4"]["at_n_star"]
     claims = " ".join(display.bon_sentences(bon))
-    assert "headline claims held at once (Bonferroni)" in claims or "resolved" in claims
+    assert int4["tax_vs_bf16_ci95"][0] <= 0  # the builder's NF4 is not resolved: its bound is stated twice
+    assert (f"of best-of-n's precision arms, trained and served held at once (Bonferroni)" in claims
+            and f"{int4['tax_vs_bf16_family_ci95'][1]:.1%}" in claims)
     assert display.bits_sentences({"bits": None}) == ["No bits sweep in this run (eval.serve_bits is empty)."]
 
 
@@ -242,9 +273,9 @@ def test_the_difference_leads_where_bf16s_gain_is_not_well_resolved():
     from tinyrlhf import display
 
     entry = {"tax_vs_bf16": 0.1, "tax_vs_bf16_ci95": [-0.2, 0.4], "tax_df": 4.0, "gain_diff_vs_bf16": -0.01,
-             "gain_diff_vs_bf16_ci95": [-0.05, 0.03], "ratio_leads": False, "reference_gain_z": 3.1,
-             "tax_vs_bf16_family_ci95": [-0.35, 0.55], "family": ["int8", "int4"]}
+             "gain_diff_vs_bf16_ci95": [-0.05, 0.03], "ratio_leads": False, "reference_gain_margins": 1.8,
+             "tax_vs_bf16_family_ci95": [-0.35, 0.55], "family": ["int8", "int4"], "family_name": "PPO's precision arms"}
     words = display._tax_words("int4", entry, None)
-    assert words.startswith("gain difference -0.010 [-0.050, +0.030]; as a share of bf16's gain (only 3.1")
-    assert "costs less than 40.0% of bf16's gain (95%), 55.0% with all 2 headline claims held at once" in words
+    assert words.startswith("gain difference -0.010 [-0.050, +0.030]; as a share of bf16's gain (only 1.8 times its")
+    assert "costs less than 40.0% of bf16's gain (95%), 55.0% with all 2 of PPO's precision arms held at once" in words
     assert display._tax_words("int4", entry | {"ratio_leads": True}, None).startswith("tax +10.0%")

@@ -34,6 +34,10 @@ def test_judge_labels_need_a_judge_that_exists_before_the_reward_models():
 def test_relabelled_reward_models_are_other_models_and_03_says_whose_labels():
     data_labels, judge_labels = get_profile("cpu"), get_profile("cpu", overrides={"rm.labels": "judge"})
     assert stages.config_hash(stages.RM, data_labels) != stages.config_hash(stages.RM, judge_labels)
+    # another judge wrote other labels: other reward models, though eval is not among the rm stage's sections
+    other = get_profile("cpu", overrides={"rm.labels": "judge", "eval.judge": "/some/public/reward-model"})
+    assert stages.config_hash(stages.RM, other) != stages.config_hash(stages.RM, judge_labels)
+    assert other.rm == judge_labels.rm
     assert "the data's" in display.labels_line({"labels": "data", "relabelled": None})
     line = display.labels_line({"labels": "judge", "relabelled": {"judge": "gold reward", "pairs": 200, "swapped": 10,
                                                                   "tied": 3}})

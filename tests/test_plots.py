@@ -209,7 +209,7 @@ def test_tax_sentences_state_the_controls_and_what_an_interval_rules_out():
     assert any(line.startswith("noisy (bf16, flipped labels): tax") and "positive control" in line for line in lines)
     bon = make_bon_results()
     text = " ".join(display.bon_sentences(bon))
-    assert f"compared at n = {bon['n_star']} (fixed before the run" in text and "positive control" in text
+    assert f"compared at n = {bon['n_star']} (fixed in the profile before the run" in text and "positive control" in text
     e = {"tax_vs_bf16": 0.01, "tax_vs_bf16_ci95": [-0.03, 0.05], "gain_diff_vs_bf16": -0.01,
          "gain_diff_vs_bf16_ci95": [-0.04, 0.02], "tax_minus_null_ci95": [-0.05, 0.04]}
     assert "costs less than 5.0% of bf16's gain (95%)" in display._tax_words("int4", e, "null")

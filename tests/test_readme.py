@@ -252,7 +252,7 @@ def test_the_headline_generator_reads_numbers_not_prose(tmp_path):
     assert "controls: null" in text and "detects 4 times in 5" in text and "at once, Bonferroni" in text
     assert "| bf16-trained, served at 2 bits (torchao): tax |" in text and "Where the tax begins" in text
     onset = bon["bits"]["onset_bits"]
-    assert (f"at {onset} bits the tax is resolved from 0" if onset else "no width's tax is resolved from 0") in text
+    assert ("the tax is resolved from 0 at" if onset else "is not resolved from 0: no onset") in text
     assert "every stage in 12 minutes" in headline.block(bon, ppo, minutes=12.4)
     broken = tmp_path / "run"
     broken.mkdir()

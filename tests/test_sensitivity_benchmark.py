@@ -18,14 +18,19 @@ def _load():
     return module
 
 
-def test_flattened_scores_pick_the_pools_mean_so_a_spike_of_q_is_a_tax_of_exactly_q():
+def test_flattened_scores_pick_the_pools_mean_so_the_tax_is_bf16s_gain_on_the_flattened_prompts():
     rng = np.random.default_rng(0)
     gold = rng.normal(size=(20, 16))
     assert bon.best_of_n(np.zeros(16), gold[0], 4) == pytest.approx(gold[0].mean())
     bf16 = np.stack([gold + rng.normal(scale=0.3, size=gold.shape) for _ in range(3)])
     e = _load().spike_in(gold, bf16, 0.25, 4, np.random.default_rng(1))
-    # every seed flattens 5 of 20 prompts: the tax is 1 - (gain on the other 15) / (gain on all 20), per seed
-    assert 0.05 < e["tax_vs_bf16"] < 0.5 and e["n"] == 4
+    # the same draws as spike_in: 5 of the 20 prompts per seed; the pooled tax is the share of bf16's summed gain
+    # that sat on them (its expectation over the draw is 5 / 20)
+    again = np.random.default_rng(1)
+    flat = [set(again.choice(20, size=5, replace=False)) for _ in range(3)]
+    gain = np.array([[bon.best_of_n(bf16[s, p], gold[p], 4) - gold[p].mean() for p in range(20)] for s in range(3)])
+    share = sum(gain[s, p] for s in range(3) for p in flat[s]) / gain.sum()
+    assert e["tax_vs_bf16"] == pytest.approx(share, rel=1e-9) and e["n"] == 4
 
 
 def test_detection_grows_with_the_spike_and_the_interval_holds_the_known_tax():
@@ -37,3 +42,4 @@ def test_detection_grows_with_the_spike_and_the_interval_holds_the_known_tax():
     assert rows[0]["detected"] <= rows[1]["detected"] <= rows[2]["detected"] and rows[2]["detected"] > 0.8
     assert all(r["covered"] >= 0.8 for r in rows)
     assert all(abs(r["tax_mean"] - r["known_tax"]) < 0.03 for r in rows)
+    assert all(r["with_interval"] == r["repeats"] == 30 for r in rows)

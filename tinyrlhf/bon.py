@@ -110,12 +110,16 @@ def analyse(gold, proxies: dict, *, reference: str, null: str | None, ns=None, p
                              None if star is None or arm == reference else
                              {arm: gold_bon[arm][star], reference: gold_bon[reference][star]}, base)
             for arm in proxies}
-    add_family_intervals({arm: rec["at_n_star"] for arm, rec in arms.items()}, [a for a in family if a in arms])
+    add_family_intervals({arm: rec["at_n_star"] for arm, rec in arms.items()}, [a for a in family if a in arms],
+                         "best-of-n's precision arms, trained and served")
     sweep = sweep or {}
-    at_star = {arm: gold_bon[arm][star] for arm in proxies} if star is not None else None
+    ref_ci = ((arms[reference]["at_n_star"] or {}).get("gold_gain_vs_sft_ci95") or [0.0, 0.0])
+    # ratios to bf16's gain only where it is resolved from 0, as every tax (stats.arm_statistics)
+    at_star = {arm: gold_bon[arm][star] for arm in proxies} if star is not None and ref_ci[0] > 0 else None
     return {"ns": ns, "kl": [kl_bon(n) for n in ns], "pool": pool, "prompts": n_prompts,
             "pool_gold_mean": float(base.mean()), "n_star": n_star, "n_peak": n_peak,
-            "n_star_rule": ("fixed before the run by eval.headline_n" if n_star == headline_n else
+            "n_star_rule": ("fixed in the profile before the run by eval.headline_n"
+                            if headline_n is not None and n_star == headline_n else
                             "n*, where bf16's gold gain peaks on these data (chosen on the data it reports)"),
             "reference": reference, "null_arm": null,
             "arms": {arm: rec for arm, rec in arms.items() if arm not in sweep},
@@ -165,7 +169,8 @@ def _arm_record(arm, by_n, proxy_gain, planned, star, reference, star_cells, bas
 def _add_bands(stats: dict, comparisons: int) -> None:
     """Each arm's tax at one n with its band simultaneous over the `comparisons` n's (Bonferroni)."""
     for e in stats.values():
-        e["tax_vs_bf16_band"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"), comparisons)
+        e["tax_vs_bf16_band"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"), comparisons,
+                                        e.get("tax_variance"))
 
 
 def _seed_ok(*cells) -> np.ndarray:
@@ -185,34 +190,38 @@ def trained_minus_served(trained, served, ref, base) -> dict:
         g_ref = float(np.mean(r[np.ix_(s, p)])) - float(np.mean(base[p]))
         return None if g_ref == 0 else (float(np.mean(v[np.ix_(s, p)])) - float(np.mean(t[np.ix_(s, p)]))) / g_ref
     est = crossed_jackknife(diff, len(ok), len(base)) if len(ok) else {}
-    per_seed = (v.mean(axis=1) - t.mean(axis=1)) / (r.mean(axis=1) - base.mean()) if len(ok) else []
+    per_seed = [diff(np.array([i]), np.arange(len(base))) for i in range(len(ok))]
     return {"value": est.get("value"), "ci95": est.get("ci95"), "df": est.get("df"), "seeds": [int(i) for i in ok],
-            "per_seed": [float(x) for x in per_seed], "sign_flip_p": sign_flip_p(per_seed)}
+            "per_seed": per_seed, "sign_flip_p": sign_flip_p(per_seed)}
 
 
 def bits_sweep(arms: dict, bits: dict, at_star: dict | None, base, reference: str) -> dict:
     """Where quantization starts to cost, from the served-at-k-bits arms at the headline n.
 
-    trend: the tax's least-squares slope per bit removed, with its crossed-jackknife interval and an exact
-    sign-flip test of the per-seed slopes. onset: fixed-sequence testing from the fewest bits up (each width tested
-    at 5% only while every narrower one was resolved: the family-wise error stays 5% with no correction), the widest
-    width whose tax is resolved above 0, or None when the narrowest is not."""
+    trend: the tax's least-squares slope per halving of the width (against log2 bits: a threshold at low widths
+    weighs as much as the step from 8 to 4), with its crossed-jackknife interval, and a sign-flip test of the
+    per-seed slopes, exact but conditional on these prompts (every seed ranks the same ones; the interval counts
+    them). onset: fixed-sequence testing from the fewest bits up (each width tested at 5% only while every narrower
+    one was resolved: the family-wise error stays 5% with no correction): `onset_bits` the widest resolved width
+    (None when the narrowest is not), `stopped_at` the first width not resolved, where testing stopped: wider
+    widths were not tested, whatever their intervals. `at_star` None (bf16's gain not resolved): no trend."""
     order = sorted(bits, key=bits.get)  # fewest bits first
     rows = [{"arm": arm, "bits": bits[arm], "status": arms[arm]["status"], **(arms[arm]["at_n_star"] or {})}
             for arm in order]
-    onset = None
+    onset = stopped = None
     for row in rows:
         ci = row.get("tax_vs_bf16_ci95")
         if not ci or ci[0] <= 0:
+            stopped = row["bits"]
             break
         onset = row["bits"]
-    return {"rows": rows, "onset_bits": onset, "trend": None if at_star is None else
+    return {"rows": rows, "onset_bits": onset, "stopped_at": stopped, "trend": None if at_star is None else
             _bits_trend([at_star[a] for a in order], [bits[a] for a in order], at_star[reference], base)}
 
 
 def _bits_trend(cells: list, widths: list, ref, base) -> dict:
     ok = _seed_ok(ref, *cells)
-    x = -np.asarray(widths, dtype=float)  # bits removed, up to a constant
+    x = -np.log2(np.asarray(widths, dtype=float))  # halvings of the width, up to a constant
     x = x - x.mean()
     stack, r = np.stack([c[ok] for c in cells]), ref[ok]
 
@@ -224,7 +233,7 @@ def _bits_trend(cells: list, widths: list, ref, base) -> dict:
         return float(x @ np.asarray(taxes) / (x @ x))
     est = crossed_jackknife(slope, len(ok), len(base)) if len(ok) and len(widths) > 1 else {}
     per_seed = [slope(np.array([i]), np.arange(len(base))) for i in range(len(ok))] if est else []
-    return {"per_bit": est.get("value"), "per_bit_ci95": est.get("ci95"), "df": est.get("df"),
+    return {"per_halving": est.get("value"), "per_halving_ci95": est.get("ci95"), "df": est.get("df"),
             "per_seed": per_seed, "sign_flip_p": sign_flip_p(per_seed)}
 
 

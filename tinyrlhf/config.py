@@ -392,8 +392,10 @@ class Profile:
         return rm_seed + PPO_RUN_STRIDE * run
 
 
-# Settings that decide whether a stage runs, not what it computes: kept out of the reuse hash
-UNHASHED = (("ppo", "gate"),)
+# Kept out of the sections' reuse hash: settings that decide whether a stage runs, not what it computes (ppo.gate),
+# and rm.labels, which enters the reward models' hash only when it is not the data's (stages.config_hash adds the
+# judge), so that runs from before the setting existed stay reusable
+UNHASHED = (("ppo", "gate"), ("rm", "labels"))
 
 SECTIONS = {"data": DataSettings, "base": BaseSettings, "sft": SFTSettings, "rm": RMSettings, "ppo": PPOSettings,
             "eval": EvalSettings}

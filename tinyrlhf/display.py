@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from .config import Paths, Profile, default_profile_name
 from .env import capacities as env_capacities
 from .memory import format_bytes
-from .plots import MISSING, arm_label, precision_color
+from .plots import MISSING, arm_label, onset_words, precision_color, trend_words
 from .stats import control_passed, minimum_detectable
 
 VERDICT_COLORS = {"fits": "#009E73", "tight": "#E69F00", "will not fit": "#D55E00"}
@@ -439,13 +439,15 @@ def pool_samples_table(bon: dict, width: int = 300) -> pd.DataFrame:
 
 
 def labels_line(rm: dict) -> str:
-    """Whose labels the reward models learned: the data's, or the judge's (rm.labels), with how many it changed."""
+    """Whose labels the reward models learned: the data's, or the judge's (rm.labels), with how many it changed; the
+    test pairs keep the data's labels either way."""
     r = rm.get("relabelled")
     if rm.get("labels") != "judge" or not r:
         return "Training labels: the data's (its human preferences; rm.labels = \"data\")."
     return (f"Training labels: the judge's ({r['judge']}; rm.labels = \"judge\"): of {r['pairs']} training pairs, "
             f"{r['swapped']} ({r['swapped'] / max(r['pairs'], 1):.1%}) were swapped to the reply it scores higher, "
-            f"{r['tied']} tied and kept the data's label. The judge is then the gold these reward models learn.")
+            f"{r['tied']} tied and kept the data's label. The judge is then the gold these reward models learn; the "
+            "accuracies below still score them against the test pairs' human labels.")
 
 
 def compute_dtype_line(result: dict) -> str | None:
@@ -459,7 +461,7 @@ def compute_dtype_line(result: dict) -> str | None:
 
 
 def bon_sentences(bon: dict) -> list[str]:
-    """Best-of-n in words: where bf16 peaks, each arm's tax at n* with what its interval rules out, and the
+    """Best-of-n in words: where bf16 peaks, each arm's tax at the headline n with what its interval rules out, and the
     controls' verdicts."""
     star = bon.get("n_star")
     bf16 = (bon["arms"].get("bf16") or {}).get("at_n_star") or {}
@@ -498,15 +500,16 @@ def _tax_words(arm: str, e: dict, null: str | None) -> str:
                                                     if control_passed("noisy", [lo, hi]) else
                                                     "NOT detected: the instrument missed a known effect.")
     if not e.get("ratio_leads", True) and absolute:
-        z = e.get("reference_gain_z")
-        text = (f"{absolute}; as a share of bf16's gain (only {_num(z, '.1f')} standard errors from 0, so the ratio is "
-                f"unstable and the difference leads): tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+        m = e.get("reference_gain_margins")
+        text = (f"{absolute}; as a share of bf16's gain (only {_num(m, '.1f')} times its own 95% margin from 0, so the "
+                f"ratio is unstable and the difference leads): tax {e['tax_vs_bf16']:+.1%} [{lo:+.1%}, {hi:+.1%}]")
     family = e.get("tax_vs_bf16_family_ci95")
     if lo <= 0 <= hi:
         at = f" at n = {e['n']}" if e.get("n") else ""  # best-of-n's entries know their n
         text += f"; not resolved from 0: it costs less than {hi:.1%} of bf16's gain{at} (95%)"
         if family:
-            text += f", {family[1]:.1%} with all {len(e.get('family') or [])} headline claims held at once (Bonferroni)"
+            text += (f", {family[1]:.1%} with all {len(e.get('family') or [])} of "
+                     f"{e.get('family_name') or 'the headline claims'} held at once (Bonferroni)")
     else:
         text += "; resolved: " + ("a loss" if lo > 0 else "a gain over bf16")
     mde = minimum_detectable(e["tax_vs_bf16_ci95"], e.get("tax_df"))
@@ -535,21 +538,19 @@ def bits_sentences(bon: dict) -> list[str]:
                                 f"{r['tax_vs_bf16_ci95'][1]:+.1%}]" if r.get("tax_vs_bf16_ci95") else "n/a")
         for r in sweep["rows"]) + "."]
     trend = sweep.get("trend") or {}
-    if trend.get("per_bit_ci95"):
-        lo, hi = trend["per_bit_ci95"]
+    if trend.get("per_halving_ci95"):
+        lo, hi = trend["per_halving_ci95"]
         resolved = "rises as bits fall" if lo > 0 else "falls as bits fall" if hi < 0 else "has no resolved trend"
-        lines.append(f"Trend: {trend['per_bit']:+.1%} of bf16's gain per bit removed, 95% CI [{lo:+.1%}, {hi:+.1%}]: "
-                     f"the tax {resolved} (exact sign-flip test over the per-seed slopes: p = "
-                     f"{_num(trend.get('sign_flip_p'), '.3f')}).")
-    onset = sweep.get("onset_bits")
-    widths = [r["bits"] for r in sweep["rows"]]
-    lines.append(f"Where the tax begins: {onset} bits, the widest whose tax excludes 0 (tested from {min(widths)} bits up, "
-                 "each width only while every narrower one was resolved: 5% family-wise)." if onset is not None else
-                 f"No width's tax excludes 0, down to {min(widths)} bits: the sweep shows no onset at this design.")
+        lines.append(f"Trend: {trend_words(sweep)}: the tax {resolved} (by its interval, which counts the prompts).")
+    elif trend or sweep.get("rows"):
+        lines.append(f"Trend: {trend_words(sweep)}.")
+    lines.append(f"Where the tax begins (widths tested from the fewest bits up, each only while every narrower one was "
+                 f"resolved: 5% family-wise): {onset_words(sweep)}.")
     for precision, d in (bon.get("trained_minus_served") or {}).items():
         if d.get("ci95"):
             lines.append(f"Trained {precision} minus served {precision} (tax difference): {d['value']:+.1%} "
-                         f"[{d['ci95'][0]:+.1%}, {d['ci95'][1]:+.1%}], sign-flip p = {_num(d.get('sign_flip_p'), '.3f')}."
+                         f"[{d['ci95'][0]:+.1%}, {d['ci95'][1]:+.1%}] (per-seed sign-flip p = "
+                         f"{_num(d.get('sign_flip_p'), '.3f')}, conditional on these prompts)."
                          " It cannot separate the precision's arithmetic during training from the other training path "
                          "the trained arm takes (a partial reseed): the served arm shares bf16's training.")
     return lines

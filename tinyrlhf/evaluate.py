@@ -548,7 +548,7 @@ def experiment_result(judge: dict, sft: dict, runs: dict, *, precisions: dict, r
     cells = {arm: seed_cells(runs[arm], rm_seeds, n_prompts) for arm in runs}
     sft_cells = np.array(sft["judge_per_prompt"], dtype=float)
     stats = arm_statistics(cells, sft_cells, reference="bf16", null=null)
-    add_family_intervals(stats, [a for a in stats if a not in ("bf16", null, noisy)])  # the headline's claims
+    add_family_intervals(stats, [a for a in stats if a not in ("bf16", null, noisy)], "PPO's precision arms")
     arms = {}
     for arm in runs:
         arms[arm] = aggregate_arm(arm, runs[arm], stats.get(arm, {}), sft, precisions[arm], resamples=bootstrap,

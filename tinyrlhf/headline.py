@@ -9,6 +9,7 @@ README and figure are what the snapshot gives. No number in the headline is type
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 from . import plots
@@ -90,8 +91,8 @@ def table(bon: dict, ppo: dict) -> str:
 
 
 def _tax_cell(e: dict | None) -> str:
-    """A tax with its interval; where bf16's gain is under 5 standard errors from 0 (stats.RATIO_MIN_Z) the
-    absolute gain difference leads and the ratio follows in brackets."""
+    """A tax with its interval; where bf16's gain is under 2.5 of its own 95% margins from 0 (stats.RATIO_MIN_MARGINS)
+    the absolute gain difference leads and the ratio follows in brackets."""
     if e is None:
         return "not run"
     tax = _interval(e, "tax_vs_bf16", "+.1f", 100.0, "%")
@@ -169,21 +170,10 @@ def bits_verdict(bon: dict) -> str | None:
     sweep = bon.get("bits") or {}
     if not sweep.get("rows"):
         return None
-    rows = sorted(sweep["rows"], key=lambda r: r["bits"])
-    widths = ", ".join(str(r["bits"]) for r in reversed(rows))
-    onset = sweep.get("onset_bits")
-    resolved = [r for r in rows if onset is not None and r["bits"] <= onset]
-    wider = [r for r in rows if onset is None or r["bits"] > onset]
-    words = ("; ".join(f"at {r['bits']} bits the tax is resolved from 0, "
-                       f"{_interval(r, 'tax_vs_bf16', '+.1f', 100.0, '%')}" for r in resolved)
-             + (f"; from {wider[0]['bits']} bits up it is not" if resolved and wider else "")
-             if resolved else f"no width's tax is resolved from 0, down to {rows[0]['bits']} bits")
-    trend = sweep.get("trend") or {}
-    slope = trend.get("per_bit")
+    widths = ", ".join(str(r["bits"]) for r in sorted(sweep["rows"], key=lambda r: -r["bits"]))
     return (f"Where the tax begins ([figure](docs/figures/{BITS_FIGURE}.png); bf16-trained models served at {widths} "
-            f"bits, best-of-n at n = {bon.get('n_star')}; widths tested from the fewest bits up): {words}"
-            + ("" if slope is None else f"; trend {_interval(trend, 'per_bit', '+.1f', 100.0)} points per bit removed"
-               + ("" if trend.get("sign_flip_p") is None else f" (sign-flip p = {trend['sign_flip_p']:.3f})")) + ".")
+            f"bits, best-of-n at n = {bon.get('n_star')}; widths tested from the fewest bits up): "
+            + re.sub(r"(?<!\w)-(?=\d)", "−", f"{plots.onset_words(sweep)}; {plots.trend_words(sweep, sign_flip=False)}."))
 
 
 def block(bon: dict, ppo: dict, figure: str = f"docs/figures/{FIGURE}.png", minutes: float | None = None) -> str:

@@ -402,7 +402,7 @@ def _draw_bon_frontier(ax, bon: dict) -> None:
     if bon.get("n_star"):
         x = math.sqrt(bon["kl"][bon["ns"].index(bon["n_star"])])
         ax.axvline(x, color="0.4", ls=":", lw=1)
-        ax.annotate(f"n* = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -12),
+        ax.annotate(f"n = {bon['n_star']}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -12),
                     textcoords="offset points", fontsize=_fs(8), color="0.3", ha="right")  # left of the line: never clipped
     ax.axhline(0, color=precision_color("sft"), ls="--", lw=1)
     top = ax.secondary_xaxis("top", functions=(lambda x: x, lambda x: x))
@@ -496,14 +496,14 @@ def _draw_taxes(ax, entries: dict, arms: list[str]) -> None:
 
 
 def plot_taxes(bon: dict | None = None, ppo: dict | None = None) -> Figure:
-    """Both taxes with 95% intervals: best-of-n at n* and PPO, each arm's tax beside its tax minus the null arm's
+    """Both taxes with 95% intervals: best-of-n at its headline n and PPO, each arm's tax beside its tax minus the null arm's
     (hollow): a tax is resolved when its interval excludes 0, and told apart from reward-model noise when the hollow
     one does. The controls (null, noisy) get their own panel and scale, so that the positive control's large effect
     does not flatten the precisions' intervals. An arm whose tax is undefined (bf16's gain interval does not exclude
     0) says so."""
     methods = []
     if bon:
-        methods.append((f"best-of-n at n* = {bon.get('n_star')}", f"best-of-n, n = {bon.get('n_star')}",
+        methods.append((f"best-of-n at n = {bon.get('n_star')}", f"best-of-n, n = {bon.get('n_star')}",
                         {a: (bon["arms"][a].get("at_n_star") or {}) | {"status": bon["arms"][a].get("status")}
                          for a in _bon_arms(bon)}))
     if ppo:
@@ -549,12 +549,12 @@ def plot_tax_vs_bits(bon: dict) -> Figure:
     bf16-trained models served at k bits (torchao, the line), with 95% intervals, beside the arms at bitsandbytes'
     int8 and NF4 (trained: squares; served: diamonds). The title gives the trend per bit removed and the onset."""
     sweep = bon.get("bits") or {}
-    fig, (ax,) = _figure(8.4, 3.8)
+    fig, (ax,) = _figure(6.4, 4.4)
     rows = [r for r in sweep.get("rows") or [] if r.get("tax_vs_bf16") is not None]
     if rows:
         x = [r["bits"] for r in rows]
         y = [100 * r["tax_vs_bf16"] for r in rows]
-        err = np.array([_yerr(v, [100 * c for c in r["tax_vs_bf16_ci95"]]) or [[0.0], [0.0]]
+        err = np.array([_yerr(v, r.get("tax_vs_bf16_ci95") and [100 * c for c in r["tax_vs_bf16_ci95"]]) or [[0.0], [0.0]]
                         for v, r in zip(y, rows)])[:, :, 0].T
         ax.errorbar(x, y, yerr=err, fmt="o-", ms=6, capsize=4, color=SWEEP_COLOR, zorder=3,
                     label=f"bf16-trained, served at k bits (torchao, {sweep.get('group')} per scale)")
@@ -572,19 +572,49 @@ def plot_tax_vs_bits(bon: dict) -> Figure:
     ax.set_xlim(max(widths) + 0.6, min(widths) - 0.6)  # fewer bits to the right
     ax.set_xlabel("weight bits of the served backbone")
     _ylabel(ax, "tax: % of bf16's gold gain lost", "tax (%)")
-    _title(ax, f"Best-of-n at n = {bon.get('n_star')}: the tax against weight bits\n{bits_summary(sweep)}")
-    _outside_legend(ax)
+    _title(ax, f"Best-of-n at n = {bon.get('n_star')}: the tax against weight bits\n"
+               + textwrap.fill(bits_summary(sweep), 90))
+    if _STYLE.get().width is None:  # below the axes: five long labels beside them would double the figure's width
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, fontsize=8, frameon=False)
+    else:
+        _outside_legend(ax)
     return fig
 
 
 def bits_summary(sweep: dict) -> str:
     """The sweep's trend and onset in one line (a figure's title, a table's caption)."""
+    return f"{trend_words(sweep, sign_flip=False)}; {onset_words(sweep)}"
+
+
+def trend_words(sweep: dict, sign_flip: bool = True) -> str:
+    """The tax's trend against the width: per halving, its interval, and (optionally) the per-seed slopes' sign-flip
+    test, which is conditional on the prompts every seed shares."""
     trend = sweep.get("trend") or {}
-    slope, ci = trend.get("per_bit"), trend.get("per_bit_ci95")
-    words = "trend: n/a" if slope is None else f"trend {100 * slope:+.1f} points per bit removed" + (
+    slope, ci = trend.get("per_halving"), trend.get("per_halving_ci95")
+    if slope is None:
+        return "trend: none (bf16's gain not resolved at this n)"
+    text = f"trend {100 * slope:+.1f} points per halving of the width" + (
         f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
-    onset = sweep.get("onset_bits")
-    return words + "; " + ("no width's tax excludes 0" if onset is None else f"the tax excludes 0 from {onset} bits down")
+    if sign_flip and trend.get("sign_flip_p") is not None:
+        text += f" (sign-flip p = {trend['sign_flip_p']:.3f} over the per-seed slopes, conditional on these prompts)"
+    return text
+
+
+def onset_words(sweep: dict) -> str:
+    """Where the tax begins, as fixed-sequence testing from the fewest bits up found it: the widths resolved from 0,
+    and the one where testing stopped (wider widths were not tested, whatever their intervals say)."""
+    widths = sorted(r["bits"] for r in sweep.get("rows") or [])
+    onset, stopped = sweep.get("onset_bits"), sweep.get("stopped_at")
+    resolved = [w for w in widths if onset is not None and w <= onset]
+    if not widths:
+        return "no widths served"
+    if onset is None:
+        return (f"the narrowest width ({widths[0]} bits) is not resolved from 0: no onset "
+                "(testing stops there; wider widths are not tested)")
+    text = f"the tax is resolved from 0 at {', '.join(map(str, resolved))} bits"
+    return text + (f" and not at {stopped} bits, where testing stopped" + (
+        " (wider widths not tested)" if stopped != widths[-1] else "") if stopped is not None else
+        " (every width served)")
 
 
 def bits_table(bon: dict) -> pd.DataFrame:
@@ -603,7 +633,7 @@ def bits_table(bon: dict) -> pd.DataFrame:
 
 
 def bon_table(bon: dict) -> pd.DataFrame:
-    """Best-of-n's headline at n*: one row per arm."""
+    """Best-of-n's headline at its headline n: one row per arm."""
     rows = []
     for arm in _bon_arms(bon):
         e = bon["arms"][arm]
@@ -611,7 +641,7 @@ def bon_table(bon: dict) -> pd.DataFrame:
         apart = distinguishable_from_null(star)
         rows.append({
             "arm": arm_label(arm),
-            "gold gain at n* [95% CI]": _with_ci(star, "gold_gain_vs_sft", "+.3f"),
+            f"gold gain at n = {bon.get('n_star')} [95% CI]": _with_ci(star, "gold_gain_vs_sft", "+.3f"),
             "tax vs bf16 [95% CI]": _with_ci(star, "tax_vs_bf16", "+.1f", 100.0, "%")
             if star.get("tax_vs_bf16") is not None or arm == "bf16" else (star.get("tax_undefined") or MISSING),
             "gain − bf16's [95% CI]": _with_ci(star, "gain_diff_vs_bf16", "+.3f"),

@@ -252,12 +252,13 @@ BON_RESULTS_SCHEMA = _result_schema(
     n_peak=_nullable(INT), n_star_rule=STR,
     bits=_nullable(_obj(["rows", "onset_bits", "trend"],
                         rows={"type": "array", "items": _obj(["arm", "bits"], arm=STR, bits=INT, **BON_STATS)},
-                        onset_bits=_nullable(INT), trend=_nullable(_obj(
-                            ["per_bit", "per_bit_ci95"], per_bit=_nullable(NUM), per_bit_ci95=_nullable(_interval(NUM)),
+                        onset_bits=_nullable(INT), stopped_at=_nullable(INT), trend=_nullable(_obj(
+                            ["per_halving", "per_halving_ci95"], per_halving=_nullable(NUM),
+                            per_halving_ci95=_nullable(_interval(NUM)),
                             per_seed={"type": "array", "items": _nullable(NUM)}, sign_flip_p=_nullable(UNIT))))),
     trained_minus_served=_nullable({"type": "object", "additionalProperties": _obj(
         ["value", "ci95"], value=_nullable(NUM), ci95=_nullable(_interval(NUM)), sign_flip_p=_nullable(UNIT),
-        per_seed={"type": "array", "items": NUM})}),
+        per_seed={"type": "array", "items": _nullable(NUM)})}),
     pool_eos_share=UNIT, pool_length_mean=NONNEG,
     scorers={"type": "object", "additionalProperties": _obj(["arm", "seed", "status"], arm=STR, seed=INT,
                                                              status={"enum": ["ok", "failed"]}, reason=REASON)},

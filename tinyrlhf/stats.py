@@ -206,29 +206,41 @@ def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
             "var_seeds": v_s, "var_prompts": v_p}
 
 
-def widened(value, ci, df, comparisons: int):
-    """A 95% interval widened for `comparisons` simultaneous ones (Bonferroni: each at 1 - 0.05 / comparisons), at
-    the interval's own degrees of freedom; None without an interval."""
+def widened(value, ci, df, comparisons: int, parts: dict | None = None):
+    """A 95% interval widened for `comparisons` simultaneous ones (Bonferroni: each at 1 - 0.05 / comparisons). With
+    `parts` (a crossed jackknife's variance parts and their df, as `tax_variance` holds them) each part is scaled by
+    t at its own df, as the interval itself was; else by t at the interval's equivalent df, which understates the
+    widening when the seed part dominates at few seeds. None without an interval."""
     if value is None or not ci or df is None or comparisons < 1:
         return None
-    scale = t_quantile(1 - 0.025 / comparisons, df) / t975(df)
+    q = 1 - 0.025 / comparisons
+    if parts:
+        seeds = t_quantile(q, parts["seeds_df"]) ** 2 * parts["seeds"] if parts["seeds_df"] else 0.0
+        prompts = t_quantile(q, parts["prompts_df"]) ** 2 * parts["prompts"] if parts["prompts_df"] else 0.0
+        half = math.sqrt(seeds + prompts)
+        return [value - half, value + half]
+    scale = t_quantile(q, df) / t975(df)
     return [value - (value - ci[0]) * scale, value + (ci[1] - value) * scale]
 
 
-def add_family_intervals(entries: dict, family: list) -> None:
+def add_family_intervals(entries: dict, family: list, name: str = "") -> None:
     """The headline's claims as one family: each member's tax interval also simultaneous over all of them
-    (`tax_vs_bf16_family_ci95`, Bonferroni at its own df), for "costs less than" said of all at once."""
+    (`tax_vs_bf16_family_ci95`, Bonferroni, each variance part at its own df), for "costs less than" said of all
+    at once; `name` says what the family is (e.g. "best-of-n's precision arms")."""
     for arm in family:
         e = entries.get(arm)
         if e:
             e["tax_vs_bf16_family_ci95"] = widened(e.get("tax_vs_bf16"), e.get("tax_vs_bf16_ci95"), e.get("tax_df"),
-                                                   len(family))
+                                                   len(family), e.get("tax_variance"))
             e["family"] = list(family)
+            e["family_name"] = name
 
 
-# Below this many standard errors of bf16's gain a ratio to it is unstable (its interval from the delta method
-# misstates Fieller's, which becomes unbounded near 2): the absolute gain difference leads there (issue 34)
-RATIO_MIN_Z = 5.0
+# A ratio to bf16's gain leads only where that gain is at least this many times its own 95% half-width from 0:
+# Fieller's interval for the ratio is unbounded once bf16's interval reaches 0 (one half-width) and still far from
+# the delta method's below about 2.5; there the absolute gain difference leads (issue 34). In standard errors that is
+# 4.9 at many degrees of freedom, 6.1 at 7 seeds' and 10.8 at 3 seeds'.
+RATIO_MIN_MARGINS = 2.5
 
 
 def control_passed(control: str, ci) -> bool:
@@ -313,7 +325,9 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
     ref_gain = crossed_jackknife(_gain_fn(r, base), len(common), n_prompts) if len(common) else {}
     ref_ci = ref_gain.get("ci95")
     z = ref_gain["value"] / ref_gain["se"] if ref_gain.get("se") else None
-    out |= {"reference_gain_z": z, "ratio_leads": z is not None and z >= RATIO_MIN_Z,"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
+    margins = ref_gain["value"] / ((ref_ci[1] - ref_ci[0]) / 2) if ref_ci and ref_ci[1] > ref_ci[0] else None
+    out |= {"reference_gain_z": z, "reference_gain_margins": margins,
+            "ratio_leads": margins is not None and margins >= RATIO_MIN_MARGINS,"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
             "gain_diff_df": diff.get("df"), "paired_seeds": [int(i) for i in common],
             "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None} | (
         _per_seed(a, r, base) if arm != reference and len(common) else {})
@@ -324,7 +338,10 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
                                 if ref_ci is not None else "too few seeds shared with bf16 for an interval")
     else:
         tax = crossed_jackknife(_tax_fn(a, r, base), len(common), n_prompts)
-        out |= {"tax_vs_bf16": tax.get("value"), "tax_vs_bf16_ci95": tax.get("ci95"), "tax_df": tax.get("df")}
+        out |= {"tax_vs_bf16": tax.get("value"), "tax_vs_bf16_ci95": tax.get("ci95"), "tax_df": tax.get("df"),
+                "tax_variance": None if tax.get("ci95") is None else {
+                    "seeds": tax["var_seeds"], "seeds_df": len(common) - 1, "prompts": tax["var_prompts"],
+                    "prompts_df": n_prompts - 1}}
     if out["tax_vs_bf16_ci95"] is not None:
         lo, hi = out["tax_vs_bf16_ci95"]
         # the largest tax the interval rules out when it holds 0: "costs less than hi of bf16's gain (95%)"

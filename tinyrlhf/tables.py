@@ -24,7 +24,7 @@ def _interval(entry: dict, key: str) -> dict:
 
 
 def bon_frame(bon: dict) -> pd.DataFrame:
-    """Best-of-n at its headline n (n*): one row per arm."""
+    """Best-of-n at its headline n (eval.headline_n, or n* when that is 0): one row per arm."""
     rows = []
     for arm, e in bon["arms"].items():
         star = e.get("at_n_star") or {}
