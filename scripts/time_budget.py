@@ -132,7 +132,7 @@ def render() -> str:
                   f"{machine.cpu_tokens_per_s:.0f} tokens/s):", "", prediction_table(machine), ""]
     parts += ["How the 8-core total moves with each assumption:", "", sensitivity_table(budget.desktop(8)), "",
               "**The design sized to the card** (`budget.size_design`, 8-core desktop, expected lengths): the "
-              "narrowest best-of-n tax interval with the tax by 3 h and the study by 24 h; the rtx4060 profile's "
+              "narrowest best-of-n tax interval with the tax by 3.1 h (the bits sweep included) and the study by 24 h; the rtx4060 profile's "
               "reward-model seeds and evaluation prompts are this choice (a test holds them to it).", "",
               design_table(budget.desktop(8)), "",
               f"**The study-sized design: rtx4060_study profile, {budget.desktop(8).source}**:", "",
@@ -164,7 +164,7 @@ def summary() -> str:
         f"the study in **{got['study_hours']:.1f} h** (8-core desktop, expected lengths; {bound:.1f} h with every "
         f"sequence at the profile's limits). Its {chosen['seeds']} reward-model seeds x {chosen['prompts']} prompts "
         f"are `budget.size_design`'s choice, the narrowest projected best-of-n interval that fits "
-        f"{design['bon_hours']:.0f} h and {design['study_hours']:.0f} h; the projected {budget.WIDEST_ARM} half-width, "
+        f"{design['bon_hours']:g} h and {design['study_hours']:g} h; the projected {budget.WIDEST_ARM} half-width, "
         f"±{100 * chosen['half_width']:.1f} points, is from the cpu profile's variance components (a stand-in): "
         f"{more['seeds']} seeds would reach ±{100 * more['half_width']:.1f} but take {more['bon_tax_hours']:.1f} h "
         f"and {more['study_hours']:.1f} h. With so few seeds a t interval is wide (t = "

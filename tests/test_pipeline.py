@@ -106,7 +106,9 @@ def test_best_of_n_gains_on_the_pool_and_the_proxy_rises_with_n(pipeline):
     assert bon["ns"][0] == 1 and bon["ns"][-1] == profile.eval.bon_pool
     rows = [json.loads(line) for line in paths.bon_pool.read_text().splitlines()]
     assert len(rows) == bon["candidates"] == bon["prompts"] * bon["pool_size"]
-    assert len(rows[0]["scores"]) == len(profile.bon_arms) * len(profile.rm.seeds)
+    assert len(rows[0]["scores"]) == len(profile.bon_arms + profile.bits_arms) * len(profile.rm.seeds)
+    assert [r["bits"] for r in bon["bits"]["rows"]] == sorted(profile.eval.serve_bits)  # the sweep, reported apart
+    assert not set(profile.bits_arms) & set(bon["arms"])
     assert sum(r["gold"] for r in rows) / len(rows) == pytest.approx(bon["pool_gold_mean"])
     for arm in profile.bon_arms:
         entry = bon["arms"][arm]
@@ -141,7 +143,7 @@ def test_results_validate_and_figures_redraw_from_the_json_alone(pipeline, tmp_p
     for name in ("rm_results.json", "bon_results.json", "ppo_experiment_results.json"):  # a paper author's copy
         (tmp_path / name).write_text((paths.results / name).read_text())
     drawn = plots.draw_all(tmp_path, tmp_path / "figs")
-    assert len(drawn) == 14
+    assert len(drawn) == 15 and "bon_tax_vs_bits" in drawn
     for files in drawn.values():
         assert all(f.exists() and f.stat().st_size > 1000 for f in files)
 

@@ -417,7 +417,7 @@ def recorded_components() -> dict:
 
 
 def size_design(profile: Profile, machine: Machine, components: dict, ref_gain: float, *,
-                lengths: Lengths | None = None, bon_hours: float = 3.0, study_hours: float = 24.0,
+                lengths: Lengths | None = None, bon_hours: float = 3.1, study_hours: float = 24.0,
                 seeds_options=range(2, 9), prompts_options=(64, 128, 256, 512)) -> dict:
     """The reward-model seeds and evaluation prompts that give the narrowest best-of-n tax interval within the
     time a user has: the best-of-n tax of every arm by `bon_hours`, the whole study (every arm's PPO runs) by
