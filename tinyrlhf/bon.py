@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from .stats import add_family_intervals, arm_statistics, crossed_jackknife, projection, sign_flip_p, widened
+from .stats import (add_family_intervals, arm_statistics, crossed_jackknife, projection, sign_flip_p, tax_fn,
+                    widened)
 
 
 @functools.lru_cache(maxsize=256)
@@ -223,14 +224,11 @@ def _bits_trend(cells: list, widths: list, ref, base) -> dict:
     ok = _seed_ok(ref, *cells)
     x = -np.log2(np.asarray(widths, dtype=float))  # halvings of the width, up to a constant
     x = x - x.mean()
-    stack, r = np.stack([c[ok] for c in cells]), ref[ok]
+    taxes_at = [tax_fn(c[ok], ref[ok], base) for c in cells]  # each width's tax, as every tax is computed
 
     def slope(s, p):
-        g_ref = float(np.mean(r[np.ix_(s, p)])) - float(np.mean(base[p]))
-        if g_ref == 0:
-            return None
-        taxes = [1 - (float(np.mean(c[np.ix_(s, p)])) - float(np.mean(base[p]))) / g_ref for c in stack]
-        return float(x @ np.asarray(taxes) / (x @ x))
+        taxes = [tax(s, p) for tax in taxes_at]
+        return None if None in taxes else float(x @ np.asarray(taxes) / (x @ x))
     est = crossed_jackknife(slope, len(ok), len(base)) if len(ok) and len(widths) > 1 else {}
     per_seed = [slope(np.array([i]), np.arange(len(base))) for i in range(len(ok))] if est else []
     return {"per_halving": est.get("value"), "per_halving_ci95": est.get("ci95"), "df": est.get("df"),

@@ -200,10 +200,17 @@ def crossed_jackknife(statistic, n_seeds: int, n_prompts: int) -> dict:
     # it assumes): 3 seeds covered 91.5% (median df 3.2). Capping its df at S - 1 covered 97-99% but put t at S - 1
     # on a variance prompts dominate. Scaled per part: 95-99% at 3 to 7 seeds on Gaussian, skewed, heavy-tailed and
     # failed-model data (tests/test_stats.py). `df` is the t's equivalent (t975(df) = half / se), for power.
-    half = math.sqrt(t975(df_s) ** 2 * v_s + (t975(df_p) ** 2 * v_p if df_p else 0.0))
+    half = _crossed_half(v_s, df_s, v_p, df_p, t975)
     df = equivalent_df(half / math.sqrt(total)) if total > 0 else float(max(df_s, 1))
     return {"value": float(value), "se": math.sqrt(total), "df": df, "ci95": [value - half, value + half],
             "var_seeds": v_s, "var_prompts": v_p}
+
+
+def _crossed_half(v_seeds: float, df_seeds: int, v_prompts: float, df_prompts: int, t) -> float:
+    """The crossed jackknife's half-width: each variance part scaled by `t` (a quantile function of df) at its own
+    degrees of freedom, then added; a part with no degrees of freedom adds nothing."""
+    return math.sqrt((t(df_seeds) ** 2 * v_seeds if df_seeds else 0.0)
+                     + (t(df_prompts) ** 2 * v_prompts if df_prompts else 0.0))
 
 
 def widened(value, ci, df, comparisons: int, parts: dict | None = None):
@@ -215,9 +222,8 @@ def widened(value, ci, df, comparisons: int, parts: dict | None = None):
         return None
     q = 1 - 0.025 / comparisons
     if parts:
-        seeds = t_quantile(q, parts["seeds_df"]) ** 2 * parts["seeds"] if parts["seeds_df"] else 0.0
-        prompts = t_quantile(q, parts["prompts_df"]) ** 2 * parts["prompts"] if parts["prompts_df"] else 0.0
-        half = math.sqrt(seeds + prompts)
+        half = _crossed_half(parts["seeds"], parts["seeds_df"], parts["prompts"], parts["prompts_df"],
+                             lambda df: t_quantile(q, df))
         return [value - half, value + half]
     scale = t_quantile(q, df) / t975(df)
     return [value - (value - ci[0]) * scale, value + (ci[1] - value) * scale]
@@ -303,7 +309,9 @@ def _gain_fn(values, base):
     return lambda s, p: _mean_of(values, s, p) - float(np.mean(base[p]))
 
 
-def _tax_fn(values, ref, base):
+def tax_fn(values, ref, base):
+    """The tax 1 - gain / bf16's gain of (seeds x prompts) cells, as a function of seed and prompt indices (None
+    where bf16's gain is 0): the statistic every tax interval jackknifes."""
     def tax(s, p):
         g_ref = _mean_of(ref, s, p) - float(np.mean(base[p]))
         return None if g_ref == 0 else 1.0 - (_mean_of(values, s, p) - float(np.mean(base[p]))) / g_ref
@@ -327,7 +335,8 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
     z = ref_gain["value"] / ref_gain["se"] if ref_gain.get("se") else None
     margins = ref_gain["value"] / ((ref_ci[1] - ref_ci[0]) / 2) if ref_ci and ref_ci[1] > ref_ci[0] else None
     out |= {"reference_gain_z": z, "reference_gain_margins": margins,
-            "ratio_leads": margins is not None and margins >= RATIO_MIN_MARGINS,"gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
+            "ratio_leads": margins is not None and margins >= RATIO_MIN_MARGINS,
+            "gain_diff_vs_bf16": diff.get("value"), "gain_diff_vs_bf16_ci95": diff.get("ci95"),
             "gain_diff_df": diff.get("df"), "paired_seeds": [int(i) for i in common],
             "tax_vs_bf16": None, "tax_vs_bf16_ci95": None, "tax_undefined": None} | (
         _per_seed(a, r, base) if arm != reference and len(common) else {})
@@ -337,7 +346,7 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
         out["tax_undefined"] = ("bf16's gain interval does not exclude 0 on these seeds: a ratio to it is not defined"
                                 if ref_ci is not None else "too few seeds shared with bf16 for an interval")
     else:
-        tax = crossed_jackknife(_tax_fn(a, r, base), len(common), n_prompts)
+        tax = crossed_jackknife(tax_fn(a, r, base), len(common), n_prompts)
         out |= {"tax_vs_bf16": tax.get("value"), "tax_vs_bf16_ci95": tax.get("ci95"), "tax_df": tax.get("df"),
                 "tax_variance": None if tax.get("ci95") is None else {
                     "seeds": tax["var_seeds"], "seeds_df": len(common) - 1, "prompts": tax["var_prompts"],
@@ -351,7 +360,7 @@ def _arm_summary(arm, cells, base, reference, null) -> dict:
         if len(both) and arm not in (reference, null) else None
     if ref_both is not None and ref_both[0] > 0:  # on the seeds all three share, as the statistic itself
         a3, r3, n3 = cells[arm][both], cells[reference][both], cells[null][both]
-        ta, tn = _tax_fn(a3, r3, base), _tax_fn(n3, r3, base)
+        ta, tn = tax_fn(a3, r3, base), tax_fn(n3, r3, base)
 
         def minus_null(s, p):
             x, y = ta(s, p), tn(s, p)
