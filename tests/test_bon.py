@@ -110,3 +110,34 @@ def test_a_control_arm_trained_on_fewer_seeds_is_paired_on_those_and_not_called_
     null[1] = np.nan  # now one of its planned seeds failed
     out = bon.analyse(gold, {"bf16": good, "null": null}, reference="bf16", null="null", planned=planned)
     assert out["arms"]["null"]["status"] == "partial" and "[1]" in out["arms"]["null"]["reason"]
+
+
+def _judged_pool(seed: int = 0, seeds: int = 5, prompts: int = 24, pool: int = 16):
+    """A gold-judged pool, bf16's proxies close to gold and int4's noisier, each seed's own noise."""
+    rng = np.random.default_rng(seed)
+    gold = rng.normal(size=(prompts, pool))
+    bf16 = gold + 0.5 * rng.normal(size=(seeds, prompts, pool))
+    int4 = gold + 1.5 * rng.normal(size=(seeds, prompts, pool))
+    return gold, {"bf16": bf16, "int4": int4}
+
+
+def test_a_second_judge_equal_to_the_judge_moves_no_tax():
+    gold, proxies = _judged_pool()
+    shift = bon.judge_shift(gold, gold.copy(), proxies, n=4, reference="bf16", arms=["int4"])
+    row = shift["arms"]["int4"]
+    assert row["tax_judge"] == pytest.approx(row["tax_second"]) and row["tax_judge"] > 0
+    assert row["difference"] == pytest.approx(0.0, abs=1e-12) and all(abs(d) < 1e-12 for d in row["per_seed"])
+    assert shift["rank_correlation"] == pytest.approx(1.0) and shift["n_peak_judge"] == shift["n_peak_second"]
+
+
+def test_a_judge_that_shares_bf16s_errors_reads_the_other_arms_tax_higher():
+    """A second judge made of bf16's own proxy errors (seed 0's: a bf16 model of the same recipe) favours the
+    candidates bf16 ranks first, so the noisier arm's tax reads higher under it, by an interval that excludes 0."""
+    gold, proxies = _judged_pool(seed=3)
+    rng = np.random.default_rng(99)
+    shared = proxies["bf16"].mean(0)  # what every bf16 seed's ranking has in common: gold plus shared errors
+    second = shared + 0.2 * rng.normal(size=gold.shape)
+    proxies["bf16"] = shared + 0.3 * rng.normal(size=proxies["bf16"].shape)
+    row = bon.judge_shift(gold, second, proxies, n=4, reference="bf16", arms=["int4"])["arms"]["int4"]
+    assert row["difference"] == pytest.approx(row["tax_second"] - row["tax_judge"], abs=1e-12)
+    assert row["difference_ci95"][0] > 0 and all(d > 0 for d in row["per_seed"])

@@ -40,11 +40,12 @@ def test_each_stage_is_as_slow_as_its_work_over_the_speed_that_bounds_it():
         assert faster_cpu[r["stage"]]["gpu_hours"] == pytest.approx(r["gpu_hours"])
         assert faster_card[r["stage"]]["gpu_hours"] <= r["gpu_hours"]
     assert rows["PPO"]["hours"] == max(r["hours"] for r in rows.values())  # the PPO runs' updates dominate
-    # best-of-n: every candidate scored once by every reward model of every best-of-n arm, and by the heldout judge,
-    # on the CPU
+    # best-of-n: every candidate scored once by every reward model of every best-of-n arm, and by the judge (a public
+    # reward model, 2.7 reward-model passes a token: judge_passes), on the CPU
     pool = SERIAL.eval.prompts * SERIAL.eval.bon_pool
-    assert SERIAL.eval.judge == "heldout"
-    scored = (len(SERIAL.bon_arms + SERIAL.bits_arms) * len(SERIAL.rm.seeds) + 1) * pool * (384 + 128)
+    assert SERIAL.eval.judge == "Skywork/Skywork-Reward-V2-Llama-3.2-1B"
+    judge = budget.judge_passes(SERIAL)
+    scored = (len(SERIAL.bon_arms + SERIAL.bits_arms) * len(SERIAL.rm.seeds) + judge) * pool * (384 + 128)
     assert rows["best-of-n"]["cpu_hours"] == pytest.approx(scored / 700.0 / 3600)
 
 
@@ -57,7 +58,7 @@ def test_scoring_beside_no_training_moves_to_the_idle_card():
                                                _machine())}
     spec = budget.spec_for_profile(RTX)
     backbone = spec.n_params - spec.vocab * spec.hidden
-    judge = RTX.eval.judge == "heldout"  # a reward-model judge scores the pool where the scorers do
+    judge = budget.judge_passes(RTX)  # a judge that is a model scores the pool where the scorers do
     tokens = (len(RTX.bon_arms + RTX.bits_arms) * len(RTX.rm.seeds) + judge) * RTX.eval.prompts * RTX.eval.bon_pool \
         * (384 + 128)
     assert idle["bon"]["cpu_hours"] == 0 and idle["rm"]["cpu_hours"] == 0
@@ -65,6 +66,34 @@ def test_scoring_beside_no_training_moves_to_the_idle_card():
         2 * backbone * tokens / (30e12 * budget.MFU) / 3600)
     assert 0 < idle["eval"]["cpu_hours"] < cpu["eval"]["cpu_hours"]
     assert idle["ppo"]["hours"] == cpu["ppo"]["hours"]
+
+
+def test_a_judge_costs_what_its_size_costs_where_it_scores():
+    """Scoring cost grows with the parameters a forward pass multiplies: the rtx4060 judge (Skywork-Reward-V2-Llama-
+    3.2-1B: 1.24 B parameters, 0.97 B of them past the embedding lookup) costs 2.7 reward-model passes a token, on
+    best-of-n's pool (the idle card) and in 04's evaluations (the CPU); the heldout judge one, and one more reward
+    model to train; a public judge of unknown size is assumed a reward model's; the gold rule costs nothing."""
+    spec = budget.spec_for_profile(RTX)
+    skywork = budget.JUDGE_PARAMS["Skywork/Skywork-Reward-V2-Llama-3.2-1B"]
+    passes = budget.judge_passes(RTX)
+    backbone = spec.n_params - spec.vocab * spec.hidden  # a reward model's: no vocabulary projection
+    assert passes == pytest.approx((skywork["params"] - skywork["embedding"]) / backbone)
+    assert 2.6 < passes < 2.8 and budget.judge_passes(config.get_profile("cpu")) == 0.0  # the cpu profile: gold
+    other = {j: config.get_profile("rtx4060", overrides={"eval.judge": j}) for j in ("heldout", "some-org/some-rm")}
+    assert budget.judge_passes(other["heldout"]) == budget.judge_passes(other["some-org/some-rm"]) == 1.0
+    rows = {name: {r["key"]: r for r in budget.predict(p, _machine())}
+            for name, p in (("skywork", RTX), ("heldout", other["heldout"]), ("unknown", other["some-org/some-rm"]))}
+    e = RTX.eval
+    pool_tokens = e.prompts * e.bon_pool * (384 + 128)
+    assert rows["skywork"]["bon"]["gpu_hours"] - rows["unknown"]["bon"]["gpu_hours"] == pytest.approx(
+        (passes - 1) * 2 * backbone * pool_tokens / (30e12 * budget.MFU) / 3600)
+    replies = budget.work_counts(RTX)["ppo_runs"] * budget.work_counts(RTX)["replies_per_run"] + e.prompts * e.samples
+    assert rows["skywork"]["eval"]["cpu_hours"] - rows["unknown"]["eval"]["cpu_hours"] == pytest.approx(
+        (passes - 1) * replies * (384 + 128) / 700.0 / 3600)
+    assert rows["heldout"]["bon"]["hours"] == pytest.approx(rows["unknown"]["bon"]["hours"])
+    assert rows["heldout"]["rm"]["gpu_hours"] > rows["unknown"]["rm"]["gpu_hours"] == rows["skywork"]["rm"]["gpu_hours"]
+    assert "Skywork-Reward-V2-Llama-3.2-1B, 2.7x a reward model's forward pass" in rows["skywork"]["bon"]["work"]
+    assert "heldout judge" in rows["heldout"]["bon"]["work"]
 
 
 def test_overlapped_scoring_hides_behind_the_cards_rollout_work():
@@ -206,6 +235,6 @@ def test_the_counts_follow_the_seeds_each_arm_trains_and_runs_on():
             assert sorted(s["seed"] for s in models.values() if s["arm"] == arm) == sorted(profile.arm_seeds(arm))
     cpu = config.get_profile("cpu")
     assert (len(cpu.rm.seeds), cpu.rm.control_seeds, cpu.ppo.rm_seeds) == (7, 3, 5)
-    assert budget.work_counts(cpu)["reward_models"] == 3 * 7 + 2 * 3
+    assert budget.work_counts(cpu)["reward_models"] == 3 * 7 + 2 * 3 + 1  # + the same-recipe judge
     assert budget.work_counts(cpu)["ppo_runs"] == 3 * 5 + 2 * 3
     assert {(arm, seed) for arm, seed, _ in stages.ppo_runs(cpu) if arm == "null"} == {("null", s) for s in (0, 1, 2)}

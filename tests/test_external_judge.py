@@ -159,14 +159,19 @@ def test_the_record_says_commit_template_dtype_and_device(judge_dir, tmp_path, m
     sha = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setitem(config.PINNED_REVISIONS, "some-org/some-reward-model", sha)
     assert get_profile("cpu", overrides={"eval.judge": "some-org/some-reward-model"}).eval.judge_revision == sha
-    assert get_profile("cpu", overrides={"eval.judge": "other-org/rm"}).eval.judge_revision == config.LATEST
+    # an id not listed: pinned at its first download in the workdir (tests/test_judge_pin.py)
+    assert get_profile("cpu", overrides={"eval.judge": "other-org/rm"}).eval.judge_revision == config.FIRST_DOWNLOAD
+    assert get_profile("cpu", overrides={"eval.judge": "other-org/rm", "eval.judge_revision": "latest"}
+                       ).eval.judge_revision == config.LATEST
     assert get_profile("cpu", overrides={"eval.judge": "heldout"}).eval.judge_revision == "auto"  # loads nothing
-    assert evaluate.judge_revision("other-org/rm", config.LATEST) == "unpinned"
-    assert evaluate.judge_revision("some-org/some-reward-model", sha) == sha
+    assert evaluate.judge_revision("other-org/rm", config.LATEST)[0] == "unpinned"
+    assert evaluate.judge_revision("some-org/some-reward-model", sha) == (sha, "PINNED_REVISIONS")
+    assert evaluate.judge_revision("other-org/rm", sha) == (sha, "eval.judge_revision")
     profile = get_profile("cpu", overrides={"eval.judge": str(judge_dir)})
     spec = judge_spec(profile, get_paths(tmp_path), {})
     assert spec | {"why": None, "reads": None} == {
         "kind": "external", "name": str(judge_dir), "path": str(judge_dir), "revision": None,  # a folder: no commit
+        "pinned": None,
         "chat_template": True, "dtype": str(reward_compute_dtype("cpu", profile.rm.cpu_dtype)).removeprefix("torch."),
         "device": "cpu", "max_length": 512, "why": None, "reads": None}
     assert "chat template" in spec["why"]

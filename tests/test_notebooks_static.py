@@ -408,6 +408,7 @@ def test_main_on_a_cuda_machine_says_the_gpu_profile_s_hours_and_downloads_befor
     revisions = config.PINNED_REVISIONS
     assert f"Qwen/Qwen2.5-0.5B at {revisions['Qwen/Qwen2.5-0.5B'][:12]}" in said
     assert f"Anthropic/hh-rlhf (helpful-base, harmless-base) at {revisions['Anthropic/hh-rlhf'][:12]}" in said
+    assert "the judge Skywork/Skywork-Reward-V2-Llama-3.2-1B at the commit it pins at its first download" in said
     assert "TINYRLHF_PROFILE=cpu make run" in said
     assert said.index("Profile rtx4060") < said.index("Running ")
     assert budget.run_plan(config.get_profile("cpu")) == []

@@ -31,9 +31,12 @@ def test_base_model_and_sft_learn_and_reply_properly(pipeline):
 def test_reward_models_are_above_chance_in_every_category(pipeline):
     profile, _, results, _ = pipeline
     rm = results["rm"]
-    arms, models = rm["arms"], rm["models"]
-    assert set(arms) == set(profile.arms) and all(a["status"] == "ok" for a in arms.values())
+    arms, models = rm["arms"], dict(rm["models"])
+    # every arm, and the same-recipe judge (eval.second_judge, on by default on synthetic data) on fresh pairs
+    judge = models.pop("same-recipe-judge")
+    assert set(arms) == {*profile.arms, "same-recipe-judge"} and all(a["status"] == "ok" for a in arms.values())
     assert len(models) == len(profile.arms) * len(profile.rm.seeds)
+    assert judge["train_pairs"] == models["bf16/seed0"]["train_pairs"] and judge["accuracy"] > 0.75
     for arm in set(profile.arms) - {"noisy"}:  # every seed of every arm but the positive control
         assert arms[arm]["above_chance_share"] >= 0.9, (arm, arms[arm])
     for mid, rec in models.items():
@@ -106,7 +109,7 @@ def test_best_of_n_gains_on_the_pool_and_the_proxy_rises_with_n(pipeline):
     assert bon["ns"][0] == 1 and bon["ns"][-1] == profile.eval.bon_pool
     rows = [json.loads(line) for line in paths.bon_pool.read_text().splitlines()]
     assert len(rows) == bon["candidates"] == bon["prompts"] * bon["pool_size"]
-    assert len(rows[0]["scores"]) == len(profile.bon_arms + profile.bits_arms) * len(profile.rm.seeds)
+    assert len(rows[0]["scores"]) == len(profile.bon_arms + profile.bits_arms) * len(profile.rm.seeds) + 1  # + judge
     assert [r["bits"] for r in bon["bits"]["rows"]] == sorted(profile.eval.serve_bits)  # the sweep, reported apart
     assert not set(profile.bits_arms) & set(bon["arms"])
     assert sum(r["gold"] for r in rows) / len(rows) == pytest.approx(bon["pool_gold_mean"])
@@ -118,6 +121,13 @@ def test_best_of_n_gains_on_the_pool_and_the_proxy_rises_with_n(pipeline):
         assert proxy == sorted(proxy) and proxy[-1] > 0  # best-of-n raises what it ranks by
     star = bon["arms"]["bf16"]["at_n_star"]
     assert star["n"] == bon["n_star"] > 1 and star["gold_gain_vs_sft_ci95"][0] > 0  # best-of-n beats sampling
+    # the same pool judged again by the same-recipe judge: every quantized arm's tax under both, paired
+    second = bon["second_judge"]
+    assert second["status"] == "ok" and second["n"] == bon["n_star"] and second["rank_correlation"] > 0.5
+    assert set(second["arms"]) == set(profile.bon_arms) - {"bf16"}
+    for arm, row in second["arms"].items():
+        assert row["tax_judge"] == pytest.approx(bon["arms"][arm]["at_n_star"]["tax_vs_bf16"])  # the same tax
+        assert row["difference"] == pytest.approx(row["tax_second"] - row["tax_judge"])
 
 
 def test_every_policy_is_scored_by_the_judge_and_every_reward_model(pipeline):

@@ -1,11 +1,14 @@
 """The preflight runs the GPU profile's stages end to end through the user's command, a few steps each, and gives one
 verdict per stage; here on the CPU with a small Qwen2 model folder (the real architecture's modules, random weights)
-and the rtx4060 profile's batch sizes, chunks, judge and LoRA targets."""
+and the rtx4060 profile's batch sizes, chunks, judge and LoRA targets (its public judge by hub id: a tiny Llama reward
+model under that id in an offline hub cache of the test's own)."""
 
 import json
 
 import pytest
 from test_any_causal_lm import _model, _tokenizer
+from test_external_judge import _save_judge
+from test_judge_pin import publish
 
 from tinyrlhf import preflight
 from tinyrlhf.config import get_paths, get_profile
@@ -29,9 +32,13 @@ def qwen2_folder(tmp_path_factory):
     return folder
 
 
-def test_the_preflight_runs_every_stage_of_the_gpu_profile_and_says_it_is_ready(qwen2_folder, tmp_path):
+def test_the_preflight_runs_every_stage_of_the_gpu_profile_and_says_it_is_ready(qwen2_folder, tmp_path, monkeypatch):
     overrides = SMALL | {"base.model": str(qwen2_folder)}
     profile, paths = get_profile("rtx4060", overrides=overrides), get_paths(tmp_path).make()
+    sha = "c" * 40  # the profile's judge, served offline from a cache of our own to the stages' processes
+    publish(tmp_path / "hub-cache", profile.eval.judge, sha, _save_judge(tmp_path / "judge", template=True))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     said = []
     out = preflight.run(profile, paths, overrides=overrides, report=said.append)
     assert [r["stage"] for r in out["stages"]] == list(preflight.STAGES)
@@ -41,9 +48,13 @@ def test_the_preflight_runs_every_stage_of_the_gpu_profile_and_says_it_is_ready(
     assert all(by[s]["peak_bytes"] > 0 and by[s]["estimate_bytes"] > 0 for s in ("sft", "rm", "ppo"))
     written = json.loads((paths.results / preflight.FILE).read_text())
     assert written["ready"] and written["manifest"]["profile"] == "rtx4060"
-    # the profile's sizes, the counts shrunk; every arm and the heldout judge trained
-    rm = json.loads(get_paths(tmp_path / "preflight").result("rm").read_text())
-    assert set(rm["models"]) == {f"{arm}/seed0" for arm in profile.arms} | {"judge"}
+    # the profile's sizes, the counts shrunk; every arm trained, on every training pair (a public judge: no heldout
+    # one), and the judge pinned in the preflight's workdir at the commit its first load got
+    where = get_paths(tmp_path / "preflight")
+    rm = json.loads(where.result("rm").read_text())
+    assert {f"{arm}/seed0" for arm in profile.arms} <= set(rm["models"]) and "judge" not in rm["models"]
+    assert json.loads(where.hub_pins.read_text())[profile.eval.judge]["revision"] == sha
+    assert json.loads(where.result("bon").read_text())["judge"]["revision"] == sha
     # early stopping's path ran (one validation evaluation at the last step), and the go/no-go did not stop PPO
     assert all(m["steps"]["early_stopping"] and len(m["steps"]["validation_accuracy"]) == 1
                for m in rm["models"].values())

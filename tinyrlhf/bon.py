@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from .stats import (add_family_intervals, arm_statistics, crossed_jackknife, projection, sign_flip_p, tax_fn,
-                    widened)
+from .stats import (add_family_intervals, arm_statistics, crossed_jackknife, projection, sign_flip_p, spearman,
+                    tax_fn, widened)
 
 
 @functools.lru_cache(maxsize=256)
@@ -238,3 +238,42 @@ def _bits_trend(cells: list, widths: list, ref, base) -> dict:
 def _mean_or_none(values) -> float | None:
     values = np.asarray(values, dtype=float)
     return float(np.nanmean(values)) if (~np.isnan(values)).any() else None
+
+
+def judge_shift(gold, second, proxies: dict, *, n: int, reference: str, arms) -> dict:
+    """How far a second judge of the same pool moves best-of-n's taxes at `n`: each arm's tax under the judge
+    (`gold`) and under `second` (prompts x N, the same candidates), and their paired difference, second minus
+    judge, per seed and prompt with its crossed-jackknife interval and the per-seed sign-flip p. The arms' rankings
+    are the same under both: only the judging differs. Also the judges' rank correlation over the pool, and n* under
+    each (the n where bf16's gain peaks). A tax is a ratio of gains, so the judges' scales do not matter."""
+    gold, second = np.asarray(gold, dtype=float), np.asarray(second, dtype=float)
+    ns = sizes(gold.shape[1])
+    under = {}
+    for name, judge in (("judge", gold), ("second", second)):
+        bon, _ = _rank_all(judge, {a: proxies[a] for a in (reference, *arms)}, ns)
+        under[name] = {"bon": {a: v[ns.index(n)] for a, v in bon.items()}, "base": judge.mean(1),
+                       "stats": arm_statistics({a: v[ns.index(n)] for a, v in bon.items()}, judge.mean(1),
+                                               reference=reference, null=None),
+                       "n_peak": ns[int(np.nanargmax([np.nanmean(bon[reference][k]) for k in range(len(ns))]))]}
+    rows = {}
+    for arm in arms:
+        j, s = under["judge"], under["second"]
+        ok = _seed_ok(j["bon"][arm], j["bon"][reference])
+        t_j = tax_fn(j["bon"][arm][ok], j["bon"][reference][ok], j["base"])
+        t_s = tax_fn(s["bon"][arm][ok], s["bon"][reference][ok], s["base"])
+
+        def diff(si, pi):
+            a, b = t_s(si, pi), t_j(si, pi)
+            return None if a is None or b is None else a - b
+        est = crossed_jackknife(diff, len(ok), len(j["base"])) if len(ok) else {}
+        per_seed = [diff(np.array([i]), np.arange(len(j["base"]))) for i in range(len(ok))]
+        rows[arm] = {"tax_judge": j["stats"][arm].get("tax_vs_bf16"),
+                     "tax_judge_ci95": j["stats"][arm].get("tax_vs_bf16_ci95"),
+                     "tax_second": s["stats"][arm].get("tax_vs_bf16"),
+                     "tax_second_ci95": s["stats"][arm].get("tax_vs_bf16_ci95"),
+                     "difference": est.get("value"), "difference_ci95": est.get("ci95"), "df": est.get("df"),
+                     "per_seed": per_seed, "sign_flip_p": sign_flip_p(per_seed), "seeds": [int(i) for i in ok]}
+    return {"n": n, "arms": rows, "rank_correlation": spearman(gold.ravel(), second.ravel()),
+            "n_peak_judge": under["judge"]["n_peak"], "n_peak_second": under["second"]["n_peak"],
+            "bf16_gain_judge_ci95": under["judge"]["stats"][reference].get("gold_gain_vs_sft_ci95"),
+            "bf16_gain_second_ci95": under["second"]["stats"][reference].get("gold_gain_vs_sft_ci95")}

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SCRATCH_MODEL, Profile, bon_sample_chunk, resolve_source
+from .config import FIRST_DOWNLOAD, SCRATCH_MODEL, Profile, bon_sample_chunk, resolve_source
 from .jobs import torch_threads
 from .memory import EVAL_SAMPLE_ROWS, spec_for_profile
 from .stats import projected_half_width
@@ -76,6 +76,11 @@ HH_RLHF_HARMLESS = {"prompt": 121.5, "chosen": 41.9, "rejected": 52.7}
 # k sequences drawn at random (5,000 draws each; scripts/hh_lengths.py). Batches of 64 prompts reach 382 tokens: a
 # PPO rollout batch, padded to its longest prompt, stays at the limit.
 HH_RLHF_HARMLESS_LONGEST = {1: 162.3, 2: 221.9, 4: 289.7, 8: 357.3, 16: 415.5, 32: 458.8, 64: 487.9}
+# Public judges' sizes, for what their scoring costs (judge_passes): parameters, and among them the embedding, a
+# lookup that multiplies nothing. Skywork-Reward-V2-Llama-3.2-1B has Llama-3.2-1B-Instruct's shapes (16 layers,
+# hidden 2,048, MLP 8,192, 8 KV heads of 64; vocabulary 128,256): 1.24 B parameters, as its card says, 0.97 B of them
+# multiplied per token, 2.7x the Qwen2.5-0.5B reward models' backbone (0.36 B).
+JUDGE_PARAMS = {"Skywork/Skywork-Reward-V2-Llama-3.2-1B": {"params": 1.24e9, "embedding": 128_256 * 2_048}}
 
 
 def upper_bound(profile: Profile) -> Lengths:
@@ -246,9 +251,10 @@ def work_counts(profile: Profile) -> dict:
     """What the stages do, counted from the settings (predict's units; tests hold them to a real run's results)."""
     p, e = profile.ppo, profile.eval
     runs = sum(len(profile.ppo_rm_seeds(arm)) for arm in profile.arms) * p.runs_per_model
-    return {"reward_models": sum(len(profile.arm_seeds(arm)) for arm in profile.arms) + (e.judge == "heldout"),
+    second = e.second_judge == "same-recipe"  # one more reward model, which also scores the pool
+    return {"reward_models": sum(len(profile.arm_seeds(arm)) for arm in profile.arms) + (e.judge == "heldout") + second,
             "pool_candidates": e.prompts * e.bon_pool,
-            "pool_scorers": sum(len(profile.arm_seeds(arm)) for arm in profile.bon_arms + profile.bits_arms),
+            "pool_scorers": sum(len(profile.arm_seeds(arm)) for arm in profile.bon_arms + profile.bits_arms) + second,
             "ppo_runs": runs, "ppo_updates_per_run": p.steps, "checkpoints_per_run": e.checkpoints,
             "replies_per_run": e.prompts * e.samples + (e.checkpoints - 1) * e.prompts * e.checkpoint_samples,
             "cross_scored": runs * len(profile.arms) * e.prompts * e.cross_samples}
@@ -296,11 +302,11 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
                      models * test_cpu / workers, _rm_work(profile, rm_tokens, where)))
 
     pool, scorers = work["pool_candidates"], work["pool_scorers"]
-    judges = 1 if e.judge == "heldout" else 0  # a reward-model judge scores the pool where the scorers do
-    pool_gpu, pool_cpu = idle_scoring((scorers + judges) * pool * scored_tokens)
+    judged = judge_passes(profile)  # a judge that is a model scores the pool where the scorers do
+    pool_gpu, pool_cpu = idle_scoring((scorers + judged) * pool * scored_tokens)
     rows.append(_row("bon", "best-of-n (03)", pool / bon_sample_chunk(profile) * p.max_new * step_s
                      + (pool_gpu + scorers * overhead.get("bon", 0.0)) / workers, pool_cpu / workers, f"{pool} candidates generated, each scored by {scorers} reward models"
-                     f"{' and the heldout judge' if judges else ''} {where}"))
+                     f"{_judge_words(profile, judged)} {where}"))
 
     runs = work["ppo_runs"]
     gpu_update, cpu_update = _ppo_update_seconds(profile, machine, n, backbone, step_s, flops, scored_tokens)
@@ -312,6 +318,29 @@ def predict(profile: Profile, machine: Machine, *, lengths: Lengths | None = Non
     rows.append(_evaluation_row(profile, runs, step_s, scored_tokens, machine, idle_scoring, where, workers, n,
                                 flops["score"]))
     return rows
+
+
+def judge_passes(profile: Profile) -> float:
+    """What the judge's scoring of a token costs in reward-model forward passes (cost grows with the parameters a
+    pass multiplies): 0 for the gold rule, 1 for the heldout judge (the reward models' recipe), a public judge's
+    JUDGE_PARAMS over the reward models' backbone; one not listed there is assumed the reward models' size."""
+    if profile.eval.judge == "gold":
+        return 0.0
+    size = JUDGE_PARAMS.get(profile.eval.judge)
+    if size is None:
+        return 1.0
+    spec = spec_for_profile(profile)
+    return (size["params"] - size["embedding"]) / (spec.n_params - spec.vocab * spec.hidden)
+
+
+def _judge_words(profile: Profile, passes: float) -> str:
+    """How the budget's best-of-n row names the judge that scores the pool beside the reward models."""
+    judge = profile.eval.judge
+    if judge == "gold":
+        return ""
+    if judge == "heldout":
+        return " and the heldout judge"
+    return f" and the judge ({judge}, {passes:.1f}x a reward model's forward pass)"
 
 
 def _validation_tokens(profile: Profile, test_pair: float) -> float:
@@ -339,8 +368,8 @@ def _evaluation_row(profile: Profile, runs: int, step_s: float, scored_tokens: f
     cross = work["cross_scored"]
     cross_gpu, cross_cpu = idle_scoring(cross * scored_tokens)
     # each reply is sampled (evaluate.sample's chunks), its KL to the reference taken (policy and reference forward)
-    # and scored on the CPU by the run's reward model (the proxy) and, unless the judge is the gold rule, the judge
-    scorers = 1 if e.judge == "gold" else 2
+    # and scored on the CPU by the run's reward model (the proxy) and by the judge (judge_passes of a proxy's cost)
+    scorers = 1 + judge_passes(profile)
     kl = 2 * 2 * n * replies * (profile.data.max_prompt_tokens + p.max_new) / flops_score
     eval_gpu = replies / EVAL_SAMPLE_ROWS * p.max_new * step_s + kl + cross_gpu
     return _row("eval", "evaluation (04)", eval_gpu / workers,
@@ -458,6 +487,11 @@ def run_plan(profile: Profile) -> list[str]:
         downloads.append(f"{profile.base.model} at {profile.base.revision[:12]} (about {weights:.1f} GB)")
     if resolve_source(profile) == "hub":
         downloads.append(f"{profile.data.hub_id} ({', '.join(profile.data.subsets)}) at {profile.data.revision[:12]}")
+    if profile.eval.judge in JUDGE_PARAMS:  # a public judge, in bf16 on the hub
+        rev = profile.eval.judge_revision
+        at = "the commit it pins at its first download" if rev == FIRST_DOWNLOAD else rev[:12]
+        downloads.append(f"the judge {profile.eval.judge} at {at} (about "
+                         f"{JUDGE_PARAMS[profile.eval.judge]['params'] * 2 / 1e9:.1f} GB)")
     if downloads:
         lines.append("Downloads from the Hugging Face hub on first use: " + "; ".join(downloads) + ".")
     lines.append("For the offline cpu profile (every stage for real on a tiny model, minutes): "

@@ -52,6 +52,10 @@ LABEL_NOISE_ON = ("auto", "any", "rude", "off_topic", "harmful")
 # by the judge's scores (Gao et al. 2022's design: the judge is then the gold the proxies learn)
 RM_LABELS = ("data", "judge")
 JUDGES = ("auto", "gold", "heldout")  # or a path / hub id of a sequence-classification reward model
+# EvalSettings.second_judge: "same-recipe" also judges best-of-n's pool with a bf16 reward model of the bf16 arm's
+# recipe and size trained on freshly generated pairs no arm saw (synthetic data only: the only data that can be
+# generated afresh), to measure how far a judge that resembles an arm moves the taxes; "auto": on synthetic data.
+SECOND_JUDGES = ("auto", "none", "same-recipe")
 VALUE_INITS = ("sft",)
 TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
 # The hub commits the project downloads: `revision="auto"` (base.revision, data.revision, eval.judge_revision)
@@ -59,8 +63,15 @@ TOP_LEVEL = ("seed", "device", "report_to", "workers", "threads")
 # part of its section's settings, so a changed one reruns the stages that read it. (The commits are the snapshot
 # folder names of the hub's cache.)
 PINNED_REVISIONS = {"Qwen/Qwen2.5-0.5B": "060db6499f32faf8b98477b0a26969ef7d8b9987",
-                    "Anthropic/hh-rlhf": "09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa"}
+                    "Anthropic/hh-rlhf": "09be8c5bbc57cb3887f3a9732ad6aa7ec602a1fa",
+                    # "Skywork/Skywork-Reward-V2-Llama-3.2-1B" (the rtx4060 judge): no hub here to read its commit.
+                    # Until it is listed, each workdir pins it at its first download (FIRST_DOWNLOAD); add the sha a
+                    # run with hub access records in models/hub-pins.json here.
+                    }
 LATEST = "latest"  # a revision that pins nothing
+# eval.judge_revision of a hub id not in PINNED_REVISIONS ("auto" resolves to it): the commit the first load in a
+# workdir gets, recorded in Paths.hub_pins and loaded by every later one (evaluate.judge_pin)
+FIRST_DOWNLOAD = "first-download"
 
 
 def hub_revision(revision: str) -> str | None:
@@ -115,6 +126,7 @@ _RULES = {
     "rm_threads": (_nonneg, "an integer >= 0 (0: chosen from the cores, see PPOSettings)"),
     "max_pairs": (_nonneg, "an integer >= 0 (0: keep all)"),
     "control_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
+    "seeds_chosen": (_nonneg, "an integer >= 0 (set by 03 under rm.seeds='auto'; 0: not chosen yet)"),
     "rm_seeds": (_nonneg, "an integer >= 0 (0: every seed of rm.seeds)"),
     "label_noise": (_share, "a share strictly between 0 and 1"),
     "eval_every": (_positive, "an integer > 0 (training steps between validation evaluations)"),
@@ -195,6 +207,16 @@ class RMSettings:
     # much as int8 or int4 did. Seven on the cpu profile: best-of-n's int4 tax differs from seed to seed by about 5% of
     # bf16's gain (sd), so its interval reaches +-5 points with 7 seeds (+-6.1 with 5, measured).
     seeds: tuple = (0, 1, 2, 3, 4, 5, 6)
+    # rm.seeds = "auto": seeds until resolved (GPU profiles; tinyrlhf.sequential). get_profile makes the seeds the
+    # candidates 0 .. seeds_max - 1 and seeds_rule "auto"; 03 trains and ranks the pool with the first seeds_min, then
+    # adds one paired set (a model per arm) at a time until the widest of the headline arms' best-of-n tax half-widths
+    # is at most seeds_target (a share of bf16's gain) or seeds_max is reached; seeds_chosen is then how many it used
+    # (0 while not chosen), and later stages run on those. PPO trains on the first ppo.rm_seeds of them.
+    seeds_rule: str = "fixed"
+    seeds_target: float = 0.10
+    seeds_min: int = 3
+    seeds_max: int = 8
+    seeds_chosen: int = 0
     # The null and noisy arms train on the first `control_seeds` of them (0: all). Controls need fewer: the noisy arm's
     # effect is large (a tax of +200% in best-of-n), and the null arm's interval, wider than the precisions', must
     # hold 0; 15 minutes on 2 cores pay for 7 precision seeds only with 3 control seeds.
@@ -303,9 +325,10 @@ class EvalSettings:
     # auto | gold | heldout | path or hub id of a sequence-classification reward model. "auto" follows the data:
     # gold on the synthetic set (the only data whose rules are known), heldout on any other (get_profile resolves it)
     judge: str = "auto"
-    # The hub commit of a judge named by hub id: "auto" is PINNED_REVISIONS' (resolved by get_profile; "latest" for
-    # an id not listed there), "latest" its newest commit (the judge's record then says "unpinned"). A local folder
-    # needs none; gold and heldout ignore it.
+    # The hub commit of a judge named by hub id: "auto" is PINNED_REVISIONS' (resolved by get_profile; FIRST_DOWNLOAD
+    # for an id not listed there: the commit its first load in the workdir gets, kept in models/hub-pins.json),
+    # "latest" its newest commit at every load (the judge's record then says "unpinned"). A local folder needs none;
+    # gold and heldout ignore it.
     judge_revision: str = "auto"
     prompts: int = 48  # a seeded random sample of the test prompts (all of them when there are fewer)
     samples: int = 8  # replies per prompt at the end of each run (and for the SFT policy)
@@ -330,6 +353,8 @@ class EvalSettings:
     # peaks on the same data (a choice made on the data it then reports, said so wherever it is used). Every n's tax
     # is reported too, with a band simultaneous over the n's.
     headline_n: int = 4
+    # SECOND_JUDGES: best-of-n's taxes also under a same-recipe judge, beside the judge's (03; issue 33's question)
+    second_judge: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -422,7 +447,11 @@ PROFILES = {
                       early_stopping=True, eval_every=50, patience=2, validation_pairs=200),
         ppo=PPOSettings(ppo_batch=64, mini_batch=16, micro_batch=4, rollout_chunk=8, ppo_epochs=1, ppo_lr=1.41e-5,
                         max_new=128, kl_coef=0.05, steps=80, target_modules=ATTENTION, rm_seeds=0, gate=True),
-        eval=EvalSettings(judge="heldout", prompts=128, samples=4, checkpoints=5, checkpoint_samples=1, bon_pool=16),
+        # The judge: a public reward model of another family than the Qwen base (Llama-3.2-1B-Instruct based, 1.24 B
+        # parameters, 2.5 GB in bf16; RewardBench v1 89.9 by its card and arXiv 2507.01352). The heldout judge, of
+        # the bf16 arm's own recipe, favoured that arm (docs/design.md); eval.judge="heldout" still selects it.
+        eval=EvalSettings(judge="Skywork/Skywork-Reward-V2-Llama-3.2-1B", prompts=128, samples=4, checkpoints=5,
+                          checkpoint_samples=1, bon_pool=16),
     ),
 }
 # The study-sized design: the seed's hyper-parameters (SFT and reward models 1,000 steps, PPO 4 epochs x 100
@@ -640,7 +669,7 @@ def get_profile(name: str | None = None, overrides: dict | None = None, **kw) ->
             raise ConfigError(f"overrides must be a dict of settings, got {type(given).__name__}")
     merged.update(overrides or {})
     merged.update(kw)
-    profile = _resolve_label_noise(_resolve_judge(_resolve_revisions(_apply(PROFILES[name], merged))))
+    profile = _resolve_seeds(_resolve_label_noise(_resolve_judge(_resolve_revisions(_apply(PROFILES[name], merged)))))
     _validate(profile)
     return profile
 
@@ -649,12 +678,39 @@ def _resolve_judge(p: Profile) -> Profile:
     """eval.judge="auto" made concrete from the data source, and a gold judge on data it has no rules for refused
     here, before any stage runs (it used to fail in 04, after 03 had trained every reward model)."""
     synthetic = resolve_source(p) == "synthetic"
+    if p.eval.second_judge not in SECOND_JUDGES:
+        raise ConfigError(f"eval.second_judge must be one of {', '.join(SECOND_JUDGES)}; got {p.eval.second_judge!r}")
+    if p.eval.second_judge == "same-recipe" and not synthetic:
+        raise ConfigError("eval.second_judge='same-recipe' trains its judge on freshly generated pairs, which only the "
+                          f"synthetic data has, but the data source is {resolve_source(p)!r}: set it to 'auto' or "
+                          "'none' (on real data eval.judge='heldout' is the same-recipe judge)")
+    if p.eval.second_judge == "auto":
+        second = "same-recipe" if synthetic else "none"
+        p = dataclasses.replace(p, eval=dataclasses.replace(p.eval, second_judge=second))
     if p.eval.judge == "auto":
         return dataclasses.replace(p, eval=dataclasses.replace(p.eval, judge="gold" if synthetic else "heldout"))
     if p.eval.judge == "gold" and not synthetic:
         raise ConfigError(f"eval.judge='gold' knows only the synthetic data's rules, but the data source is "
                           f"{resolve_source(p)!r}: set eval.judge to 'auto' or 'heldout' (a reward model trained on the "
                           f"half of the pairs no arm sees), or to a reward model's path or hub id")
+    return p
+
+
+SEEDS_RULES = ("fixed", "auto")
+
+
+def _resolve_seeds(p: Profile) -> Profile:
+    """rm.seeds="auto" made concrete: the candidate seeds 0 .. rm.seeds_max - 1, to be used until resolved."""
+    r = p.rm
+    if r.seeds == "auto":
+        if not 2 <= r.seeds_min <= r.seeds_max:
+            raise ConfigError(f"rm.seeds='auto' needs 2 <= rm.seeds_min <= rm.seeds_max, got {r.seeds_min} and "
+                              f"{r.seeds_max}: an interval over seeds needs two of them")
+        return dataclasses.replace(p, rm=dataclasses.replace(r, seeds=tuple(range(r.seeds_max)), seeds_rule="auto"))
+    if isinstance(r.seeds, str):
+        raise ConfigError(f"rm.seeds must be a list of seeds or 'auto', got {r.seeds!r}")
+    if r.seeds_rule not in SEEDS_RULES:
+        raise ConfigError(f"rm.seeds_rule is set by rm.seeds ('auto' or a list), got {r.seeds_rule!r}")
     return p
 
 
@@ -677,7 +733,7 @@ def _resolve_revisions(p: Profile) -> Profile:
     data = p.data.revision if p.data.revision != "auto" else PINNED_REVISIONS.get(p.data.hub_id, LATEST)
     judge = p.eval.judge_revision  # only a judge named by id or path loads anything
     if judge == "auto" and p.eval.judge not in JUDGES:
-        judge = PINNED_REVISIONS.get(p.eval.judge, LATEST)
+        judge = PINNED_REVISIONS.get(p.eval.judge, FIRST_DOWNLOAD)
     return dataclasses.replace(p, base=dataclasses.replace(p.base, revision=base),
                                data=dataclasses.replace(p.data, revision=data),
                                eval=dataclasses.replace(p.eval, judge_revision=judge))
@@ -735,6 +791,11 @@ class Paths:
     def rm(self, arm: str, seed: int | None = None) -> Path:
         """A reward model: an arm's for one reward-model seed, or (seed None) one of its own, like the judge."""
         return self.models / "rm" / arm / (f"seed{seed}" if seed is not None else "")
+
+    @property
+    def hub_pins(self) -> Path:
+        """The hub commits pinned at their first download in this workdir (config.FIRST_DOWNLOAD), by hub id."""
+        return self.models / "hub-pins.json"
 
     @property
     def bon_pool(self) -> Path:

@@ -438,6 +438,25 @@ def pool_samples_table(bon: dict, width: int = 300) -> pd.DataFrame:
                         columns=["prompt", "candidate", "ended", "judge"])
 
 
+def seeds_line(rm: dict) -> str:
+    """How many reward-model seeds 03 used: fixed by rm.seeds, or chosen by the seeds-until-resolved rule, with each
+    round's widest headline half-width."""
+    rule = rm.get("seeds_rule")
+    if not rule:
+        return f"Reward-model seeds: {len(rm['seeds'])} ({', '.join(map(str, rm['seeds']))}), fixed by rm.seeds."
+    rounds = "; ".join(f"{h['seeds']} seeds: {arm_label(h['widest'][0])} "
+                       + ("undefined" if h["widest"][1] is None else f"±{h['widest'][1]:.1%}")
+                       for h in rule.get("history") or [])
+    last = (rule.get("history") or [{}])[-1]
+    cite = "; ".join(f"{arm_label(a)} [{ci[0]:+.1%}, {ci[1]:+.1%}]" for a, ci in (last.get("intervals") or {}).items()
+                     if ci)
+    return (f"Reward-model seeds until resolved (rm.seeds='auto', target ±{rule['target']:.0%} of bf16's gain, "
+            f"{rule['seeds_min']} to {rule['seeds_max']} seeds): {rule['chosen']} used. {last.get('reason', '')} "
+            f"Widest headline half-width ({last.get('level', 0.99):.0%}) by round: {rounds or '-'}. Under this rule "
+            f"cite the {last.get('level', 0.99):.0%} intervals, which cover 95% after the optional stop: "
+            f"{cite or 'none defined'}.")
+
+
 def labels_line(rm: dict) -> str:
     """Whose labels the reward models learned: the data's, or the judge's (rm.labels), with how many it changed; the
     test pairs keep the data's labels either way."""
@@ -570,6 +589,48 @@ def tax_by_n_table(bon: dict) -> pd.DataFrame:
                 if ci else f"{t:+.1%}")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pct_ci(value, ci, points: bool = False) -> str:
+    if value is None:
+        return "undefined"
+    unit = 100 if points else 1
+    fmt = (lambda v: f"{v * unit:+.1f}") if points else (lambda v: f"{v:+.1%}")
+    return fmt(value) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+def second_judge_table(bon: dict) -> pd.DataFrame:
+    """Each arm's best-of-n tax at the headline n under the judge and under the same-recipe judge, and the paired
+    difference in points (second minus judge), with its interval, per-seed values and sign-flip p."""
+    s = bon.get("second_judge") or {}
+    rows = [{"arm": arm_label(arm), "tax, judge": _pct_ci(r["tax_judge"], r.get("tax_judge_ci95")),
+             "tax, same-recipe judge": _pct_ci(r["tax_second"], r.get("tax_second_ci95")),
+             "same-recipe - judge (points)": _pct_ci(r["difference"], r.get("difference_ci95"), points=True),
+             "per seed": ", ".join("-" if d is None else f"{100 * d:+.0f}" for d in r.get("per_seed") or []),
+             "sign-flip p": _num(r.get("sign_flip_p"), ".2f")}
+            for arm, r in (s.get("arms") or {}).items()]
+    return pd.DataFrame(rows)
+
+
+def second_judge_sentences(bon: dict) -> list[str]:
+    """In words: which second judge, whether it could be used, how far it moved the taxes, what that shows."""
+    s = bon.get("second_judge")
+    if not s:
+        return ["No second judge (eval.second_judge is 'none')."]
+    if s.get("status") != "ok":
+        return [f"The same-recipe judge ({s['name']}) could not judge the pool: {s.get('reason')}."]
+    moved = [(a, r) for a, r in s["arms"].items() if r.get("difference_ci95") and r["difference_ci95"][0] > 0]
+    acc = s.get("test_accuracy")
+    lines = [f"Second judge: {s['name']}" + (f" ({acc:.0%} accurate on the test pairs)" if acc is not None else "")
+             + f". Its scores and the judge's agree with rank correlation {s['rank_correlation']:.2f} over the pool; "
+             f"bf16's gain peaks at n = {s['n_peak_judge']} under the judge and n = {s['n_peak_second']} under it."]
+    lines.append(("Under it, these arms' taxes read higher, by an interval that excludes 0: "
+                  + "; ".join(f"{arm_label(a)} {100 * r['difference']:+.1f} points" for a, r in moved)
+                  if moved else "No arm's tax moved by an interval that excludes 0")
+                 + f" (n = {s['n']}, paired by seed and prompt). A judge that shares the bf16 arm's recipe "
+                 "shares its errors: where it reads a tax higher than the gold rule does, a real-data run judged by "
+                 "such a model (eval.judge='heldout') would overstate that tax.")
+    return lines
 
 
 # -------------------------------------------------------------------------------------------------- 04 PPO

@@ -10,7 +10,9 @@ in stages.py calls it.
 
 from __future__ import annotations
 
+import datetime
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,10 @@ import torch
 
 from .base_model import ModelLoadError
 from .chat import full_text, turns
-from .config import LATEST, hub_revision
+from .config import FIRST_DOWNLOAD, LATEST, PINNED_REVISIONS, hub_revision
 from .kernels import dtype_name
 from .logits import contiguous_output_input, response_logprobs
+from .results import atomic_write_json, read_json
 from .reward import CPURewardModel, grouped_reasons, load_for_scoring, load_reward_model, score_rollouts
 from .runtime import reward_compute_dtype
 from .stats import add_family_intervals, arm_statistics, fit_frontier, mean_std_ci, projection
@@ -360,7 +363,7 @@ def _judge_part(name: str, part: str, revision: str | None, trust_remote_code: b
     saying what to set."""
     from transformers import AutoConfig, AutoTokenizer
 
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    looks_local = _looks_local(name)
     if looks_local and not Path(name).expanduser().exists():
         raise ModelLoadError(f"eval.judge={name!r}: no such folder. {JUDGE_ADVICE}")
     loader = loader or {"tokenizer": AutoTokenizer, "config": AutoConfig}[part]
@@ -374,29 +377,72 @@ def _judge_part(name: str, part: str, revision: str | None, trust_remote_code: b
                              f"{JUDGE_ADVICE}") from None
 
 
+def _looks_local(name: str) -> bool:
+    """Whether a judge's name is a folder's path rather than a hub id (ORG/NAME)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).expanduser().exists()
+
+
 JUDGE_ADVICE = ("Set eval.judge to a folder holding a sequence-classification reward model and its tokenizer, to "
                 "its hub id (offline: download it to a folder first), or to 'heldout'.")
 
 
-def judge_revision(name: str, revision: str) -> str | None:
-    """What a public judge's record says of its commit: the resolved eval.judge_revision, "unpinned" for the newest
-    commit of a hub id, None for a local folder (nothing to pin)."""
-    if Path(name).expanduser().exists():
-        return None
-    return "unpinned" if revision == LATEST else revision
+def judge_revision(name: str, revision: str, pins: Path | None = None) -> tuple[str | None, str | None]:
+    """What a public judge's record says of its commit, and how it was pinned: (None, None) for a local folder
+    (nothing to pin); "unpinned" for LATEST (the newest commit at every load); for FIRST_DOWNLOAD the commit the pin
+    file `pins` holds, or the one this first load gets, recorded there; else the commit eval.judge_revision or
+    PINNED_REVISIONS names."""
+    if _looks_local(name):
+        return None, None
+    if revision == LATEST:
+        return "unpinned", "eval.judge_revision='latest': the hub's newest commit, at every load"
+    if revision == FIRST_DOWNLOAD:
+        if pins is None:
+            raise ValueError(f"eval.judge={name!r} is pinned at its first download, which needs a pin file")
+        sha, at = judge_pin(name, pins)
+        return sha, f"pinned at first download, {pins.parent.name}/{pins.name} ({at})"
+    return revision, ("PINNED_REVISIONS" if PINNED_REVISIONS.get(name) == revision else "eval.judge_revision")
+
+
+def judge_pin(name: str, pins: Path) -> tuple[str, str]:
+    """(commit, date pinned) of hub id `name` in the pin file `pins` ({hub id: {"revision", "pinned_at"}}); at its
+    first load in the workdir, the commit the hub (or, offline, the cache) serves now, written there atomically so
+    that every later load in the workdir loads the same one."""
+    known = read_json(pins) if pins.exists() else {}
+    if name not in known:
+        known[name] = {"revision": hub_commit(name), "pinned_at": datetime.date.today().isoformat()}
+        atomic_write_json(pins, known)
+    return known[name]["revision"], known[name]["pinned_at"]
+
+
+def hub_commit(name: str) -> str:
+    """The commit hub id `name`'s default branch resolves to: the hub's cache keeps each commit's files in
+    snapshots/<commit>/, so the folder its config is fetched to (or, offline, found in) names it."""
+    from transformers.utils import cached_file
+
+    try:
+        config = Path(cached_file(name, "config.json"))
+    except Exception as e:  # noqa: BLE001 - any failure to fetch is the same advice
+        reason = " ".join(str(e).split())[:200]
+        raise ModelLoadError(f"eval.judge={name!r}: cannot fetch its config to pin its commit ({type(e).__name__}: "
+                             f"{reason}). {JUDGE_ADVICE}") from None
+    if config.parent.parent.name != "snapshots" or not re.fullmatch(r"[0-9a-f]{40}", config.parent.name):
+        raise ModelLoadError(f"eval.judge={name!r}: its config came from {config.parent}, not a hub cache's "
+                             "snapshots/<commit>/ folder, so its commit is unknown: set eval.judge_revision to it")
+    return config.parent.name
 
 
 def text_judge_facts(name: str, *, revision: str, device: str, cpu_dtype: str = "auto",
-                     trust_remote_code: bool = False, max_length: int | None = None) -> dict:
-    """What the record of a public judge says before it scores: its commit, whether it reads its chat template, the
-    dtype and device it scores in, the longest text it reads. Loads its tokenizer and config only, so a bad name
-    fails here, before any stage trains."""
-    pinned = judge_revision(name, revision)
+                     trust_remote_code: bool = False, max_length: int | None = None, pins: Path | None = None) -> dict:
+    """What the record of a public judge says before it scores: its commit and how it was pinned (`pins`: the
+    workdir's pin file, for FIRST_DOWNLOAD), whether it reads its chat template, the dtype and device it scores in,
+    the longest text it reads. Loads its tokenizer and config only (at that commit), so a bad name fails here,
+    before any stage trains."""
+    pinned, how = judge_revision(name, revision, pins)
     rev = None if pinned in (None, "unpinned") else pinned
     tokenizer = _judge_part(name, "tokenizer", rev, trust_remote_code)
     config = _judge_part(name, "config", rev, trust_remote_code)
     template = bool(tokenizer.chat_template)
-    return {"revision": pinned, "chat_template": template,
+    return {"revision": pinned, "pinned": how, "chat_template": template,
             "reads": "its tokenizer's chat template: the prompt's Human and Assistant turns as user and assistant "
                      "messages, then the reply" if template else
                      "plain text, prompt + ' ' + reply: its tokenizer has no chat template",

@@ -162,7 +162,22 @@ def verdicts(bon: dict, ppo: dict) -> list[str]:
         words.append(f"; controls: null {'holds 0' if null_ok else 'FAILED'}, noisy "
                      f"{'detected' if noisy_ok else 'NOT detected'}.")
         out.append("".join(words))
-    return out + ([line] if (line := bits_verdict(bon)) else [])
+    return out + [line for line in (bits_verdict(bon), judge_verdict(bon)) if line]
+
+
+def judge_verdict(bon: dict) -> str | None:
+    """How far a judge of the bf16 arm's own recipe moves best-of-n's taxes (eval.second_judge), in one line."""
+    s = bon.get("second_judge") or {}
+    if s.get("status") != "ok":
+        return None
+    arms = {a: r for a, r in s["arms"].items() if r.get("difference") is not None}
+    diffs = ", ".join(f"{plots.arm_label(a)} {100 * r['difference']:+.1f} [{100 * r['difference_ci95'][0]:+.1f}, "
+                      f"{100 * r['difference_ci95'][1]:+.1f}]" for a, r in arms.items() if r.get("difference_ci95"))
+    return re.sub(r"(?<!\w)-(?=\d)", "−", (
+        f"Judged again by a bf16 reward model of the bf16 arm's own recipe (trained on fresh pairs no arm saw; "
+        f"rank correlation {s['rank_correlation']:.2f} with the gold rule over the pool), best-of-n's taxes at "
+        f"n = {s['n']} move by, in points: {diffs}. Its n* is {s['n_peak_second']} (the gold rule's "
+        f"{s['n_peak_judge']})."))
 
 
 def bits_verdict(bon: dict) -> str | None:

@@ -105,7 +105,7 @@ _LOSS_PPL = _obj(["loss", "perplexity"], loss=_nullable(NUM), perplexity=_nullab
 SFT_RESULTS_SCHEMA = _result_schema("sft_results.json: supervised fine-tuning", ["before", "after"],
                                     before=_LOSS_PPL, after=_LOSS_PPL)
 
-ARM_NAMES = [*PRECISIONS, NULL_ARM, NOISY_ARM, "judge"]
+ARM_NAMES = [*PRECISIONS, NULL_ARM, NOISY_ARM, "judge", "same-recipe-judge"]  # the judges' own reward models
 BON_ARM_NAMES = [*ARM_NAMES, *(SERVED_PREFIX + p for p in PRECISIONS if p != "bf16")]
 CATEGORY_ACCURACY = {"type": "object", "additionalProperties": _obj(
     ["n", "accuracy", "accuracy_ci95"], n={"type": "integer", "minimum": 1}, accuracy=UNIT,
@@ -138,7 +138,7 @@ def _by_arm(entry: dict, names=ARM_NAMES) -> dict:
             "additionalProperties": entry}
 
 
-MODEL_ID = {"type": "string", "pattern": f"^(({'|'.join(ARM_NAMES)})/seed[0-9]+|judge)$"}
+MODEL_ID = {"type": "string", "pattern": f"^(({'|'.join(ARM_NAMES)})/seed[0-9]+|judge|same-recipe-judge)$"}
 SEED_SUMMARY = _run_entry(
     ["ok", "partial", "failed"], ["ok", "partial"],
     {"accuracy_mean": UNIT, "accuracy_sd": NONNEG, "accuracy_min": UNIT, "accuracy_max": UNIT,
@@ -260,7 +260,12 @@ BON_RESULTS_SCHEMA = _result_schema(
         ["value", "ci95"], value=_nullable(NUM), ci95=_nullable(_interval(NUM)), sign_flip_p=_nullable(UNIT),
         per_seed={"type": "array", "items": _nullable(NUM)})}),
     pool_eos_share=UNIT, pool_length_mean=NONNEG,
-    scorers={"type": "object", "additionalProperties": _obj(["arm", "seed", "status"], arm=STR, seed=INT,
+    second_judge=_obj(["status", "name"], status={"enum": ["ok", "failed"]}, name=STR, n=INT,
+                      rank_correlation=_nullable(NUM), arms={"type": "object", "additionalProperties": _obj(
+                          ["tax_judge", "tax_second", "difference", "difference_ci95"], tax_judge=_nullable(NUM),
+                          tax_second=_nullable(NUM), difference=_nullable(NUM),
+                          difference_ci95=_nullable(_interval(NUM)), sign_flip_p=_nullable(UNIT))}),
+    scorers={"type": "object", "additionalProperties": _obj(["arm", "seed", "status"], arm=STR, seed=_nullable(INT),
                                                              status={"enum": ["ok", "failed"]}, reason=REASON)},
     arms=_by_arm(_run_entry(
         ["ok", "partial", "failed"], ["ok", "partial"],

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import base_model, bon, data, distributed, evaluate, gate, lineage, schema
+from . import base_model, bon, data, distributed, evaluate, gate, lineage, schema, sequential
 from .config import (
     NOISY_ARM,
     NULL_ARM,
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 RM_RECORD = "record.json"  # a finished reward model's evaluation record, beside its adapter: what a rerun keeps
 JUDGE_ARM = "judge"  # the heldout judge's reward model (eval.judge = "heldout"), trained on the other half
+# eval.second_judge = "same-recipe": a bf16 reward model of the bf16 arm's recipe trained on freshly generated pairs
+SECOND_JUDGE_ARM = "same-recipe-judge"
+FRESH_DATA_SEED = 7919  # added to the profile's seed: the fresh pairs' generator seed, not the training data's
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def config_hash(stage: Stage, profile: Profile) -> str:
         extra = ":halves"  # the arms train on half of the pairs, the judge on the other half
     elif stage is RM and profile.rm.labels == "judge":  # the judge wrote the labels: another judge, other models
         extra = f":labels:{profile.eval.judge}@{profile.eval.judge_revision}"
+    if stage is RM and profile.eval.second_judge == "same-recipe":
+        extra += ":second-judge"  # one more model, on pairs of its own
     return profile.section_hash(*stage.sections) + extra
 
 
@@ -456,6 +461,9 @@ def rm_models(profile: Profile) -> dict[str, dict]:
     if profile.eval.judge == "heldout":
         models[JUDGE_ARM] = {"arm": JUDGE_ARM, "precision": "bf16", "seed": None, "train_seed": profile.seed + 2,
                              "half": "b", "label_noise": 0.0}
+    if profile.eval.second_judge == "same-recipe":
+        models[SECOND_JUDGE_ARM] = {"arm": SECOND_JUDGE_ARM, "precision": "bf16", "seed": None,
+                                    "train_seed": profile.seed + 3, "half": "fresh", "label_noise": 0.0}
     return models
 
 
@@ -470,9 +478,83 @@ def rm_path(paths: Paths, spec: dict) -> Path:
 def run_rm(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
     """03: the reward models from the SFT model, one job each; one that fails is recorded, the rest go on. A model
     finished by an earlier attempt that was stopped (a kill, a crash, a full disk) with the same settings and inputs
-    is kept, unless forced: a rerun trains only the missing ones."""
+    is kept, unless forced: a rerun trains only the missing ones. Under rm.seeds = "auto" (seeds not chosen yet):
+    seeds until resolved (seeds_until_resolved), which runs best-of-n too."""
+    if profile.rm.seeds_rule == "auto" and not profile.rm.seeds_chosen:
+        return seeds_until_resolved(profile, paths, force=force, progress=progress)
     return cycle(RM, profile, paths, force=force, outputs=[rm_path(paths, s) for s in rm_models(profile).values()],
                  compute=lambda: _reward_models(profile, paths, progress, keep_finished=not force))
+
+
+# ------------------------------------------------------------------------------ 03 seeds until resolved
+SEEDS_RULE_FILE = "seeds_rule.json"  # rm.seeds = "auto": how many seeds 03 used, and why (in the results folder)
+
+
+def at_seeds(profile: Profile, k: int) -> Profile:
+    """A profile of rm.seeds = "auto" with its first `k` candidate seeds chosen (k = 0: the plan, none chosen)."""
+    r = profile.rm
+    candidates = tuple(range(r.seeds_max))
+    return replace(profile, rm=replace(r, seeds=candidates[:k] if k else candidates, seeds_chosen=k))
+
+
+def _plan_hash(profile: Profile) -> str:
+    return at_seeds(profile, 0).section_hash(*PPO.sections)
+
+
+def resolve_seeds(profile: Profile, paths: Paths) -> Profile:
+    """The profile every stage after the reward models runs on: under rm.seeds = "auto" with the seeds 03 chose
+    (SEEDS_RULE_FILE, for these same settings), else unchanged."""
+    if profile.rm.seeds_rule != "auto" or profile.rm.seeds_chosen:
+        return profile
+    try:
+        record = read_json(paths.results / SEEDS_RULE_FILE)
+    except (FileNotFoundError, ValueError, OSError):
+        record = {}
+    if record.get("plan") != _plan_hash(profile):
+        raise StaleInputError("rm.seeds='auto': 03 has not chosen the reward-model seeds for these settings yet; "
+                              "run 03_Reward_Modeling (or `tinyrlhf run rm`) first")
+    return at_seeds(profile, record["chosen"])
+
+
+def seeds_until_resolved(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
+    """rm.seeds = "auto": reward models and best-of-n on the first rm.seeds_min seeds, then one paired set of
+    models (one per arm) more at a time, until the widest headline tax half-width at the headline n is at most
+    rm.seeds_target or rm.seeds_max seeds are used (sequential.decide_from_bon). Every model is trained once: its
+    key is the plan's, not the round's. A rerun with the same settings reuses the seeds chosen before. Returns the
+    rm result of the seeds chosen, with the rule's record."""
+    r, plan = profile.rm, _plan_hash(profile)
+    record_path = paths.results / SEEDS_RULE_FILE
+    try:
+        kept = read_json(record_path)
+    except (FileNotFoundError, ValueError, OSError):
+        kept = {}
+    rounds = [kept["chosen"]] if kept.get("plan") == plan and not force else range(r.seeds_min, r.seeds_max + 1)
+    history = kept.get("history", []) if len(rounds) == 1 else []
+    for k in rounds:
+        at = at_seeds(profile, k)
+        result = cycle(RM, at, paths, force=force and k == r.seeds_min,
+                       outputs=[rm_path(paths, spec) for spec in rm_models(at).values()],
+                       compute=lambda at=at, first=k == r.seeds_min: _reward_models(
+                           at, paths, progress, keep_finished=not (force and first)))
+        bon_result = run_bon(at, paths, force=force, progress=progress)
+        if len(rounds) == 1:
+            break
+        history.append(sequential.decide_from_bon(bon_result, headline_family(at), target=r.seeds_target, seeds=k,
+                                                  seeds_min=r.seeds_min, seeds_max=r.seeds_max))
+        if history[-1]["stop"]:
+            break
+    record = {"plan": plan, "chosen": k, "target": r.seeds_target, "seeds_min": r.seeds_min,
+              "seeds_max": r.seeds_max, "history": history, "rule": sequential.RULE}
+    if distributed.is_main():
+        atomic_write_json(record_path, to_json_ready(record))
+    return result | {"seeds_rule": record}
+
+
+def headline_family(profile: Profile) -> list[str]:
+    """The arms whose "costs less than" are best-of-n's headline claims: each quantized precision, trained and
+    served."""
+    quantized = [p for p in profile.rm.precisions if p != "bf16"]
+    return [a for a in profile.bon_arms if a.removeprefix(SERVED_PREFIX) in quantized]
 
 
 def finished_key(stage: Stage, profile: Profile, paths: Paths, *parts) -> str:
@@ -512,11 +594,15 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool, keep_finished
         train, relabelled = relabel_by_judge(train, profile, paths)
     halves = dict(zip("ab", data.split_by_prompt(train, 0.5, profile.seed))) if profile.eval.judge == "heldout" \
         else {"a": train}
+    if profile.eval.second_judge == "same-recipe":
+        halves["fresh"] = fresh_pairs(profile, paths, train, data.read_pairs(paths.data_file("test")))
 
     ######## One job per reward model; those an interrupted earlier attempt finished are kept ########
     models = rm_models(profile)
+    # under rm.seeds = "auto" a model's key is the plan's: one trained in an earlier round is kept in the next
+    keyed = at_seeds(profile, 0) if profile.rm.seeds_rule == "auto" else profile
     jobs = [{"profile": profile, "paths": paths, "id": mid, "train": halves[spec["half"]],
-             "key": finished_key(RM, profile, paths, mid), **spec} for mid, spec in models.items()]
+             "key": finished_key(RM, keyed, paths, mid), **spec} for mid, spec in models.items()]
     for job in jobs:
         if keep_finished and (done := finished_model(rm_path(paths, job), job["key"])) is not None:
             job["finished"] = done
@@ -536,17 +622,40 @@ def _reward_models(profile: Profile, paths: Paths, progress: bool, keep_finished
     records = dict(zip(models, records))
     compare_with_reference(records, profile.rm.seeds)
     arms = {arm: seed_summary([records[model_id(arm, s)] for s in profile.arm_seeds(arm)]) for arm in profile.arms}
-    if JUDGE_ARM in records:
-        arms[JUDGE_ARM] = seed_summary([records[JUDGE_ARM]])
+    for judge_arm in (JUDGE_ARM, SECOND_JUDGE_ARM):
+        if judge_arm in records:
+            arms[judge_arm] = seed_summary([records[judge_arm]])
     return {"models": records, "arms": arms, "seeds": list(profile.rm.seeds), "kept_from_earlier_attempt": kept,
             "null_arm": NULL_ARM if profile.rm.null_arm else None,
             "noisy_arm": NOISY_ARM if profile.rm.noisy_arm else None, "label_noise": profile.rm.label_noise,
             "label_noise_on": profile.rm.label_noise_on if profile.rm.noisy_arm else None,
             "judge_arm": JUDGE_ARM if JUDGE_ARM in records else None,
+            "second_judge_arm": SECOND_JUDGE_ARM if SECOND_JUDGE_ARM in records else None,
             "labels": profile.rm.labels, "relabelled": relabelled}, {
         "seeds": list(profile.rm.seeds), "data_source": data_source_of(paths),
         "timings": {m: r.get("train_seconds") for m, r in records.items()},
         "peak_memory": {m: r.get("peak_memory_bytes") for m, r in records.items()}}
+
+
+def fresh_pairs(profile: Profile, paths: Paths, train: list, test: list) -> list:
+    """The same-recipe judge's training pairs: generated afresh by the synthetic data's generator with another
+    seed, none a training pair of the arms nor a pair of a test prompt (those best-of-n evaluates), as many as the
+    arms train on, and length-filtered as the data stage filters. The arms keep every training pair."""
+    d = profile.data
+    raw = data.load_source("synthetic", subsets=d.subsets, synthetic_pairs=3 * len(train), seed=profile.seed
+                           + FRESH_DATA_SEED, off_topic_share=d.off_topic_share)
+    seen = {(p.prompt, p.chosen, p.rejected) for p in train}
+    held = {p.prompt for p in test}
+    pairs, _ = data.deduplicate(data.with_categories(data.parse_source(raw, d.max_skipped_share)[0]))
+    pairs = [p for p in pairs if (p.prompt, p.chosen, p.rejected) not in seen and p.prompt not in held]
+    tokenizer = base_model.load_tokenizer(tokenizer_path(profile, paths),
+                                          trust_remote_code=profile.base.trust_remote_code)
+    kept, _ = data.filter_by_length({"fresh": pairs}, tokenizer, d.max_prompt_tokens, d.max_response_tokens,
+                                    data.ParseReport())
+    if len(kept["fresh"]) < len(train):
+        raise RewardModelError(f"the same-recipe judge needs {len(train)} fresh pairs and the generator gave "
+                               f"{len(kept['fresh'])} that no arm saw: set eval.second_judge='none'")
+    return kept["fresh"][: len(train)]
 
 
 def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list, dict]:
@@ -682,6 +791,7 @@ def compare_with_reference(records: dict, seeds) -> None:
 def run_bon(profile: Profile, paths: Paths, *, force: bool = False, progress: bool = True) -> dict:
     """03, after the reward models: paired best-of-n (Gao et al. 2022) on one candidate pool, the tax of every arm
     before any PPO run."""
+    profile = resolve_seeds(profile, paths)
     return cycle(BON, profile, paths, force=force, outputs=[paths.bon_pool],
                  compute=lambda: _best_of_n(profile, paths, progress))
 
@@ -697,6 +807,9 @@ def bon_scorers(profile: Profile) -> dict[str, dict]:
             scorers[model_id(arm, seed)] = {"arm": arm, "seed": seed, "model_arm": trained,
                                             "model": model_id(trained, seed),
                                             "serve_precision": arm[len(SERVED_PREFIX):] if served else None}
+    if profile.eval.second_judge == "same-recipe":  # it judges the pool a second time (bon.judge_shift)
+        scorers[SECOND_JUDGE_ARM] = {"arm": SECOND_JUDGE_ARM, "seed": None, "model_arm": SECOND_JUDGE_ARM,
+                                     "model": SECOND_JUDGE_ARM, "serve_precision": None}
     return scorers
 
 
@@ -743,7 +856,10 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     # Seed row i is rm.seeds[i] in every arm (paired); NaN where a model failed or, for a control arm, was not trained
     n_prompts, size = len(prompts), e.bon_pool
     shape = lambda values: np.asarray(values, dtype=float).reshape(n_prompts, size)
-    analysis = _analyse_pool(profile, shape(gold), {sid: rec for sid, rec in zip(scorers, scores)}, shape)
+    by_id = dict(zip(scorers, scores))
+    analysis = _analyse_pool(profile, shape(gold), by_id, shape)
+    if profile.eval.second_judge == "same-recipe":
+        analysis["second_judge"] = _second_judge(profile, shape(gold), by_id, shape, analysis["n_star"], models)
     _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
     result = {"judge": judge | cut, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
@@ -759,15 +875,12 @@ def _analyse_pool(profile: Profile, gold: np.ndarray, by_id: dict, shape) -> dic
     failed or, for a control arm, was not trained. The headline's family is the quantized arms, trained and served;
     the bits sweep is reported apart, and each precision's trained arm is compared with its served one."""
     every = profile.bon_arms + profile.bits_arms
-    missing = np.full(gold.shape, np.nan)
-    proxies = {arm: np.stack([shape(by_id[sid]["scores"]) if by_id.get(sid, {}).get("status") == "ok" else missing
-                              for sid in (model_id(arm, seed) for seed in profile.rm.seeds)])
-               for arm in every}
+    proxies = _pool_proxies(profile, by_id, shape, gold.shape, every)
     planned = {arm: [i for i, seed in enumerate(profile.rm.seeds) if seed in profile.arm_seeds(arm)] for arm in every}
     quantized = [p for p in profile.rm.precisions if p != "bf16"]
     out = bon.analyse(gold, proxies, reference="bf16", null=NULL_ARM if NULL_ARM in profile.arms else None,
                        planned=planned, headline_n=profile.eval.headline_n or None,
-                       family=[a for a in profile.bon_arms if a.removeprefix(SERVED_PREFIX) in quantized],
+                       family=headline_family(profile),
                        sweep={arm: int(arm.removeprefix(SERVED_PREFIX + "w")) for arm in profile.bits_arms},
                        served_pairs={p: SERVED_PREFIX + p for p in quantized if SERVED_PREFIX + p in every})
     if out["bits"] is not None:
@@ -776,6 +889,30 @@ def _analyse_pool(profile: Profile, gold: np.ndarray, by_id: dict, shape) -> dic
                                f"and zero point per {profile.eval.serve_group} inputs (torchao IntxWeightOnlyConfig); "
                                "LoRA adapters and the score head as trained"}
     return out
+
+
+def _pool_proxies(profile: Profile, by_id: dict, shape, cells: tuple, arms) -> dict:
+    """Each arm's scores of the pool, (seeds x prompts x candidates): seed row i is rm.seeds[i], NaN where a model
+    failed or was not trained."""
+    missing = np.full(cells, np.nan)
+    return {arm: np.stack([shape(by_id[sid]["scores"]) if by_id.get(sid, {}).get("status") == "ok" else missing
+                           for sid in (model_id(arm, seed) for seed in profile.rm.seeds)]) for arm in arms}
+
+
+def _second_judge(profile: Profile, gold: np.ndarray, by_id: dict, shape, n: int | None, models: dict) -> dict:
+    """Best-of-n's taxes under the same-recipe judge beside the judge's (bon.judge_shift), at the headline n, for
+    the headline's arms and the null control: how much a judge that resembles the bf16 arm moves them."""
+    rec, spec = by_id.get(SECOND_JUDGE_ARM, {}), models.get(SECOND_JUDGE_ARM, {})
+    about = {"name": f"bf16 reward model of the bf16 arm's recipe and size, seed {spec.get('train_seed')}, trained on "
+                     f"{spec.get('train_pairs')} freshly generated pairs no arm saw",
+             "test_accuracy": spec.get("accuracy")}
+    if rec.get("status") != "ok" or n is None:
+        return about | {"status": "failed", "reason": rec.get("reason") or "no headline n (bf16's gain never peaks)"}
+    arms = [a for a in profile.bon_arms if a != "bf16"]
+    shift = bon.judge_shift(gold, shape(rec["scores"]), _pool_proxies(profile, by_id, shape, gold.shape,
+                                                                      ["bf16", *arms]), n=n, reference="bf16",
+                            arms=arms)
+    return about | {"status": "ok", "reason": None} | shift
 
 
 def _pool_facts(pool) -> dict:
@@ -873,6 +1010,7 @@ def run_ppo(profile: Profile, paths: Paths, *, force: bool = False, progress: bo
     and the proxy; the cross matrix; gains, taxes and the controls with intervals over seeds and prompts; the
     frontier. `on_run(finished)` runs as each policy finishes (the SFT policy's evaluation and every PPO run), with
     one row per finished policy (policy, rm_seed, seed, status, judge_mean): what 04 shows while the rest train."""
+    profile = resolve_seeds(profile, paths)
     policies = [paths.policy(arm, seed) for arm, _, seed in ppo_runs(profile)]
     return cycle(PPO, profile, paths, force=force, outputs=policies,
                  compute=lambda: _experiment(profile, paths, progress, keep_finished=not force, on_run=on_run))
@@ -891,7 +1029,8 @@ def _experiment(profile: Profile, paths: Paths, progress: bool, keep_finished: b
     base_model.check_context(paths.sft_merged, context_needed(profile),
                              trust_remote_code=profile.base.trust_remote_code)
     rm_records = intact_rm_records(paths, read_json(paths.result("rm")))
-    usable = [mid for mid in rm_models(profile) if mid != JUDGE_ARM and rm_records.get(mid, {}).get("status") == "ok"]
+    usable = [mid for mid in rm_models(profile) if mid not in (JUDGE_ARM, SECOND_JUDGE_ARM)
+              and rm_records.get(mid, {}).get("status") == "ok"]
     if not any(rm_records[mid]["arm"] == "bf16" for mid in usable):
         raise PPOError("every bf16 reward model is missing or failed: every tax is relative to bf16; rerun "
                        "03_Reward_Modeling")
@@ -941,6 +1080,7 @@ class NoGoError(PPOError):
 def go_no_go(profile: Profile, paths: Paths) -> dict:
     """gate.verdict on the current rm and best-of-n results (a best-of-n result not current for these settings and
     reward models counts as missing)."""
+    profile = resolve_seeds(profile, paths)
     bon_path, bon_result = paths.result("bon"), None
     if bon_path.exists() and _not_reusable(bon_path, config_hash(BON, profile), upstream_inputs(BON, profile, paths),
                                            paths.root) is None:
@@ -978,7 +1118,8 @@ def judge_spec(profile: Profile, paths: Paths, rm_records: dict, device: str = "
                 "name": f"bf16 reward model, other half of the training pairs, seed {rec['train_seed']}",
                 "why": "trained on pairs no arm saw, with another seed; every arm is a column of the cross matrix"}
     facts = evaluate.text_judge_facts(judge, revision=profile.eval.judge_revision, device=device,
-                                      cpu_dtype=profile.rm.cpu_dtype, trust_remote_code=profile.base.trust_remote_code)
+                                      cpu_dtype=profile.rm.cpu_dtype, trust_remote_code=profile.base.trust_remote_code,
+                                      pins=paths.hub_pins)  # the spec carries the commit: every load takes it
     return {"kind": "external", "name": judge, "path": judge, **facts,
             "why": f"named by eval.judge, no arm trained against it; it reads the decoded replies as {facts['reads']}"}
 
