@@ -42,3 +42,21 @@ def test_relabelled_reward_models_are_other_models_and_03_says_whose_labels():
     line = display.labels_line({"labels": "judge", "relabelled": {"judge": "gold reward", "pairs": 200, "swapped": 10,
                                                                   "tied": 3}})
     assert "10 (5.0%) were swapped" in line and "3 tied" in line
+
+
+def test_the_judges_agreement_with_the_test_labels_is_counted_pair_by_pair(tiny_world):
+    """bon's judge record says how often the judge prefers the data's chosen reply on the test pairs: counted here
+    by hand with the gold rule (ties count half), and a reward-model judge's taken from its 03 record."""
+    profile, paths = tiny_world
+    spec = stages.judge_spec(profile, paths, {})
+    got = stages.judge_accuracy(profile, paths, spec, {})
+    pairs = data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
+    margins = [gold_reward(p.prompt, p.chosen) - gold_reward(p.prompt, p.rejected) for p in pairs]
+    expected = (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / len(pairs)
+    assert got["pairs"] == len(pairs) and got["accuracy"] == pytest.approx(expected)
+    assert got["accuracy_ci95"][0] <= got["accuracy"] <= got["accuracy_ci95"][1]
+    record = {"judge": {"n_test_pairs": 9, "accuracy": 0.6, "accuracy_ci95": [0.3, 0.8]}}
+    assert stages.judge_accuracy(profile, paths, {"kind": "reward_model"}, record) == {
+        "pairs": 9, "accuracy": 0.6, "accuracy_ci95": [0.3, 0.8]}
+    line = display.judge_line({"judge": {"name": "j", "why": "w", "test_pairs": got}})
+    assert f"on {got['accuracy']:.0%} [" in line and f"of {len(pairs)} test pairs" in line

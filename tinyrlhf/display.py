@@ -636,7 +636,10 @@ def second_judge_sentences(bon: dict) -> list[str]:
 # -------------------------------------------------------------------------------------------------- 04 PPO
 def judge_line(result: dict) -> str:
     j = result["judge"]
-    return f"Judge: {j['name']}. Why this judge: {j['why']}."
+    acc = (j.get("test_pairs") or {})
+    agrees = (f" It prefers the data's chosen reply on {acc['accuracy']:.0%} [{acc['accuracy_ci95'][0]:.0%}, "
+              f"{acc['accuracy_ci95'][1]:.0%}] of {acc['pairs']} test pairs." if acc.get("accuracy") is not None else "")
+    return f"Judge: {j['name']}. Why this judge: {j['why']}.{agrees}"
 
 
 def tax_sentences(result: dict) -> list[str]:

@@ -66,7 +66,7 @@ from .reward import (
 )
 from .runtime import collected, free_memory, progress_bar, progress_callback
 from .sft import generate, heldout_loss, train_sft
-from .stats import mcnemar, spearman
+from .stats import mcnemar, spearman, wilson_ci
 from .synthetic import GOLD_RULE, pretraining_corpus
 
 log = logging.getLogger(__name__)
@@ -658,6 +658,30 @@ def fresh_pairs(profile: Profile, paths: Paths, train: list, test: list) -> list
     return kept["fresh"][: len(train)]
 
 
+def judge_pair_scores(judge, pairs: list) -> tuple[list[float], list[float]]:
+    """A text judge's (gold, public) scores of each pair's chosen and rejected replies, as written."""
+    texts = SimpleNamespace(prompt_of_row=[p.prompt for p in pairs for _ in (0, 1)],
+                            texts=[t for p in pairs for t in (p.chosen, p.rejected)], has_eos=[True] * (2 * len(pairs)))
+    scores = judge.scores(texts, eos_token_id=-1, missing_eos_penalty=0.0)
+    return scores[0::2], scores[1::2]
+
+
+def judge_accuracy(profile: Profile, paths: Paths, spec: dict, models: dict) -> dict:
+    """How often the judge prefers the data's chosen reply on the first rm.eval_pairs test pairs (the pairs every
+    reward model is evaluated on), with its Wilson interval: on real data, how far the judge agrees with the human
+    labels. A reward-model judge's is its 03 record's."""
+    if spec["kind"] == "reward_model":
+        rec = models.get(JUDGE_ARM, {})
+        return {"pairs": rec.get("n_test_pairs"), "accuracy": rec.get("accuracy"),
+                "accuracy_ci95": rec.get("accuracy_ci95")}
+    pairs = data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
+    judge = evaluate.load_judge(spec, trust_remote_code=profile.base.trust_remote_code, cpu_dtype=profile.rm.cpu_dtype,
+                                device=score_device(profile))
+    chosen, rejected = judge_pair_scores(judge, pairs)
+    wins = sum(c > r for c, r in zip(chosen, rejected)) + 0.5 * sum(c == r for c, r in zip(chosen, rejected))
+    return {"pairs": len(pairs), "accuracy": wins / len(pairs), "accuracy_ci95": wilson_ci(round(wins), len(pairs))}
+
+
 def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list, dict]:
     """rm.labels = "judge": every training pair's chosen reply is the one the judge scores higher (ties keep the
     data's label), so the judge is the gold the reward models learn (Gao et al. 2022). Returns the pairs and what
@@ -665,10 +689,7 @@ def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list,
     spec = judge_spec(profile, paths, {})
     judge = evaluate.load_judge(spec, trust_remote_code=profile.base.trust_remote_code, cpu_dtype=profile.rm.cpu_dtype,
                                 device=score_device(profile))
-    texts = SimpleNamespace(prompt_of_row=[p.prompt for p in pairs for _ in (0, 1)],
-                            texts=[t for p in pairs for t in (p.chosen, p.rejected)], has_eos=[True] * (2 * len(pairs)))
-    scores = judge.scores(texts, eos_token_id=-1, missing_eos_penalty=0.0)
-    chosen, rejected = scores[0::2], scores[1::2]
+    chosen, rejected = judge_pair_scores(judge, pairs)
     out = [replace(p, chosen=p.rejected, rejected=p.chosen, category=None) if c < r else p
            for p, c, r in zip(pairs, chosen, rejected)]
     return out, {"judge": spec["name"], "pairs": len(pairs), "swapped": sum(c < r for c, r in zip(chosen, rejected)),
@@ -861,7 +882,7 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     if profile.eval.second_judge == "same-recipe":
         analysis["second_judge"] = _second_judge(profile, shape(gold), by_id, shape, analysis["n_star"], models)
     _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
-    result = {"judge": judge | cut, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
+    result = {"judge": judge | cut | {"test_pairs": judge_accuracy(profile, paths, judge, models)}, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
               "samples": _pool_samples(pool, gold, e.show_samples), "arms_info": _bon_arms_info(profile, models),
               **analysis}
