@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +94,9 @@ def test_the_reported_interval_covers_the_true_tax_at_every_stop_point():
     at 50, 0.036 at 200); overall (400) at 0.93 outright, where the rule measured 0.998 over 2000 (the module's docstring).
     400 repetitions, not more: each look runs two crossed jackknifes (~7 ms; the test took ~10 s on one core)."""
     rec = COMPONENTS
-    t0 = time.perf_counter()
     got = simulate_coverage(components=rec["components"]["int4"], ref_gain=rec["ref_gain"], true_tax=0.05,
                             prompts=rec["components"]["int4"]["prompts"], target=0.10, min_seeds=3, max_seeds=12,
                             reps=400, seed=11)
-    elapsed = time.perf_counter() - t0
     by = got["by_seeds"]
     assert sum(r["reps"] for r in by.values()) == 400
     assert len([k for k, r in by.items() if r["reps"] >= 50]) >= 3  # the rule does stop at various seeds
@@ -108,7 +105,6 @@ def test_the_reported_interval_covers_the_true_tax_at_every_stop_point():
         if r["reps"] >= 50:
             assert r["coverage"] >= 0.93 - 2 * math.sqrt(0.93 * 0.07 / r["reps"]), (k, r)
     assert got["coverage"] >= 0.93
-    assert elapsed < 60  # ~10 s alone; the allowance is for a shared machine
     small = {"components": rec["components"]["int4"], "ref_gain": rec["ref_gain"], "true_tax": 0.05, "prompts": 41,
              "target": 0.07, "max_seeds": 12, "reps": 20}
     assert simulate_coverage(**small, seed=11) == simulate_coverage(**small, seed=11)  # deterministic given the seed

@@ -43,12 +43,14 @@ from .schema import FILE_NAMES, validate_file
 # Okabe-Ito's palette (Okabe & Ito 2008), all of it: its 7 hues for the 7 arms, its black for the judge; the SFT
 # reference is a neutral grey. Distinguishable under the common colour-vision deficiencies.
 PRECISION_COLORS = {"bf16": "#0072B2", "int8": "#009E73", "int4": "#D55E00", "null": "#CC79A7", "noisy": "#E69F00",
-                    "served-int8": "#56B4E9", "served-int4": "#F0E442", "judge": "#000000", "sft": "#999999"}
+                    "served-int8": "#56B4E9", "served-int4": "#F0E442", "judge": "#000000",
+                    "same-recipe-judge": "#000000", "sft": "#999999"}  # a judge is black, whichever it is
 # the canonical order of arms in every figure and table
-ARMS = ("bf16", "int8", "int4", "null", "noisy", "served-int8", "served-int4", "judge")
+ARMS = ("bf16", "int8", "int4", "null", "noisy", "served-int8", "served-int4", "judge", "same-recipe-judge")
+JUDGE_ARMS = ("judge", "same-recipe-judge")  # reward models that judge: not arms of the comparison
 ARM_LABELS = {"null": "null (bf16, other seed)", "noisy": "noisy (bf16, flipped labels)",
               "served-int8": "int8 served (bf16-trained)", "served-int4": "int4 served (bf16-trained)",
-              "judge": "heldout judge"}
+              "judge": "heldout judge", "same-recipe-judge": "same-recipe judge (fresh pairs)"}
 MIB = 2**20
 MISSING = "—"
 DONE = ("ok", "partial")  # statuses whose aggregate metrics exist ("partial": some seeds failed)
@@ -333,7 +335,7 @@ def _draw_rm_accuracy(ax, rm: dict, arms: list[str]) -> None:
 def plot_rm_accuracy(rm: dict) -> Figure:
     """Test-set preference accuracy of every reward model (a dot per reward-model seed, a bar at the arm's mean),
     overall and per category of pair, with the chance line: the spread across seeds at a glance."""
-    arms = [a for a in _arms(rm) if a != "judge"]
+    arms = [a for a in _arms(rm) if a not in JUDGE_ARMS]
     categories = sorted({c for m in rm.get("models", {}).values() if m.get("status") == "ok"
                          for c in (m.get("by_category") or {})})
     panels = [("overall", lambda m: m.get("accuracy"))] + [
@@ -359,7 +361,7 @@ def plot_rm_costs(rm: dict) -> Figure:
     panels = [("footprint_bytes", MIB, "footprint (MiB)", "{:.2f}"),
               ("train_seconds", 1.0, "training time (s)", "{:.0f}"),
               ("throughput_pairs_per_s", 1.0, "CPU scoring (pairs/s)", "{:.0f}")]
-    arms = [a for a in _arms(rm) if a != "judge"]
+    arms = [a for a in _arms(rm) if a not in JUDGE_ARMS]
     means = {"arms": {arm: (rm["arms"].get(arm) or {}) | {
         key: (float(np.mean(v)) if (v := [m[key] for m in seed_models(rm, arm) if m.get(key) is not None]) else None)
         for key, *_ in panels} for arm in arms}}
@@ -376,7 +378,7 @@ def plot_rm_costs(rm: dict) -> Figure:
 
 # ------------------------------------------------------------------------------------------------- best-of-n
 def _bon_arms(bon: dict) -> list[str]:
-    return [a for a in _arms(bon) if a != "judge"]
+    return [a for a in _arms(bon) if a not in JUDGE_ARMS]
 
 
 def _bon_curve(entry: dict, key: str = "gold_gain_vs_sft"):
@@ -672,7 +674,7 @@ def bon_by_n_table(bon: dict, arms=None) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------------- PPO
 def _ppo_arms(ppo: dict) -> list[str]:
-    return [a for a in _arms(ppo) if a != "judge"]
+    return [a for a in _arms(ppo) if a not in JUDGE_ARMS]
 
 
 def _point_with_interval(ax, i, arm: str, entry: dict, key: str, *, fmt: str, missing: str, scale: float = 1.0):
@@ -805,7 +807,7 @@ def plot_time_memory(ppo: dict) -> Figure:
 def plot_rm_vs_ppo(rm: dict, ppo: dict) -> Figure:
     """Does reward-model accuracy predict alignment? Accuracy beside the judge's gain over SFT, per arm."""
     fig, (ax_rm, ax_gain) = _figure(9, 3.6, 2)
-    arms = [a for a in _arms(rm, ppo) if a != "judge"]
+    arms = [a for a in _arms(rm, ppo) if a not in JUDGE_ARMS]
     _draw_rm_accuracy(ax_rm, rm, arms)
     _title(ax_rm, "reward-model accuracy (95% CI)", "reward-model accuracy")
     _bars(ax_gain, ppo, "gold_gain_vs_sft", arms=arms, interval_key="gold_gain_vs_sft_ci95")
