@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ def tiny_world(tmp_path_factory):
     run_sft(profile, paths, progress=False)
     run_rm(profile, paths, progress=False)
     return profile, paths
+
+
+@pytest.fixture
+def tiny_world_copy(tiny_world, tmp_path):
+    """A copy of the tiny world's work folder, for a test that changes results or models: its Paths."""
+    from tinyrlhf.config import get_paths
+
+    _, paths = tiny_world
+    shutil.copytree(paths.root, tmp_path / "copy")
+    return get_paths(tmp_path / "copy")
 
 
 # The end-to-end run: the cpu profile with 3 reward-model seeds per arm, 32 x 4 evaluation replies, a pool of 16 and

@@ -87,7 +87,8 @@ def test_every_stage_runs_on_a_local_model_folder(family, tmp_path):
 
     rm = run_rm(profile, paths, progress=False)
     arms = ["bf16", "int8", "int4"] + (["null", "noisy"] if controls else [])
-    assert {a: r["status"] for a, r in rm["arms"].items()} == dict.fromkeys(arms, "ok"), \
+    # every arm, and the same-recipe judge (eval.second_judge, on by default on synthetic data) of this family
+    assert {a: r["status"] for a, r in rm["arms"].items()} == dict.fromkeys([*arms, "same-recipe-judge"], "ok"), \
         {a: r.get("reason") for a, r in rm["arms"].items()}
     ppo = run_ppo(profile, paths, progress=False)
     for arm in arms:

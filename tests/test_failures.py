@@ -1,22 +1,19 @@
 """A reward model or PPO seed that fails records why; the others still run, and the stage still writes."""
 
-import shutil
 
 import pytest
 from conftest import TINY_WORLD
 
 from tinyrlhf import schema
-from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.config import get_profile
 
 pytestmark = pytest.mark.slow
 FAST = TINY_WORLD | {"rm.max_steps": 2}
 
 
 @pytest.fixture
-def workdir_copy(tiny_world, tmp_path):
-    _, paths = tiny_world
-    shutil.copytree(paths.root, tmp_path / "copy")
-    return get_paths(tmp_path / "copy")
+def workdir_copy(tiny_world_copy):
+    return tiny_world_copy
 
 
 def test_a_failed_reward_model_is_recorded_and_ppo_skips_its_arm(workdir_copy, monkeypatch):

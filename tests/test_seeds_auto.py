@@ -5,14 +5,13 @@ statistics (and its coverage) are tests/test_sequential.py's."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from tinyrlhf import stages
-from tinyrlhf.config import get_paths, get_profile
+from tinyrlhf.config import get_profile
 from tinyrlhf.results import read_json
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -24,10 +23,8 @@ AUTO = TINY_WORLD | {"rm.seeds": "auto", "rm.seeds_min": 2, "rm.seeds_max": 3, "
 
 
 @pytest.fixture
-def world(tiny_world, tmp_path):
-    _, paths = tiny_world
-    shutil.copytree(paths.root, tmp_path / "world")
-    return get_paths(tmp_path / "world")
+def world(tiny_world_copy):
+    return tiny_world_copy
 
 
 def test_seeds_are_added_until_the_cap_when_the_target_is_not_met_each_model_trained_once(world, monkeypatch):
