@@ -22,8 +22,10 @@ STDERR_ALLOWED: tuple[str, ...] = ()
 exact = re.escape
 BARS = {"02_SFT_Finetuning.ipynb": [exact("Pre-training the base model"), exact("SFT (LoRA)"),
                                     exact("Sampling the SFT policy")],
-        "03_Reward_Modeling.ipynb": [exact("Reward models finished"), exact("RM bf16/seed0 (1/9)"),
-                                     exact("RM int8/seed0 (2/9)"), exact("RM int4/seed2 (9/9)"),
+        # 9 arms' models, then the same-recipe judge's (eval.second_judge)
+        "03_Reward_Modeling.ipynb": [exact("Reward models finished"), exact("RM bf16/seed0 (1/10)"),
+                                     exact("RM int8/seed0 (2/10)"), exact("RM int4/seed2 (9/10)"),
+                                     exact("RM same-recipe-judge (10/10)"),
                                      exact("Sampling the candidate pool"), exact("Reward models scored"),
                                      exact("Ranking the pool: bf16/seed0")],
         "04_PPO_Alignment.ipynb": [exact("Policies finished"), exact("Evaluating the SFT policy"),
