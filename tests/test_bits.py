@@ -264,7 +264,7 @@ def test_03_says_where_the_tax_begins_the_trend_and_what_trained_minus_served_ca
     int4 = bon["arms"]["int4"]["at_n_star"]
     claims = " ".join(display.bon_sentences(bon))
     assert int4["tax_vs_bf16_ci95"][0] <= 0  # the builder's NF4 is not resolved: its bound is stated twice
-    assert (f"of best-of-n's precision arms, trained and served held at once (Bonferroni)" in claims
+    assert ("of best-of-n's precision arms, trained and served held at once (Bonferroni)" in claims
             and f"{int4['tax_vs_bf16_family_ci95'][1]:.1%}" in claims)
     assert display.bits_sentences({"bits": None}) == ["No bits sweep in this run (eval.serve_bits is empty)."]
 

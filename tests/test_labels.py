@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from tinyrlhf import data, display, stages
+from tinyrlhf import data, display, evaluate, stages
 from tinyrlhf.config import ConfigError, get_profile
 from tinyrlhf.synthetic import gold_reward
 
@@ -49,14 +49,14 @@ def test_the_judges_agreement_with_the_test_labels_is_counted_pair_by_pair(tiny_
     by hand with the gold rule (ties count half), and a reward-model judge's taken from its 03 record."""
     profile, paths = tiny_world
     spec = stages.judge_spec(profile, paths, {})
-    got = stages.judge_accuracy(profile, paths, spec, {})
     pairs = data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
+    got = stages.judge_accuracy(spec, {}, evaluate.judge_pair_scores(evaluate.load_judge(spec), pairs))
     margins = [gold_reward(p.prompt, p.chosen) - gold_reward(p.prompt, p.rejected) for p in pairs]
     expected = (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / len(pairs)
     assert got["pairs"] == len(pairs) and got["accuracy"] == pytest.approx(expected)
     assert got["accuracy_ci95"][0] <= got["accuracy"] <= got["accuracy_ci95"][1]
     record = {"judge": {"n_test_pairs": 9, "accuracy": 0.6, "accuracy_ci95": [0.3, 0.8]}}
-    assert stages.judge_accuracy(profile, paths, {"kind": "reward_model"}, record) == {
+    assert stages.judge_accuracy({"kind": "reward_model"}, record, None) == {
         "pairs": 9, "accuracy": 0.6, "accuracy_ci95": [0.3, 0.8]}
     line = display.judge_line({"judge": {"name": "j", "why": "w", "test_pairs": got}})
     assert f"on {got['accuracy']:.0%} [" in line and f"of {len(pairs)} test pairs" in line

@@ -15,6 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -455,13 +456,22 @@ def judge_counts(judge) -> dict:
     return {"truncated": judge.truncated, "scored": judge.scored} if isinstance(judge, TextJudge) else {}
 
 
-def judge_once(spec: dict, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float,
-               **load) -> tuple[list[float], dict]:
+def judge_once(spec: dict, rollouts: Rollouts, *, eos_token_id: int, missing_eos_penalty: float, pairs=(),
+               **load) -> tuple[list[float], dict, tuple | None]:
     """Every reply scored by the judge `spec` names, loaded for this once (`load`: load_judge's settings) and gone
-    when it returns; with judge_counts' facts of a public judge, for its record."""
+    when it returns; with judge_counts' facts of a public judge, for its record, and, given preference `pairs`
+    (a text judge's: gold or public), its scores of their chosen and rejected replies (judge_pair_scores)."""
     judge = load_judge(spec, **load)
-    return judge.scores(rollouts, eos_token_id=eos_token_id, missing_eos_penalty=missing_eos_penalty), \
-        judge_counts(judge)
+    scores = judge.scores(rollouts, eos_token_id=eos_token_id, missing_eos_penalty=missing_eos_penalty)
+    return scores, judge_counts(judge), judge_pair_scores(judge, pairs) if pairs else None
+
+
+def judge_pair_scores(judge, pairs: list) -> tuple[list[float], list[float]]:
+    """A text judge's (gold, public) scores of each pair's chosen and rejected replies, as written."""
+    texts = SimpleNamespace(prompt_of_row=[p.prompt for p in pairs for _ in (0, 1)],
+                            texts=[t for p in pairs for t in (p.chosen, p.rejected)], has_eos=[True] * (2 * len(pairs)))
+    scores = judge.scores(texts, eos_token_id=-1, missing_eos_penalty=0.0)
+    return scores[0::2], scores[1::2]
 
 
 def load_judge(spec: dict, *, trust_remote_code: bool = False, cpu_dtype: str = "auto", device: str = "cpu"):

@@ -20,7 +20,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -497,6 +496,14 @@ def at_seeds(profile: Profile, k: int) -> Profile:
     return replace(profile, rm=replace(r, seeds=candidates[:k] if k else candidates, seeds_chosen=k))
 
 
+def _seeds_record(paths: Paths) -> dict:
+    """The seeds-until-resolved rule's last record ({} when there is none or it is unreadable: it is chosen again)."""
+    try:
+        return read_json(paths.results / SEEDS_RULE_FILE)
+    except (FileNotFoundError, ValueError, OSError):
+        return {}
+
+
 def _plan_hash(profile: Profile) -> str:
     return at_seeds(profile, 0).section_hash(*PPO.sections)
 
@@ -506,10 +513,7 @@ def resolve_seeds(profile: Profile, paths: Paths) -> Profile:
     (SEEDS_RULE_FILE, for these same settings), else unchanged."""
     if profile.rm.seeds_rule != "auto" or profile.rm.seeds_chosen:
         return profile
-    try:
-        record = read_json(paths.results / SEEDS_RULE_FILE)
-    except (FileNotFoundError, ValueError, OSError):
-        record = {}
+    record = _seeds_record(paths)
     if record.get("plan") != _plan_hash(profile):
         raise StaleInputError("rm.seeds='auto': 03 has not chosen the reward-model seeds for these settings yet; "
                               "run 03_Reward_Modeling (or `tinyrlhf run rm`) first")
@@ -523,11 +527,7 @@ def seeds_until_resolved(profile: Profile, paths: Paths, *, force: bool = False,
     key is the plan's, not the round's. A rerun with the same settings reuses the seeds chosen before. Returns the
     rm result of the seeds chosen, with the rule's record."""
     r, plan = profile.rm, _plan_hash(profile)
-    record_path = paths.results / SEEDS_RULE_FILE
-    try:
-        kept = read_json(record_path)
-    except (FileNotFoundError, ValueError, OSError):
-        kept = {}
+    kept = _seeds_record(paths)
     rounds = [kept["chosen"]] if kept.get("plan") == plan and not force else range(r.seeds_min, r.seeds_max + 1)
     history = kept.get("history", []) if len(rounds) == 1 else []
     for k in rounds:
@@ -546,7 +546,7 @@ def seeds_until_resolved(profile: Profile, paths: Paths, *, force: bool = False,
     record = {"plan": plan, "chosen": k, "target": r.seeds_target, "seeds_min": r.seeds_min,
               "seeds_max": r.seeds_max, "history": history, "rule": sequential.RULE}
     if distributed.is_main():
-        atomic_write_json(record_path, to_json_ready(record))
+        atomic_write_json(paths.results / SEEDS_RULE_FILE, to_json_ready(record))
     return result | {"seeds_rule": record}
 
 
@@ -658,28 +658,18 @@ def fresh_pairs(profile: Profile, paths: Paths, train: list, test: list) -> list
     return kept["fresh"][: len(train)]
 
 
-def judge_pair_scores(judge, pairs: list) -> tuple[list[float], list[float]]:
-    """A text judge's (gold, public) scores of each pair's chosen and rejected replies, as written."""
-    texts = SimpleNamespace(prompt_of_row=[p.prompt for p in pairs for _ in (0, 1)],
-                            texts=[t for p in pairs for t in (p.chosen, p.rejected)], has_eos=[True] * (2 * len(pairs)))
-    scores = judge.scores(texts, eos_token_id=-1, missing_eos_penalty=0.0)
-    return scores[0::2], scores[1::2]
-
-
-def judge_accuracy(profile: Profile, paths: Paths, spec: dict, models: dict) -> dict:
+def judge_accuracy(spec: dict, models: dict, pair_scores: tuple | None) -> dict:
     """How often the judge prefers the data's chosen reply on the first rm.eval_pairs test pairs (the pairs every
-    reward model is evaluated on), with its Wilson interval: on real data, how far the judge agrees with the human
-    labels. A reward-model judge's is its 03 record's."""
+    reward model is evaluated on; `pair_scores`: a text judge's (chosen, rejected) scores of them), with its Wilson
+    interval: on real data, how far the judge agrees with the human labels. A reward-model judge's is its 03
+    record's."""
     if spec["kind"] == "reward_model":
         rec = models.get(JUDGE_ARM, {})
         return {"pairs": rec.get("n_test_pairs"), "accuracy": rec.get("accuracy"),
                 "accuracy_ci95": rec.get("accuracy_ci95")}
-    pairs = data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
-    judge = evaluate.load_judge(spec, trust_remote_code=profile.base.trust_remote_code, cpu_dtype=profile.rm.cpu_dtype,
-                                device=score_device(profile))
-    chosen, rejected = judge_pair_scores(judge, pairs)
+    chosen, rejected = pair_scores
     wins = sum(c > r for c, r in zip(chosen, rejected)) + 0.5 * sum(c == r for c, r in zip(chosen, rejected))
-    return {"pairs": len(pairs), "accuracy": wins / len(pairs), "accuracy_ci95": wilson_ci(round(wins), len(pairs))}
+    return {"pairs": len(chosen), "accuracy": wins / len(chosen), "accuracy_ci95": wilson_ci(round(wins), len(chosen))}
 
 
 def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list, dict]:
@@ -689,7 +679,7 @@ def relabel_by_judge(pairs: list, profile: Profile, paths: Paths) -> tuple[list,
     spec = judge_spec(profile, paths, {})
     judge = evaluate.load_judge(spec, trust_remote_code=profile.base.trust_remote_code, cpu_dtype=profile.rm.cpu_dtype,
                                 device=score_device(profile))
-    chosen, rejected = judge_pair_scores(judge, pairs)
+    chosen, rejected = evaluate.judge_pair_scores(judge, pairs)
     out = [replace(p, chosen=p.rejected, rejected=p.chosen, category=None) if c < r else p
            for p, c, r in zip(pairs, chosen, rejected)]
     return out, {"judge": spec["name"], "pairs": len(pairs), "swapped": sum(c < r for c, r in zip(chosen, rejected)),
@@ -856,9 +846,13 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
                            report=progress_bar("Sampling the candidate pool", progress))
     del policy
     free_memory()
-    gold, cut = evaluate.judge_once(judge, pool, eos_token_id=tokenizer.eos_token_id, device=score_device(profile),
-                                    missing_eos_penalty=p.missing_eos_penalty, trust_remote_code=trust,
-                                    cpu_dtype=profile.rm.cpu_dtype)  # the card is idle
+    # the judge, loaded once (the card is idle), also scores the test pairs its agreement with the labels is read on
+    test_pairs = [] if judge["kind"] == "reward_model" else \
+        data.read_pairs(paths.data_file("test"))[: profile.rm.eval_pairs]
+    gold, cut, on_pairs = evaluate.judge_once(judge, pool, eos_token_id=tokenizer.eos_token_id,
+                                              device=score_device(profile), missing_eos_penalty=p.missing_eos_penalty,
+                                              trust_remote_code=trust, cpu_dtype=profile.rm.cpu_dtype,
+                                              pairs=test_pairs)
     sample_seconds = time.perf_counter() - t0
 
     ######## Every reward model (and each bf16 model served quantized) scores every candidate ########
@@ -881,8 +875,9 @@ def _best_of_n(profile: Profile, paths: Paths, progress: bool):
     analysis = _analyse_pool(profile, shape(gold), by_id, shape)
     if profile.eval.second_judge == "same-recipe":
         analysis["second_judge"] = _second_judge(profile, shape(gold), by_id, shape, analysis["n_star"], models)
-    _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in zip(scorers, scores)})
-    result = {"judge": judge | cut | {"test_pairs": judge_accuracy(profile, paths, judge, models)}, "prompts": n_prompts, "pool_size": size, "candidates": len(pool.texts),
+    _write_pool(paths.bon_pool, pool, gold, {sid: rec.get("scores") for sid, rec in by_id.items()})
+    result = {"judge": judge | cut | {"test_pairs": judge_accuracy(judge, models, on_pairs)}, "prompts": n_prompts,
+              "pool_size": size, "candidates": len(pool.texts),
               **_pool_facts(pool), "scorers": _scorer_records(scorers, scores),
               "samples": _pool_samples(pool, gold, e.show_samples), "arms_info": _bon_arms_info(profile, models),
               **analysis}
