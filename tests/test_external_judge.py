@@ -190,3 +190,16 @@ def test_a_bad_judge_path_fails_in_one_line_saying_what_to_set(name, tmp_path):
     with pytest.raises(ModelLoadError, match=r"eval.judge=.*cannot load its tokenizer .*Set eval.judge") as e:
         evaluate.load_judge({"kind": "external", "path": str(empty)})
     assert "\n" not in str(e.value)
+
+
+def test_on_a_card_the_judge_is_recorded_and_loaded_in_bf16(judge_dir, monkeypatch):
+    """The card's path without a card: where CUDA has bf16 the judge's record and its load ask for bf16 (a CPU
+    without native bf16 keeps float32 under the default rm.cpu_dtype="auto")."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    facts = evaluate.text_judge_facts(str(judge_dir), revision="auto", device="cuda")
+    assert facts["dtype"] == "bfloat16" and facts["device"] == "cuda"
+    loaded = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: loaded.append(a) or self)  # no card to move to
+    judge = evaluate.TextJudge(str(judge_dir), device="cuda")
+    assert judge.dtype == torch.bfloat16 and next(judge.model.parameters()).dtype == torch.bfloat16
+    assert ("cuda",) in loaded
